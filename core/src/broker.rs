@@ -1,0 +1,417 @@
+//! The router and session registry: where publishes go and which session a client id owns.
+//!
+//! The subscription tree sits behind a read-write lock so both cores route in parallel; only
+//! SUBSCRIBE/UNSUBSCRIBE take it exclusively. Each session has its own small lock for its queue.
+
+use crate::config::MqttConfig;
+use crate::hooks::HookChain;
+use crate::message::Message;
+use crate::metrics::Metrics;
+use crate::protocol::{QoS, RetainHandling, SubscriptionOptions};
+use crate::session::{Delivery, Enqueued, Session, StoredSubscription};
+use crate::topic::{self, TopicTree, TreeEntry};
+use parking_lot::{Mutex, RwLock};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+/// A subscription as the tree stores it: pointing straight at the session, so delivering needs
+/// no registry lookup.
+struct Subscriber {
+    session: Arc<Session>,
+    options: SubscriptionOptions,
+    identifier: Option<u32>,
+}
+
+impl TreeEntry for Subscriber {
+    fn key(&self) -> &str {
+        &self.session.client_id
+    }
+}
+
+/// Result of attaching a connection to a session.
+pub struct Attached {
+    pub session: Arc<Session>,
+    pub session_present: bool,
+    /// This connection's generation: it owns the session while `state.owner` equals it.
+    pub generation: u64,
+}
+
+pub struct Broker {
+    pub config: MqttConfig,
+    pub hooks: HookChain,
+    pub metrics: Metrics,
+    /// Cancelled on SIGINT/SIGTERM: listeners stop, connections close with 0x8B.
+    pub shutdown: CancellationToken,
+    pub started: Instant,
+    sessions: Mutex<HashMap<Arc<str>, Arc<Session>>>,
+    subscriptions: RwLock<TopicTree<Subscriber>>,
+    retained: RwLock<HashMap<Arc<str>, Arc<Message>>>,
+    next_generation: AtomicU64,
+}
+
+impl Broker {
+    pub fn new(config: MqttConfig) -> Arc<Self> {
+        Arc::new(Self {
+            config,
+            hooks: HookChain::default(),
+            metrics: Metrics::default(),
+            shutdown: CancellationToken::new(),
+            started: Instant::now(),
+            sessions: Mutex::new(HashMap::new()),
+            subscriptions: RwLock::new(TopicTree::default()),
+            retained: RwLock::new(HashMap::new()),
+            next_generation: AtomicU64::new(1),
+        })
+    }
+
+    /// Finds or creates the session for `client_id` and makes the caller its owner. A connection
+    /// that owned it before notices on its next wake-up that it was taken over.
+    pub fn attach(&self, client_id: &str, clean_start: bool, expiry_interval: u32) -> Attached {
+        let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
+        let mut sessions = self.sessions.lock();
+        if let Some(existing) = sessions.get(client_id).cloned() {
+            if !clean_start {
+                let mut st = existing.state.lock();
+                let had_owner = st.owner != 0;
+                st.owner = generation;
+                st.epoch += 1;
+                st.expiry_interval = expiry_interval;
+                drop(st);
+                drop(sessions);
+                if had_owner {
+                    existing.wake.notify_one();
+                }
+                return Attached {
+                    session: existing,
+                    session_present: true,
+                    generation,
+                };
+            }
+            sessions.remove(client_id);
+            drop(sessions);
+            self.end_session(&existing);
+            sessions = self.sessions.lock();
+        }
+        let session = Arc::new(Session::new(Arc::from(client_id), expiry_interval));
+        {
+            let mut st = session.state.lock();
+            st.owner = generation;
+            st.epoch = 1;
+        }
+        sessions.insert(session.client_id.clone(), session.clone());
+        Attached {
+            session,
+            session_present: false,
+            generation,
+        }
+    }
+
+    /// Called when the owning connection ends. Ends the session now (expiry 0) or when its
+    /// expiry interval runs out without a reconnect.
+    pub fn detach(self: &Arc<Self>, session: &Arc<Session>, generation: u64) {
+        let mut st = session.state.lock();
+        if st.owner != generation {
+            return;
+        }
+        st.owner = 0;
+        let expiry = st.expiry_interval;
+        let epoch = st.epoch;
+        // QoS 0 messages are not kept for offline sessions.
+        st.queue.retain(|d| d.qos != QoS::AtMostOnce);
+        drop(st);
+        if expiry == 0 {
+            self.remove_session(session);
+        } else if expiry != u32::MAX {
+            let broker = self.clone();
+            let session = session.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_secs(u64::from(expiry))).await;
+                let st = session.state.lock();
+                if st.epoch == epoch && st.owner == 0 {
+                    drop(st);
+                    broker.remove_session(&session);
+                }
+            });
+        }
+    }
+
+    fn remove_session(&self, session: &Arc<Session>) {
+        let mut sessions = self.sessions.lock();
+        if sessions
+            .get(&session.client_id)
+            .is_some_and(|s| Arc::ptr_eq(s, session))
+        {
+            sessions.remove(&session.client_id);
+        }
+        drop(sessions);
+        self.end_session(session);
+    }
+
+    /// Marks a session ended, detaches its owner and removes its subscriptions from the tree.
+    fn end_session(&self, session: &Arc<Session>) {
+        let mut st = session.state.lock();
+        st.ended = true;
+        let had_owner = st.owner != 0;
+        st.owner = 0;
+        let filters: Vec<String> = st.subscriptions.drain().map(|(f, _)| f).collect();
+        st.queue.clear();
+        st.inflight.clear();
+        drop(st);
+        if had_owner {
+            session.wake.notify_one();
+        }
+        let mut tree = self.subscriptions.write();
+        for f in &filters {
+            let (share, filter) = split_share(f);
+            tree.remove(filter, share, &session.client_id);
+        }
+    }
+
+    pub fn session(&self, client_id: &str) -> Option<Arc<Session>> {
+        self.sessions.lock().get(client_id).cloned()
+    }
+
+    pub fn session_count(&self) -> usize {
+        self.sessions.lock().len()
+    }
+
+    pub fn subscription_count(&self) -> usize {
+        self.subscriptions.read().len()
+    }
+
+    pub fn retained_count(&self) -> usize {
+        self.retained.read().len()
+    }
+
+    /// Adds or replaces a subscription. `filter` must be valid (shared form allowed).
+    /// Returns whether the subscription existed before.
+    pub fn subscribe(
+        &self,
+        session: &Arc<Session>,
+        filter: &str,
+        options: SubscriptionOptions,
+        identifier: Option<u32>,
+    ) -> bool {
+        let existed = {
+            let mut st = session.state.lock();
+            if st.ended {
+                return false;
+            }
+            st.subscriptions
+                .insert(
+                    filter.to_string(),
+                    StoredSubscription {
+                        options,
+                        identifier,
+                    },
+                )
+                .is_some()
+        };
+        let (share, inner) = split_share(filter);
+        self.subscriptions.write().insert(
+            inner,
+            share,
+            Subscriber {
+                session: session.clone(),
+                options,
+                identifier,
+            },
+        );
+        existed
+    }
+
+    /// Returns whether the subscription existed.
+    pub fn unsubscribe(&self, session: &Arc<Session>, filter: &str) -> bool {
+        let existed = session.state.lock().subscriptions.remove(filter).is_some();
+        if existed {
+            let (share, inner) = split_share(filter);
+            self.subscriptions
+                .write()
+                .remove(inner, share, &session.client_id);
+        }
+        existed
+    }
+
+    /// Routes a message to every matching subscription and updates the retained store.
+    /// Returns how many sessions it was queued for.
+    pub fn publish(&self, msg: Arc<Message>) -> usize {
+        if msg.retain {
+            self.store_retained(&msg);
+        }
+        let mut targets: Vec<(Arc<Session>, QoS, bool, Option<u32>)> = Vec::new();
+        {
+            let tree = self.subscriptions.read();
+            tree.for_each_match(
+                &msg.topic,
+                |s| s.session.is_connected(),
+                |s, share| {
+                    if share.is_none()
+                        && s.options.no_local
+                        && msg.publisher.as_deref() == Some(&*s.session.client_id)
+                    {
+                        return;
+                    }
+                    targets.push((
+                        s.session.clone(),
+                        msg.qos.min(s.options.qos),
+                        s.options.retain_as_published && msg.retain,
+                        s.identifier,
+                    ));
+                },
+            );
+        }
+        if targets.len() > 1 {
+            targets.sort_by_key(|t| Arc::as_ptr(&t.0) as usize);
+        }
+        let mut delivered = 0;
+        let mut i = 0;
+        while i < targets.len() {
+            // A client with several matching subscriptions gets the message once, at the highest
+            // QoS, with every subscription identifier.
+            let (session, mut qos, mut retain, id) = targets[i].clone();
+            let mut ids: Vec<u32> = id.into_iter().collect();
+            let mut j = i + 1;
+            while j < targets.len() && Arc::ptr_eq(&targets[j].0, &session) {
+                qos = qos.max(targets[j].1);
+                retain |= targets[j].2;
+                ids.extend(targets[j].3);
+                j += 1;
+            }
+            i = j;
+            let outcome = session.enqueue(
+                Delivery {
+                    msg: msg.clone(),
+                    qos,
+                    retain,
+                    subscription_ids: ids,
+                },
+                self.config.max_queued_messages,
+            );
+            match outcome {
+                Enqueued::Queued => delivered += 1,
+                Enqueued::DroppedOther => {
+                    delivered += 1;
+                    Metrics::add(&self.metrics.messages_dropped, 1);
+                }
+                Enqueued::Refused => Metrics::add(&self.metrics.messages_dropped, 1),
+                Enqueued::Skipped => {}
+            }
+        }
+        delivered
+    }
+
+    fn store_retained(&self, msg: &Arc<Message>) {
+        let mut retained = self.retained.write();
+        if msg.payload.is_empty() {
+            retained.remove(&msg.topic);
+        } else {
+            retained.insert(msg.topic.clone(), msg.clone());
+        }
+    }
+
+    /// Retained messages matching `filter` that have not expired.
+    pub fn retained_matching(&self, filter: &str) -> Vec<Arc<Message>> {
+        let now = Instant::now();
+        let mut expired = Vec::new();
+        let out: Vec<Arc<Message>> = {
+            let retained = self.retained.read();
+            retained
+                .values()
+                .filter(|m| {
+                    if m.is_expired(now) {
+                        expired.push(m.topic.clone());
+                        return false;
+                    }
+                    topic::matches(filter, &m.topic)
+                })
+                .cloned()
+                .collect()
+        };
+        if !expired.is_empty() {
+            let mut retained = self.retained.write();
+            for t in expired {
+                if retained.get(&t).is_some_and(|m| m.is_expired(now)) {
+                    retained.remove(&t);
+                }
+            }
+        }
+        out
+    }
+
+    /// Queues the retained messages a new subscription should get, per its Retain Handling.
+    pub fn deliver_retained(
+        &self,
+        session: &Arc<Session>,
+        filter: &str,
+        options: SubscriptionOptions,
+        identifier: Option<u32>,
+        existed: bool,
+    ) {
+        let send = match options.retain_handling {
+            RetainHandling::SendOnSubscribe => true,
+            RetainHandling::SendIfNew => !existed,
+            RetainHandling::DoNotSend => false,
+        };
+        // Shared subscriptions never get retained messages on subscribe.
+        if !send || topic::parse_shared(filter).is_some() {
+            return;
+        }
+        for msg in self.retained_matching(filter) {
+            let qos = msg.qos.min(options.qos);
+            session.enqueue(
+                Delivery {
+                    msg,
+                    qos,
+                    retain: true,
+                    subscription_ids: identifier.into_iter().collect(),
+                },
+                self.config.max_queued_messages,
+            );
+        }
+    }
+
+    /// Publishes a will now, or after its delay unless the session is resumed first.
+    pub fn schedule_will(self: &Arc<Self>, session: &Arc<Session>, msg: Message, delay: u32) {
+        let (epoch, expiry) = {
+            let st = session.state.lock();
+            (st.epoch, st.expiry_interval)
+        };
+        let delay = delay.min(expiry);
+        if delay == 0 {
+            self.publish(Arc::new(msg));
+            return;
+        }
+        let broker = self.clone();
+        let session = session.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(u64::from(delay))).await;
+            let resumed = {
+                let st = session.state.lock();
+                st.epoch != epoch && !st.ended
+            };
+            if !resumed {
+                broker.publish(Arc::new(msg));
+            }
+        });
+    }
+
+    /// Publishes a message from the broker itself (no publisher, no hooks).
+    pub fn publish_internal(&self, topic: &str, payload: impl Into<bytes::Bytes>, retain: bool) {
+        self.publish(Arc::new(Message::new(
+            topic,
+            payload,
+            QoS::AtMostOnce,
+            retain,
+        )));
+    }
+}
+
+fn split_share(filter: &str) -> (Option<&str>, &str) {
+    match topic::parse_shared(filter) {
+        Some(Ok((group, inner))) => (Some(group), inner),
+        _ => (None, filter),
+    }
+}

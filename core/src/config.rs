@@ -1,0 +1,262 @@
+//! Broker configuration: the `[[listener]]`, `[mqtt]`, `[auth]` and `[[acl]]` tables of the TOML
+//! file. Every key has a default and unknown keys are rejected by serde.
+
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ListenerKind {
+    Tcp,
+    Tls,
+    Ws,
+    Wss,
+    WsJson,
+}
+
+impl ListenerKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Tcp => "tcp",
+            Self::Tls => "tls",
+            Self::Ws => "ws",
+            Self::Wss => "wss",
+            Self::WsJson => "ws-json",
+        }
+    }
+    pub fn is_websocket(self) -> bool {
+        matches!(self, Self::Ws | Self::Wss | Self::WsJson)
+    }
+    pub fn needs_tls(self) -> bool {
+        matches!(self, Self::Tls | Self::Wss)
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerConfig {
+    pub kind: ListenerKind,
+    pub bind: SocketAddr,
+    /// HTTP path of WebSocket listeners.
+    #[serde(default = "default_ws_path")]
+    pub path: String,
+    #[serde(default)]
+    pub cert: Option<PathBuf>,
+    #[serde(default)]
+    pub key: Option<PathBuf>,
+    /// Require and verify client certificates signed by this CA (mTLS).
+    #[serde(default)]
+    pub client_ca: Option<PathBuf>,
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Overrides `[mqtt] allow_anonymous` for this listener.
+    #[serde(default)]
+    pub allow_anonymous: Option<bool>,
+}
+
+fn default_ws_path() -> String {
+    "/mqtt".into()
+}
+fn default_max_connections() -> usize {
+    1_000_000
+}
+
+impl ListenerConfig {
+    pub fn new(kind: ListenerKind, bind: SocketAddr) -> Self {
+        Self {
+            kind,
+            bind,
+            path: default_ws_path(),
+            cert: None,
+            key: None,
+            client_ca: None,
+            max_connections: default_max_connections(),
+            allow_anonymous: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MqttConfig {
+    pub allow_anonymous: bool,
+    pub max_packet_size: u32,
+    /// Receive Maximum we grant to clients, and the outbound window we use with v3 clients.
+    pub max_inflight: u16,
+    /// Bound on each session's queue of messages waiting to be sent.
+    pub max_queued_messages: usize,
+    pub max_topic_levels: usize,
+    pub session_expiry_max_s: u32,
+    pub retain_available: bool,
+    pub shared_subscriptions: bool,
+    pub sys_interval_s: u64,
+    pub max_keepalive_s: u16,
+    /// Topic Alias Maximum we grant to v5 clients.
+    pub topic_alias_max: u16,
+    /// How long a new connection may take to send CONNECT.
+    pub connect_timeout_s: u64,
+}
+
+impl Default for MqttConfig {
+    fn default() -> Self {
+        Self {
+            allow_anonymous: true,
+            max_packet_size: 1_048_576,
+            max_inflight: 32,
+            max_queued_messages: 1000,
+            max_topic_levels: 128,
+            session_expiry_max_s: u32::MAX,
+            retain_available: true,
+            shared_subscriptions: true,
+            sys_interval_s: 10,
+            max_keepalive_s: 65_535,
+            topic_alias_max: 64,
+            connect_timeout_s: 10,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Permission {
+    #[default]
+    Allow,
+    Deny,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AclAction {
+    Publish,
+    Subscribe,
+    All,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Written by `switchyard passwd FILE USER`; empty means no password file.
+    pub password_file: PathBuf,
+    /// More `[[acl]]` rules in a TOML file of their own, appended after the inline ones.
+    pub acl_file: PathBuf,
+    /// What happens when no ACL rule matches.
+    pub acl_default: Permission,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            password_file: PathBuf::new(),
+            acl_file: PathBuf::new(),
+            acl_default: Permission::Allow,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AclRule {
+    pub permission: Permission,
+    pub action: AclAction,
+    /// A topic filter; `%u` is replaced by the user name, `%c` by the client id.
+    pub topic: String,
+    #[serde(default)]
+    pub user: Option<String>,
+    #[serde(default)]
+    pub client: Option<String>,
+}
+
+/// What the core needs to run: listeners, protocol limits, built-in auth and ACL.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CoreConfig {
+    #[serde(default = "default_listeners", rename = "listener")]
+    pub listeners: Vec<ListenerConfig>,
+    #[serde(default)]
+    pub mqtt: MqttConfig,
+    #[serde(default)]
+    pub auth: AuthConfig,
+    #[serde(default, rename = "acl")]
+    pub acl: Vec<AclRule>,
+}
+
+impl Default for CoreConfig {
+    fn default() -> Self {
+        Self {
+            listeners: default_listeners(),
+            mqtt: MqttConfig::default(),
+            auth: AuthConfig::default(),
+            acl: Vec::new(),
+        }
+    }
+}
+
+fn default_listeners() -> Vec<ListenerConfig> {
+    vec![
+        ListenerConfig::new(ListenerKind::Tcp, SocketAddr::from(([0, 0, 0, 0], 1883))),
+        ListenerConfig::new(ListenerKind::Ws, SocketAddr::from(([0, 0, 0, 0], 8083))),
+    ]
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: {message}")]
+    Invalid { path: String, message: String },
+}
+
+impl CoreConfig {
+    /// Checks what serde cannot: values that depend on each other.
+    pub fn validate(&self, path: &str) -> Result<(), ConfigError> {
+        let err = |message: String| ConfigError::Invalid {
+            path: path.to_string(),
+            message,
+        };
+        for (i, l) in self.listeners.iter().enumerate() {
+            if l.kind.needs_tls() && (l.cert.is_none() || l.key.is_none()) {
+                return Err(err(format!(
+                    "listener[{i}] ({}): `cert` and `key` are required for kind \"{}\"",
+                    l.bind,
+                    l.kind.as_str()
+                )));
+            }
+            if l.kind.is_websocket() && !l.path.starts_with('/') {
+                return Err(err(format!(
+                    "listener[{i}].path: must start with '/', got {:?}",
+                    l.path
+                )));
+            }
+            if l.client_ca.is_some() && !l.kind.needs_tls() {
+                return Err(err(format!(
+                    "listener[{i}].client_ca: only valid for tls and wss listeners"
+                )));
+            }
+        }
+        let m = &self.mqtt;
+        if m.max_packet_size < 16 || m.max_packet_size > 268_435_460 {
+            return Err(err(format!(
+                "mqtt.max_packet_size: must be between 16 and 268435460, got {}",
+                m.max_packet_size
+            )));
+        }
+        if m.max_inflight == 0 {
+            return Err(err("mqtt.max_inflight: must be at least 1".into()));
+        }
+        if m.max_queued_messages == 0 {
+            return Err(err("mqtt.max_queued_messages: must be at least 1".into()));
+        }
+        if m.max_topic_levels == 0 {
+            return Err(err("mqtt.max_topic_levels: must be at least 1".into()));
+        }
+        for (i, r) in self.acl.iter().enumerate() {
+            let probe = r.topic.replace("%u", "u").replace("%c", "c");
+            if !crate::topic::valid_topic_filter(&probe) {
+                return Err(err(format!(
+                    "acl[{i}].topic: invalid topic filter {:?}",
+                    r.topic
+                )));
+            }
+        }
+        Ok(())
+    }
+}

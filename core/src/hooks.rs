@@ -1,0 +1,265 @@
+//! The hook contract: typed extension points called by the core at CONNECT, on every PUBLISH and
+//! SUBSCRIBE, and on client and message events. Plugins (WASM), rules (Rhai) and the built-in
+//! password file and ACL all implement [`Hook`]; the [`HookChain`] calls them in priority order.
+
+use crate::message::Message;
+use crate::protocol::{ProtocolVersion, QoS, ReasonCode};
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use bytes::Bytes;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+/// Which hooks a [`Hook`] wants; the chain skips the rest without building a future.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct HookSet(u8);
+
+impl HookSet {
+    pub const NONE: Self = Self(0);
+    pub const AUTHENTICATE: Self = Self(1);
+    pub const AUTHORIZE: Self = Self(2);
+    pub const MESSAGE_PUBLISH: Self = Self(4);
+    pub const CLIENT_EVENTS: Self = Self(8);
+    pub const MESSAGE_EVENTS: Self = Self(16);
+    pub const ALL: Self = Self(31);
+
+    pub const fn union(self, other: Self) -> Self {
+        Self(self.0 | other.0)
+    }
+    pub const fn contains(self, other: Self) -> bool {
+        self.0 & other.0 == other.0 && other.0 != 0
+    }
+}
+
+impl std::ops::BitOr for HookSet {
+    type Output = Self;
+    fn bitor(self, rhs: Self) -> Self {
+        self.union(rhs)
+    }
+}
+
+/// Who is connecting, as known at CONNECT time.
+#[derive(Debug, Clone)]
+pub struct ConnectInfo {
+    pub client: ClientInfo,
+    pub password: Option<Bytes>,
+    pub clean_start: bool,
+    pub keep_alive: u16,
+    /// v5 Authentication Method, if the client asked for enhanced authentication.
+    pub auth_method: Option<String>,
+}
+
+/// A connected client, shared by every hook call of its connection.
+#[derive(Debug, Clone)]
+pub struct ClientInfo {
+    pub client_id: Arc<str>,
+    pub username: Option<Arc<str>>,
+    pub peer_addr: SocketAddr,
+    pub protocol: ProtocolVersion,
+    /// The listener's name: its kind and bind address, e.g. `tcp:0.0.0.0:1883`.
+    pub listener: Arc<str>,
+    /// Common name of a verified client certificate (mTLS listeners).
+    pub cert_common_name: Option<Arc<str>>,
+    /// Set by the authenticating hook (tenant, roles, allowed topics…).
+    pub attributes: Vec<(String, String)>,
+}
+
+impl ClientInfo {
+    pub fn attribute(&self, key: &str) -> Option<&str> {
+        self.attributes
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    Publish,
+    Subscribe,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum AuthDecision {
+    /// Let the client in, with attributes for later hooks.
+    Allow(Vec<(String, String)>),
+    /// Refuse with this CONNACK reason (mapped to a v3 return code for older clients).
+    Deny(ReasonCode),
+    /// No opinion: ask the next hook.
+    Ignore,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AclDecision {
+    Allow,
+    Deny(ReasonCode),
+    Ignore,
+}
+
+#[derive(Debug, Clone)]
+pub enum MessageDecision {
+    Pass,
+    Drop,
+    Modify(Message),
+}
+
+/// Something that happened, for observers. Never awaited by the routing path.
+#[derive(Debug, Clone)]
+pub enum Event {
+    ClientConnected(Arc<ClientInfo>),
+    ClientDisconnected(Arc<ClientInfo>, String),
+    SessionSubscribed(Arc<ClientInfo>, String, QoS),
+    SessionUnsubscribed(Arc<ClientInfo>, String),
+    MessageDelivered(Arc<str>, Arc<Message>),
+    MessageAcked(Arc<str>, Arc<Message>),
+    MessageDropped(Option<Arc<str>>, Arc<Message>, &'static str),
+}
+
+impl Event {
+    fn interest(&self) -> HookSet {
+        match self {
+            Event::ClientConnected(..)
+            | Event::ClientDisconnected(..)
+            | Event::SessionSubscribed(..)
+            | Event::SessionUnsubscribed(..) => HookSet::CLIENT_EVENTS,
+            _ => HookSet::MESSAGE_EVENTS,
+        }
+    }
+}
+
+#[async_trait]
+pub trait Hook: Send + Sync + 'static {
+    fn name(&self) -> &str;
+    fn interests(&self) -> HookSet;
+    async fn authenticate(&self, _c: &ConnectInfo) -> AuthDecision {
+        AuthDecision::Ignore
+    }
+    async fn authorize(&self, _c: &ClientInfo, _a: Access, _topic: &str, _q: QoS) -> AclDecision {
+        AclDecision::Ignore
+    }
+    async fn on_publish(&self, _c: &ClientInfo, _m: &Message) -> MessageDecision {
+        MessageDecision::Pass
+    }
+    /// Observers must not block: hand the event to a bounded queue and return.
+    fn on_event(&self, _e: &Event) {}
+}
+
+struct ChainInner {
+    hooks: Vec<(i32, Arc<dyn Hook>)>,
+    interests: HookSet,
+}
+
+/// Hooks in priority order (lower first), swapped atomically on reload.
+pub struct HookChain {
+    inner: ArcSwap<ChainInner>,
+}
+
+impl Default for HookChain {
+    fn default() -> Self {
+        Self {
+            inner: ArcSwap::from_pointee(ChainInner {
+                hooks: Vec::new(),
+                interests: HookSet::NONE,
+            }),
+        }
+    }
+}
+
+impl HookChain {
+    /// Adds a hook at `priority`; hooks of equal priority keep insertion order.
+    pub fn register(&self, priority: i32, hook: Arc<dyn Hook>) {
+        self.inner.rcu(|cur| {
+            let mut hooks = cur.hooks.clone();
+            hooks.push((priority, hook.clone()));
+            hooks.sort_by_key(|(p, _)| *p);
+            Arc::new(ChainInner {
+                interests: hooks
+                    .iter()
+                    .fold(HookSet::NONE, |acc, (_, h)| acc | h.interests()),
+                hooks,
+            })
+        });
+    }
+
+    /// Removes every hook called `name`.
+    pub fn unregister(&self, name: &str) {
+        self.inner.rcu(|cur| {
+            let hooks: Vec<_> = cur
+                .hooks
+                .iter()
+                .filter(|(_, h)| h.name() != name)
+                .cloned()
+                .collect();
+            Arc::new(ChainInner {
+                interests: hooks
+                    .iter()
+                    .fold(HookSet::NONE, |acc, (_, h)| acc | h.interests()),
+                hooks,
+            })
+        });
+    }
+
+    pub fn wants(&self, set: HookSet) -> bool {
+        self.inner.load().interests.contains(set)
+    }
+
+    pub async fn authenticate(&self, c: &ConnectInfo) -> AuthDecision {
+        let inner = self.inner.load_full();
+        for (_, h) in &inner.hooks {
+            if h.interests().contains(HookSet::AUTHENTICATE) {
+                match h.authenticate(c).await {
+                    AuthDecision::Ignore => continue,
+                    d => return d,
+                }
+            }
+        }
+        AuthDecision::Ignore
+    }
+
+    pub async fn authorize(&self, c: &ClientInfo, a: Access, topic: &str, q: QoS) -> AclDecision {
+        let inner = self.inner.load_full();
+        for (_, h) in &inner.hooks {
+            if h.interests().contains(HookSet::AUTHORIZE) {
+                match h.authorize(c, a, topic, q).await {
+                    AclDecision::Ignore => continue,
+                    d => return d,
+                }
+            }
+        }
+        AclDecision::Ignore
+    }
+
+    /// Runs every message hook in order; each sees the previous one's modification.
+    pub async fn on_publish(&self, c: &ClientInfo, m: Message) -> Option<Message> {
+        let inner = self.inner.load_full();
+        let mut current = m;
+        for (_, h) in &inner.hooks {
+            if h.interests().contains(HookSet::MESSAGE_PUBLISH) {
+                match h.on_publish(c, &current).await {
+                    MessageDecision::Pass => {}
+                    MessageDecision::Drop => return None,
+                    MessageDecision::Modify(m) => current = m,
+                }
+            }
+        }
+        Some(current)
+    }
+
+    /// Builds the event only if some hook observes that kind.
+    pub fn emit(&self, make: impl FnOnce() -> Event) {
+        let inner = self.inner.load();
+        if inner.interests.0 & (HookSet::CLIENT_EVENTS.0 | HookSet::MESSAGE_EVENTS.0) == 0 {
+            return;
+        }
+        let event = make();
+        let want = event.interest();
+        if !inner.interests.contains(want) {
+            return;
+        }
+        for (_, h) in &inner.hooks {
+            if h.interests().contains(want) {
+                h.on_event(&event);
+            }
+        }
+    }
+}

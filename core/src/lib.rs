@@ -1,0 +1,32 @@
+//! Switchyard's routing core.
+//!
+//! - [`protocol`]: MQTT 3.1/3.1.1/5.0 packets, decode and encode, reason codes.
+//! - [`topic`]: topic name/filter validation and the subscription tree.
+//! - [`session`]: per-client session state (subscriptions, queue, inflight window).
+//! - [`broker`]: the router and session registry; retained messages; wills.
+//! - [`connection`]: one task per client connection (read, drain queue, keep-alive).
+//! - [`transport`]: TCP, TLS, WebSocket, WSS listeners and the `ws-json` bridge.
+//! - [`hooks`]: the [`hooks::Hook`] trait that plugins, rules and built-ins implement.
+//! - [`auth`]: the built-in password file and ACL rules.
+//! - [`config`]: the core's part of the TOML configuration.
+//! - [`server`]: start and stop a whole broker from a config.
+//! - [`sys`], [`metrics`]: counters and the `$SYS` topics.
+
+pub mod auth;
+pub mod broker;
+pub mod config;
+pub mod connection;
+pub mod hooks;
+pub mod message;
+pub mod metrics;
+pub mod protocol;
+pub mod server;
+pub mod session;
+pub mod sys;
+pub mod topic;
+pub mod transport;
+
+pub use broker::Broker;
+pub use config::CoreConfig;
+pub use message::Message;
+pub use server::Server;

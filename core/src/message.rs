@@ -1,0 +1,90 @@
+//! The application message as the router carries it: shared by every subscriber it goes to.
+
+use crate::protocol::{LastWill, Properties, Publish, QoS};
+use bytes::Bytes;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+#[derive(Debug, Clone)]
+pub struct Message {
+    pub topic: Arc<str>,
+    pub payload: Bytes,
+    pub qos: QoS,
+    pub retain: bool,
+    /// The publish properties that travel end to end (never topic alias or subscription ids).
+    pub properties: Properties,
+    /// When Message Expiry Interval runs out, measured from receipt.
+    pub expires_at: Option<Instant>,
+    /// The publishing client, for No Local; `None` for the broker's own messages.
+    pub publisher: Option<Arc<str>>,
+    pub received_at: SystemTime,
+}
+
+impl Message {
+    pub fn new(
+        topic: impl Into<Arc<str>>,
+        payload: impl Into<Bytes>,
+        qos: QoS,
+        retain: bool,
+    ) -> Self {
+        Self {
+            topic: topic.into(),
+            payload: payload.into(),
+            qos,
+            retain,
+            properties: Properties::default(),
+            expires_at: None,
+            publisher: None,
+            received_at: SystemTime::now(),
+        }
+    }
+
+    pub fn from_publish(p: Publish, publisher: Arc<str>) -> Self {
+        let mut properties = p.properties;
+        properties.topic_alias = None;
+        properties.subscription_identifiers.clear();
+        Self {
+            topic: p.topic,
+            payload: p.payload,
+            qos: p.qos,
+            retain: p.retain,
+            expires_at: expiry_deadline(&properties),
+            properties,
+            publisher: Some(publisher),
+            received_at: SystemTime::now(),
+        }
+    }
+
+    pub fn from_will(w: &LastWill, publisher: Arc<str>) -> Self {
+        let mut properties = w.properties.clone();
+        properties.will_delay_interval = None;
+        Self {
+            topic: w.topic.clone(),
+            payload: w.payload.clone(),
+            qos: w.qos,
+            retain: w.retain,
+            expires_at: expiry_deadline(&properties),
+            properties,
+            publisher: Some(publisher),
+            received_at: SystemTime::now(),
+        }
+    }
+
+    /// Seconds of expiry left (rounded up), `Some(0)` once expired, `None` if it never expires.
+    pub fn remaining_expiry(&self, now: Instant) -> Option<u32> {
+        self.expires_at.map(|at| {
+            let left = at.saturating_duration_since(now);
+            let secs = left.as_secs() + u64::from(left.subsec_nanos() > 0);
+            u32::try_from(secs).unwrap_or(u32::MAX)
+        })
+    }
+
+    pub fn is_expired(&self, now: Instant) -> bool {
+        self.expires_at.is_some_and(|at| now >= at)
+    }
+}
+
+fn expiry_deadline(p: &Properties) -> Option<Instant> {
+    p.message_expiry_interval
+        .map(|s| Instant::now() + std::time::Duration::from_secs(u64::from(s)))
+}

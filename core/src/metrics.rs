@@ -1,0 +1,26 @@
+//! Broker-wide counters, published under `$SYS/broker/...`.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+#[derive(Debug, Default)]
+pub struct Metrics {
+    pub clients_connected: AtomicU64,
+    pub connections_total: AtomicU64,
+    pub messages_received: AtomicU64,
+    pub messages_sent: AtomicU64,
+    pub bytes_received: AtomicU64,
+    pub bytes_sent: AtomicU64,
+    /// Messages that could not be queued for a subscriber (queue full, too large, expired).
+    pub messages_dropped: AtomicU64,
+    /// Publishes refused by authorization or dropped by a message hook.
+    pub publishes_denied: AtomicU64,
+}
+
+impl Metrics {
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+    pub fn get(counter: &AtomicU64) -> u64 {
+        counter.load(Ordering::Relaxed)
+    }
+}

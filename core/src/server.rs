@@ -1,0 +1,110 @@
+//! Starting and stopping a whole broker from a [`CoreConfig`]: bind every listener, register the
+//! built-in auth hooks, run `$SYS`, and shut down gracefully.
+
+use crate::auth::{AclRules, PasswordError, PasswordFile};
+use crate::broker::Broker;
+use crate::config::{AclRule, CoreConfig, ListenerKind, Permission};
+use crate::transport::{BoundListener, ListenError};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::task::TaskTracker;
+use tracing::info;
+
+/// Priority of the built-in hooks: after plugins, which usually come first.
+pub const BUILTIN_HOOK_PRIORITY: i32 = 1000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Listen(#[from] ListenError),
+    #[error(transparent)]
+    Password(#[from] PasswordError),
+    #[error("cannot read ACL file {path}: {message}")]
+    AclFile { path: PathBuf, message: String },
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AclFile {
+    #[serde(default)]
+    acl: Vec<AclRule>,
+}
+
+/// A running broker.
+pub struct Server {
+    pub broker: Arc<Broker>,
+    /// Where each listener ended up (ports resolved when bound to 0).
+    pub listeners: Vec<(ListenerKind, SocketAddr)>,
+    tasks: TaskTracker,
+}
+
+impl Server {
+    /// Binds every listener (failing fast on the first that cannot start) and starts serving.
+    pub async fn start(config: CoreConfig) -> Result<Server, StartError> {
+        let broker = Broker::new(config.mqtt.clone());
+        if !config.auth.password_file.as_os_str().is_empty() {
+            let pf = PasswordFile::load(&config.auth.password_file)?;
+            info!(users = pf.user_count(), file = %config.auth.password_file.display(), "password file loaded");
+            broker.hooks.register(BUILTIN_HOOK_PRIORITY, Arc::new(pf));
+        }
+        let mut rules = config.acl.clone();
+        if !config.auth.acl_file.as_os_str().is_empty() {
+            let path = &config.auth.acl_file;
+            let err = |message: String| StartError::AclFile {
+                path: path.clone(),
+                message,
+            };
+            let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+            let file: AclFile = toml::from_str(&text).map_err(|e| err(e.to_string()))?;
+            let probe = CoreConfig {
+                acl: file.acl.clone(),
+                ..CoreConfig::default()
+            };
+            probe
+                .validate(&path.display().to_string())
+                .map_err(|e| err(e.to_string()))?;
+            rules.extend(file.acl);
+        }
+        if !rules.is_empty() || config.auth.acl_default == Permission::Deny {
+            broker.hooks.register(
+                BUILTIN_HOOK_PRIORITY + 1,
+                Arc::new(AclRules::new(rules, config.auth.acl_default)),
+            );
+        }
+        let mut bound = Vec::new();
+        for l in config.listeners {
+            bound.push(BoundListener::bind(l).await?);
+        }
+        let tasks = TaskTracker::new();
+        let mut listeners = Vec::new();
+        for l in bound {
+            info!(listener = %l.name(), path = l.config.kind.is_websocket().then_some(l.config.path.as_str()), "listening");
+            listeners.push((l.config.kind, l.local_addr));
+            tokio::spawn(l.run(broker.clone(), tasks.clone()));
+        }
+        tokio::spawn(crate::sys::run(broker.clone()));
+        Ok(Server {
+            broker,
+            listeners,
+            tasks,
+        })
+    }
+
+    /// The first listener of `kind`.
+    pub fn addr(&self, kind: ListenerKind) -> Option<SocketAddr> {
+        self.listeners
+            .iter()
+            .find(|(k, _)| *k == kind)
+            .map(|(_, a)| *a)
+    }
+
+    /// Stops accepting, closes every connection (v5 clients get 0x8B, wills are published) and
+    /// waits up to `grace` for connections to finish.
+    pub async fn shutdown(self, grace: Duration) {
+        self.broker.shutdown.cancel();
+        self.tasks.close();
+        let _ = tokio::time::timeout(grace, self.tasks.wait()).await;
+    }
+}

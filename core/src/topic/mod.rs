@@ -1,0 +1,154 @@
+//! Topic names and filters: validation, matching, shared-subscription parsing, and the
+//! subscription tree the router matches every publish against.
+
+mod tree;
+
+pub use tree::{TopicTree, TreeEntry};
+
+/// Longest topic the protocol can carry (a two-byte length prefix).
+const MAX_TOPIC_LEN: usize = 65_535;
+
+/// A topic name a client may publish to: no wildcards, not empty.
+pub fn valid_topic_name(topic: &str) -> bool {
+    !topic.is_empty() && topic.len() <= MAX_TOPIC_LEN && !topic.contains(['+', '#', '\0'])
+}
+
+/// A topic filter: `+` fills a whole level, `#` is a whole last level.
+pub fn valid_topic_filter(filter: &str) -> bool {
+    if filter.is_empty() || filter.len() > MAX_TOPIC_LEN || filter.contains('\0') {
+        return false;
+    }
+    let mut levels = filter.split('/').peekable();
+    while let Some(level) = levels.next() {
+        let is_last = levels.peek().is_none();
+        if level.contains('#') && (level != "#" || !is_last) {
+            return false;
+        }
+        if level.contains('+') && level != "+" {
+            return false;
+        }
+    }
+    true
+}
+
+pub fn has_wildcard(filter: &str) -> bool {
+    filter.contains(['+', '#'])
+}
+
+pub fn level_count(topic: &str) -> usize {
+    topic.split('/').count()
+}
+
+/// Splits `$share/{group}/{filter}` into the group and the filter.
+/// Returns `Some(Err(()))` for a `$share` filter that is malformed.
+pub fn parse_shared(filter: &str) -> Option<Result<(&str, &str), ()>> {
+    let rest = filter.strip_prefix("$share/")?;
+    let Some((group, inner)) = rest.split_once('/') else {
+        return Some(Err(()));
+    };
+    if group.is_empty() || group.contains(['+', '#']) || !valid_topic_filter(inner) {
+        return Some(Err(()));
+    }
+    Some(Ok((group, inner)))
+}
+
+/// Whether `topic` (a name) matches `filter`. `$`-topics are not matched by a leading wildcard.
+pub fn matches(filter: &str, topic: &str) -> bool {
+    if topic.starts_with('$') && (filter.starts_with('+') || filter.starts_with('#')) {
+        return false;
+    }
+    let mut f = filter.split('/');
+    let mut t = topic.split('/');
+    loop {
+        match (f.next(), t.next()) {
+            (Some("#"), _) => return true,
+            (Some("+"), Some(_)) => {}
+            (Some(a), Some(b)) if a == b => {}
+            (None, None) => return true,
+            _ => return false,
+        }
+    }
+}
+
+/// Whether every topic matched by `inner` is also matched by `outer`.
+pub fn filter_covers(outer: &str, inner: &str) -> bool {
+    let mut o = outer.split('/');
+    let mut i = inner.split('/');
+    loop {
+        match (o.next(), i.next()) {
+            (Some("#"), _) => return true,
+            (Some("+"), Some(l)) if l != "#" => {}
+            (Some(a), Some(b)) if a == b => {}
+            (None, None) => return true,
+            _ => return false,
+        }
+    }
+}
+
+/// Whether some topic name is matched by both filters.
+pub fn filters_overlap(a: &str, b: &str) -> bool {
+    let mut x = a.split('/');
+    let mut y = b.split('/');
+    loop {
+        match (x.next(), y.next()) {
+            (Some("#"), _) | (_, Some("#")) => return true,
+            (Some("+"), Some(_)) | (Some(_), Some("+")) => {}
+            (Some(p), Some(q)) if p == q => {}
+            (None, None) => return true,
+            _ => return false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_filters_are_validated() {
+        assert!(valid_topic_name("a/b"));
+        assert!(valid_topic_name("/"));
+        assert!(!valid_topic_name(""));
+        assert!(!valid_topic_name("a/+"));
+        assert!(!valid_topic_name("a/#"));
+        assert!(valid_topic_filter("#"));
+        assert!(valid_topic_filter("+/a/+"));
+        assert!(valid_topic_filter("a/#"));
+        assert!(!valid_topic_filter("a/#/b"));
+        assert!(!valid_topic_filter("a#"));
+        assert!(!valid_topic_filter("a/b+"));
+        assert!(!valid_topic_filter(""));
+    }
+
+    #[test]
+    fn wildcards_match_levels_and_skip_dollar_topics() {
+        assert!(matches("a/+/c", "a/b/c"));
+        assert!(!matches("a/+/c", "a/b/d"));
+        assert!(matches("a/#", "a"));
+        assert!(matches("a/#", "a/b/c"));
+        assert!(matches("#", "x/y"));
+        assert!(!matches("#", "$SYS/broker"));
+        assert!(!matches("+/broker", "$SYS/broker"));
+        assert!(matches("$SYS/#", "$SYS/broker"));
+        assert!(matches("+", ""));
+        assert!(!matches("a/b", "a/b/c"));
+    }
+
+    #[test]
+    fn shared_filters_are_parsed() {
+        assert_eq!(parse_shared("$share/g/a/+"), Some(Ok(("g", "a/+"))));
+        assert_eq!(parse_shared("$share/g"), Some(Err(())));
+        assert_eq!(parse_shared("$share//a"), Some(Err(())));
+        assert_eq!(parse_shared("a/b"), None);
+    }
+
+    #[test]
+    fn cover_and_overlap() {
+        assert!(filter_covers("a/#", "a/b/+"));
+        assert!(!filter_covers("a/+", "a/#"));
+        assert!(filter_covers("+/b", "x/b"));
+        assert!(filters_overlap("#", "secret/x"));
+        assert!(filters_overlap("a/+/c", "a/b/#"));
+        assert!(!filters_overlap("a/b", "a/c"));
+    }
+}

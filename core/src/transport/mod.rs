@@ -1,0 +1,167 @@
+//! Listeners: TCP, TLS (rustls), WebSocket and secure WebSocket (tokio-tungstenite), and the
+//! JSON-over-WebSocket bridge. Every MQTT transport ends in the same byte-stream handler,
+//! [`crate::connection::serve`].
+
+mod tls;
+mod ws;
+pub mod ws_json;
+
+use crate::broker::Broker;
+use crate::config::{ListenerConfig, ListenerKind};
+use crate::connection::{serve, ListenerContext};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::task::TaskTracker;
+use tracing::{debug, error, info, warn};
+
+pub use tls::{load_tls_config, TlsError};
+pub use ws::WsByteStream;
+
+/// A listener that has bound its socket and loaded its certificates, not yet accepting.
+pub struct BoundListener {
+    pub config: ListenerConfig,
+    pub local_addr: SocketAddr,
+    listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ListenError {
+    #[error("cannot listen on {addr} ({kind}): {source}")]
+    Bind {
+        addr: SocketAddr,
+        kind: &'static str,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+}
+
+impl BoundListener {
+    pub async fn bind(config: ListenerConfig) -> Result<Self, ListenError> {
+        let tls = if config.kind.needs_tls() {
+            Some(load_tls_config(&config)?)
+        } else {
+            None
+        };
+        let listener =
+            TcpListener::bind(config.bind)
+                .await
+                .map_err(|source| ListenError::Bind {
+                    addr: config.bind,
+                    kind: config.kind.as_str(),
+                    source,
+                })?;
+        let local_addr = listener.local_addr().map_err(|source| ListenError::Bind {
+            addr: config.bind,
+            kind: config.kind.as_str(),
+            source,
+        })?;
+        Ok(Self {
+            config,
+            local_addr,
+            listener,
+            tls,
+        })
+    }
+
+    /// `kind:addr` as used in logs and `ClientInfo::listener`.
+    pub fn name(&self) -> String {
+        format!("{}:{}", self.config.kind.as_str(), self.local_addr)
+    }
+
+    /// Accepts connections until shutdown; each runs in its own task tracked by `tasks`.
+    pub async fn run(self, broker: Arc<Broker>, tasks: TaskTracker) {
+        let name: Arc<str> = Arc::from(self.name());
+        let ctx = Arc::new(ListenerContext {
+            allow_anonymous: self
+                .config
+                .allow_anonymous
+                .unwrap_or(broker.config.allow_anonymous),
+            broker: broker.clone(),
+            name: name.clone(),
+        });
+        let open = Arc::new(AtomicUsize::new(0));
+        let shared = Arc::new(self);
+        loop {
+            let accepted = tokio::select! {
+                _ = broker.shutdown.cancelled() => break,
+                a = shared.listener.accept() => a,
+            };
+            let (tcp, peer) = match accepted {
+                Ok(x) => x,
+                Err(e) => {
+                    // Usually EMFILE: back off briefly instead of spinning.
+                    warn!(listener = %name, error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            if open.load(Ordering::Relaxed) >= shared.config.max_connections {
+                debug!(listener = %name, %peer, "max_connections reached; refusing");
+                drop(tcp);
+                continue;
+            }
+            let _ = tcp.set_nodelay(true);
+            open.fetch_add(1, Ordering::Relaxed);
+            let guard = OpenGuard(open.clone());
+            let ctx = ctx.clone();
+            let me = shared.clone();
+            tasks.spawn(async move {
+                let _guard = guard;
+                me.handle(tcp, peer, ctx).await;
+            });
+        }
+        info!(listener = %name, "listener stopped");
+    }
+
+    async fn handle(&self, tcp: TcpStream, peer: SocketAddr, ctx: Arc<ListenerContext>) {
+        let kind = self.config.kind;
+        match (&self.tls, kind) {
+            (None, ListenerKind::Tcp) => serve(tcp, peer, None, ctx).await,
+            (None, ListenerKind::Ws) => match ws::accept(tcp, &self.config.path).await {
+                Ok(ws) => serve(ws, peer, None, ctx).await,
+                Err(e) => {
+                    debug!(listener = %ctx.name, %peer, error = %e, "websocket handshake failed")
+                }
+            },
+            (None, ListenerKind::WsJson) => match ws::accept_json(tcp, &self.config.path).await {
+                Ok((ws, query)) => ws_json::serve(ws, peer, query, ctx).await,
+                Err(e) => {
+                    debug!(listener = %ctx.name, %peer, error = %e, "websocket handshake failed")
+                }
+            },
+            (Some(acceptor), _) => {
+                let stream = match acceptor.accept(tcp).await {
+                    Ok(s) => s,
+                    Err(e) => {
+                        debug!(listener = %ctx.name, %peer, error = %e, "TLS handshake failed");
+                        return;
+                    }
+                };
+                let cn = tls::peer_common_name(&stream);
+                if kind == ListenerKind::Wss {
+                    match ws::accept(stream, &self.config.path).await {
+                        Ok(ws) => serve(ws, peer, cn, ctx).await,
+                        Err(e) => {
+                            debug!(listener = %ctx.name, %peer, error = %e, "websocket handshake failed")
+                        }
+                    }
+                } else {
+                    serve(stream, peer, cn, ctx).await
+                }
+            }
+            (None, _) => error!(listener = %ctx.name, "listener kind needs TLS but has none"),
+        }
+    }
+}
+
+struct OpenGuard(Arc<AtomicUsize>);
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
