@@ -220,3 +220,6 @@ impl Packet {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

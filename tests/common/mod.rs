@@ -1,0 +1,354 @@
+//! Shared helpers for the end-to-end tests: an in-process broker on ephemeral ports, rumqttc
+//! v3.1.1 and v5 clients whose events arrive on a channel, and a raw-socket client.
+#![allow(dead_code)]
+
+use bytes::BytesMut;
+use std::net::SocketAddr;
+use std::time::Duration;
+use switchyard_core::config::{ListenerConfig, ListenerKind};
+use switchyard_core::protocol::{self, Packet, ProtocolVersion};
+use switchyard_core::{CoreConfig, Server};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+
+/// How long any single expected event may take before a test fails.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+pub fn local(kind: ListenerKind) -> ListenerConfig {
+    ListenerConfig::new(kind, "127.0.0.1:0".parse().unwrap())
+}
+
+/// TCP and WebSocket on ephemeral ports, `$SYS` off unless a test turns it on.
+pub fn test_config() -> CoreConfig {
+    let mut c = CoreConfig::default();
+    c.listeners = vec![local(ListenerKind::Tcp), local(ListenerKind::Ws)];
+    c.mqtt.sys_interval_s = 0;
+    c
+}
+
+pub async fn start(config: CoreConfig) -> Server {
+    Server::start(config).await.expect("broker starts")
+}
+
+pub fn tcp_addr(s: &Server) -> SocketAddr {
+    s.addr(ListenerKind::Tcp).expect("tcp listener")
+}
+
+// ---------- rumqttc v3.1.1 ----------
+
+pub mod v4 {
+    use super::*;
+    pub use rumqttc::{AsyncClient, Event, EventLoop, Incoming, MqttOptions, Packet, Publish, QoS};
+
+    pub fn options(addr: SocketAddr, id: &str) -> MqttOptions {
+        let mut o = MqttOptions::new(id, addr.ip().to_string(), addr.port());
+        o.set_keep_alive(Duration::from_secs(30));
+        o
+    }
+
+    pub struct Client {
+        pub client: AsyncClient,
+        pub events: mpsc::UnboundedReceiver<Result<Event, String>>,
+    }
+
+    /// Connects and waits for CONNACK; the event loop then runs in a task until an error.
+    pub async fn connect(opts: MqttOptions) -> Client {
+        let c = connect_any(opts).await;
+        c.expect("client connects")
+    }
+
+    /// Like `connect` but returns the CONNACK error instead of failing.
+    pub async fn connect_any(opts: MqttOptions) -> Result<Client, String> {
+        let (client, mut eventloop) = AsyncClient::new(opts, 1000);
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            loop {
+                match eventloop.poll().await {
+                    Ok(e) => {
+                        if tx.send(Ok(e)).is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(e.to_string()));
+                        return;
+                    }
+                }
+            }
+        });
+        loop {
+            match tokio::time::timeout(WAIT, rx.recv()).await.expect("connack in time") {
+                Some(Ok(Event::Incoming(Packet::ConnAck(_)))) => {
+                    return Ok(Client { client, events: rx })
+                }
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => return Err(e),
+                None => return Err("event loop ended".into()),
+            }
+        }
+    }
+
+    impl Client {
+        /// The next incoming packet matching `f`, skipping others.
+        pub async fn expect<T>(&mut self, mut f: impl FnMut(&Packet) -> Option<T>) -> T {
+            loop {
+                let e = tokio::time::timeout(WAIT, self.events.recv())
+                    .await
+                    .expect("expected event in time")
+                    .expect("event loop alive");
+                match e {
+                    Ok(Event::Incoming(p)) => {
+                        if let Some(t) = f(&p) {
+                            return t;
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => panic!("connection error while waiting: {e}"),
+                }
+            }
+        }
+
+        pub async fn next_publish(&mut self) -> Publish {
+            self.expect(|p| match p {
+                Packet::Publish(p) => Some(p.clone()),
+                _ => None,
+            })
+            .await
+        }
+
+        pub async fn subscribe(&mut self, filter: &str, qos: QoS) -> Vec<rumqttc::SubscribeReasonCode> {
+            self.client.subscribe(filter, qos).await.unwrap();
+            self.expect(|p| match p {
+                Packet::SubAck(a) => Some(a.return_codes.clone()),
+                _ => None,
+            })
+            .await
+        }
+
+        /// Waits until the event loop reports an error (the connection ended).
+        pub async fn expect_closed(&mut self) -> String {
+            loop {
+                match tokio::time::timeout(WAIT, self.events.recv()).await.expect("close in time") {
+                    Some(Ok(_)) => continue,
+                    Some(Err(e)) => return e,
+                    None => return "ended".into(),
+                }
+            }
+        }
+
+        /// No publish arrives within `d` (used only after a positive event proved delivery works).
+        pub async fn assert_no_publish(&mut self, d: Duration) {
+            let deadline = tokio::time::Instant::now() + d;
+            loop {
+                match tokio::time::timeout_at(deadline, self.events.recv()).await {
+                    Err(_) => return,
+                    Ok(Some(Ok(Event::Incoming(Packet::Publish(p))))) => panic!("unexpected publish {p:?}"),
+                    Ok(Some(Ok(_))) => continue,
+                    Ok(other) => panic!("connection ended: {other:?}"),
+                }
+            }
+        }
+    }
+}
+
+// ---------- rumqttc v5 ----------
+
+pub mod v5 {
+    use super::*;
+    pub use rumqttc::v5::mqttbytes::v5::{
+        ConnectReturnCode, Filter, LastWill, Packet, PublishProperties, RetainForwardRule,
+        SubscribeProperties, SubscribeReasonCode,
+    };
+    pub use rumqttc::v5::mqttbytes::QoS;
+    pub use rumqttc::v5::{AsyncClient, Event, MqttOptions};
+    pub type Publish = rumqttc::v5::mqttbytes::v5::Publish;
+
+    pub fn options(addr: SocketAddr, id: &str) -> MqttOptions {
+        let mut o = MqttOptions::new(id, addr.ip().to_string(), addr.port());
+        o.set_keep_alive(Duration::from_secs(30));
+        o
+    }
+
+    pub struct Client {
+        pub client: AsyncClient,
+        pub events: mpsc::UnboundedReceiver<Result<Event, String>>,
+        pub connack: rumqttc::v5::mqttbytes::v5::ConnAck,
+    }
+
+    pub async fn connect(opts: MqttOptions) -> Client {
+        connect_any(opts).await.expect("client connects")
+    }
+
+    pub async fn connect_any(opts: MqttOptions) -> Result<Client, String> {
+        let (client, mut eventloop) = AsyncClient::new(opts, 1000);
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            loop {
+                match eventloop.poll().await {
+                    Ok(e) => {
+                        if tx.send(Ok(e)).is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(format!("{e:?}")));
+                        return;
+                    }
+                }
+            }
+        });
+        loop {
+            match tokio::time::timeout(WAIT, rx.recv()).await.expect("connack in time") {
+                Some(Ok(Event::Incoming(Packet::ConnAck(a)))) => {
+                    return Ok(Client { client, events: rx, connack: a })
+                }
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => return Err(e),
+                None => return Err("event loop ended".into()),
+            }
+        }
+    }
+
+    impl Client {
+        pub async fn expect<T>(&mut self, mut f: impl FnMut(&Packet) -> Option<T>) -> T {
+            loop {
+                let e = tokio::time::timeout(WAIT, self.events.recv())
+                    .await
+                    .expect("expected event in time")
+                    .expect("event loop alive");
+                match e {
+                    Ok(Event::Incoming(p)) => {
+                        if let Some(t) = f(&p) {
+                            return t;
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => panic!("connection error while waiting: {e}"),
+                }
+            }
+        }
+
+        pub async fn next_publish(&mut self) -> Publish {
+            self.expect(|p| match p {
+                Packet::Publish(p) => Some(p.clone()),
+                _ => None,
+            })
+            .await
+        }
+
+        pub async fn subscribe_with(&mut self, filter: Filter, props: Option<SubscribeProperties>) -> Vec<SubscribeReasonCode> {
+            match props {
+                Some(p) => self.client.subscribe_many_with_properties(vec![filter], p).await.unwrap(),
+                None => self.client.subscribe_many(vec![filter]).await.unwrap(),
+            }
+            self.expect(|p| match p {
+                Packet::SubAck(a) => Some(a.return_codes.clone()),
+                _ => None,
+            })
+            .await
+        }
+
+        pub async fn subscribe(&mut self, filter: &str, qos: QoS) -> Vec<SubscribeReasonCode> {
+            self.subscribe_with(Filter::new(filter, qos), None).await
+        }
+
+        pub async fn expect_closed(&mut self) -> String {
+            loop {
+                match tokio::time::timeout(WAIT, self.events.recv()).await.expect("close in time") {
+                    Some(Ok(_)) => continue,
+                    Some(Err(e)) => return e,
+                    None => return "ended".into(),
+                }
+            }
+        }
+
+        pub async fn assert_no_publish(&mut self, d: Duration) {
+            let deadline = tokio::time::Instant::now() + d;
+            loop {
+                match tokio::time::timeout_at(deadline, self.events.recv()).await {
+                    Err(_) => return,
+                    Ok(Some(Ok(Event::Incoming(Packet::Publish(p))))) => panic!("unexpected publish {p:?}"),
+                    Ok(Some(Ok(_))) => continue,
+                    Ok(other) => panic!("connection ended: {other:?}"),
+                }
+            }
+        }
+    }
+}
+
+// ---------- raw socket client, for malformed input and exact bytes ----------
+
+pub struct Raw {
+    pub stream: TcpStream,
+    pub buf: BytesMut,
+    pub version: ProtocolVersion,
+}
+
+impl Raw {
+    pub async fn connect(addr: SocketAddr) -> Raw {
+        Raw {
+            stream: TcpStream::connect(addr).await.unwrap(),
+            buf: BytesMut::new(),
+            version: ProtocolVersion::V5,
+        }
+    }
+
+    pub async fn send_bytes(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).await.unwrap();
+    }
+
+    pub async fn send(&mut self, p: &Packet) {
+        let mut b = BytesMut::new();
+        protocol::encode_packet(p, self.version, &mut b);
+        self.send_bytes(&b).await;
+    }
+
+    /// Sends a CONNECT for `id` in `version` and returns the CONNACK.
+    pub async fn handshake(&mut self, version: ProtocolVersion, id: &str) -> protocol::ConnAck {
+        self.version = version;
+        let c = protocol::Connect {
+            protocol: version,
+            clean_start: true,
+            keep_alive: 60,
+            client_id: id.into(),
+            will: None,
+            username: None,
+            password: None,
+            properties: Default::default(),
+        };
+        self.send(&Packet::Connect(Box::new(c))).await;
+        match self.recv().await {
+            Some(Packet::ConnAck(a)) => a,
+            other => panic!("expected CONNACK, got {other:?}"),
+        }
+    }
+
+    /// The next packet, or `None` when the server closed the connection.
+    pub async fn recv(&mut self) -> Option<Packet> {
+        tokio::time::timeout(WAIT, async {
+            loop {
+                if let Some(p) = protocol::decode_packet(&mut self.buf, Some(self.version), 1 << 24).expect("server sends valid packets") {
+                    return Some(p);
+                }
+                match self.stream.read_buf(&mut self.buf).await {
+                    Ok(0) | Err(_) => return None,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await
+        .expect("packet or close in time")
+    }
+
+    /// Reads until the server closes; returns the DISCONNECT it sent first, if any.
+    pub async fn expect_close(&mut self) -> Option<protocol::Disconnect> {
+        let mut last = None;
+        while let Some(p) = self.recv().await {
+            if let Packet::Disconnect(d) = p {
+                last = Some(d);
+            }
+        }
+        last
+    }
+}

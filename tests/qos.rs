@@ -1,0 +1,106 @@
+//! QoS 0/1/2 flows in both directions, QoS downgrade, packet ids and the inflight window.
+
+mod common;
+use common::*;
+use std::time::Duration;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qos_flows_v311_all_levels_and_downgrade() {
+    let server = start(test_config()).await;
+    let addr = tcp_addr(&server);
+    let mut sub = v4::connect(v4::options(addr, "sub")).await;
+    assert_eq!(
+        sub.subscribe("q/#", v4::QoS::ExactlyOnce).await,
+        vec![rumqttc::SubscribeReasonCode::Success(v4::QoS::ExactlyOnce)]
+    );
+    let mut low = v4::connect(v4::options(addr, "low")).await;
+    low.subscribe("q/#", v4::QoS::AtLeastOnce).await;
+    let publisher = v4::connect(v4::options(addr, "pub")).await;
+    for (i, qos) in [v4::QoS::AtMostOnce, v4::QoS::AtLeastOnce, v4::QoS::ExactlyOnce].into_iter().enumerate() {
+        publisher.client.publish(format!("q/{i}"), qos, false, format!("m{i}")).await.unwrap();
+        let got = sub.next_publish().await;
+        assert_eq!(got.topic, format!("q/{i}"));
+        assert_eq!(&got.payload[..], format!("m{i}").as_bytes());
+        assert_eq!(got.qos, qos);
+        if qos != v4::QoS::AtMostOnce {
+            assert_ne!(got.pkid, 0);
+        }
+        let got = low.next_publish().await;
+        assert_eq!(got.qos, qos.min_qos(v4::QoS::AtLeastOnce));
+    }
+}
+
+trait MinQos {
+    fn min_qos(self, other: Self) -> Self;
+}
+impl MinQos for v4::QoS {
+    fn min_qos(self, other: Self) -> Self {
+        if (self as u8) <= (other as u8) { self } else { other }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qos_flows_v5_publisher_gets_acks_and_ordered_delivery() {
+    let server = start(test_config()).await;
+    let addr = tcp_addr(&server);
+    let mut sub = v5::connect(v5::options(addr, "sub5")).await;
+    sub.subscribe("o/+", v5::QoS::ExactlyOnce).await;
+    let mut publisher = v5::connect(v5::options(addr, "pub5")).await;
+    for i in 0..200u32 {
+        let qos = match i % 3 { 0 => v5::QoS::AtMostOnce, 1 => v5::QoS::AtLeastOnce, _ => v5::QoS::ExactlyOnce };
+        publisher.client.publish("o/x", qos, false, i.to_be_bytes().to_vec()).await.unwrap();
+    }
+    // Every message arrives, in order, at its own QoS.
+    for i in 0..200u32 {
+        let p = sub.next_publish().await;
+        assert_eq!(&p.payload[..], &i.to_be_bytes());
+    }
+    // The publisher saw its QoS 1 and 2 handshakes complete.
+    let mut acks = 0;
+    let mut comps = 0;
+    while acks < 67 || comps < 66 {
+        publisher
+            .expect(|p| match p {
+                v5::Packet::PubAck(_) => { acks += 1; Some(()) }
+                v5::Packet::PubComp(_) => { comps += 1; Some(()) }
+                _ => None,
+            })
+            .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn receive_maximum_limits_unacknowledged_deliveries() {
+    let server = start(test_config()).await;
+    let addr = tcp_addr(&server);
+    let mut o = v5::options(addr, "slow");
+    o.set_receive_maximum(Some(3));
+    o.set_manual_acks(true);
+    let mut sub = v5::connect(o).await;
+    sub.subscribe("w", v5::QoS::AtLeastOnce).await;
+    let publisher = v5::connect(v5::options(addr, "fast")).await;
+    for i in 0..10u8 {
+        publisher.client.publish("w", v5::QoS::AtLeastOnce, false, vec![i]).await.unwrap();
+    }
+    let mut held = Vec::new();
+    for i in 0..3u8 {
+        let p = sub.next_publish().await;
+        assert_eq!(&p.payload[..], &[i]);
+        held.push(p);
+    }
+    // With three unacknowledged, the broker must wait.
+    sub.assert_no_publish(Duration::from_millis(300)).await;
+    sub.client.ack(&held[0]).await.unwrap();
+    let p = sub.next_publish().await;
+    assert_eq!(&p.payload[..], &[3]);
+    for h in &held[1..] {
+        sub.client.ack(h).await.unwrap();
+    }
+    held = vec![p];
+    for i in 4..10u8 {
+        let p = sub.next_publish().await;
+        assert_eq!(&p.payload[..], &[i]);
+        sub.client.ack(&p).await.unwrap();
+    }
+    sub.client.ack(&held[0]).await.unwrap();
+}
