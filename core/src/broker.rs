@@ -37,6 +37,8 @@ pub struct Attached {
     pub session_present: bool,
     /// This connection's generation: it owns the session while `state.owner` equals it.
     pub generation: u64,
+    /// The session's epoch as of this attach; a later attach (resume) changes it.
+    pub epoch: u64,
 }
 
 pub struct Broker {
@@ -78,6 +80,7 @@ impl Broker {
                 let had_owner = st.owner != 0;
                 st.owner = generation;
                 st.epoch += 1;
+                let epoch = st.epoch;
                 st.expiry_interval = expiry_interval;
                 drop(st);
                 drop(sessions);
@@ -88,6 +91,7 @@ impl Broker {
                     session: existing,
                     session_present: true,
                     generation,
+                    epoch,
                 };
             }
             sessions.remove(client_id);
@@ -106,6 +110,7 @@ impl Broker {
             session,
             session_present: false,
             generation,
+            epoch: 1,
         }
     }
 
@@ -373,13 +378,24 @@ impl Broker {
         }
     }
 
-    /// Publishes a will now, or after its delay unless the session is resumed first.
-    pub fn schedule_will(self: &Arc<Self>, session: &Arc<Session>, msg: Message, delay: u32) {
-        let (epoch, expiry) = {
+    /// Publishes the will of the connection that attached at `epoch`: now, or after its delay
+    /// unless the session is resumed first. A session that has ended publishes it at once.
+    pub fn schedule_will(self: &Arc<Self>, session: &Arc<Session>, msg: Message, delay: u32, epoch: u64) {
+        let delay = {
             let st = session.state.lock();
-            (st.epoch, st.expiry_interval)
+            if st.ended {
+                0
+            } else if st.epoch != epoch {
+                // Resumed by a new connection: a delayed will is cancelled, an immediate one
+                // still goes out (spec 3.1.3.2.2).
+                if delay > 0 {
+                    return;
+                }
+                0
+            } else {
+                delay.min(st.expiry_interval)
+            }
         };
-        let delay = delay.min(expiry);
         if delay == 0 {
             self.publish(Arc::new(msg));
             return;

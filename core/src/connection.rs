@@ -160,6 +160,8 @@ struct Connection<S> {
     version: ProtocolVersion,
     session: Arc<Session>,
     generation: u64,
+    /// The session epoch this connection attached at (wills compare it).
+    epoch: u64,
     rbuf: BytesMut,
     wbuf: BytesMut,
     will: Option<LastWill>,
@@ -350,6 +352,7 @@ where
             version,
             session: attached.session,
             generation: attached.generation,
+            epoch: attached.epoch,
             rbuf,
             wbuf,
             will: connect.will,
@@ -963,7 +966,7 @@ where
         }
         let delay = will.properties.will_delay_interval.unwrap_or(0);
         let msg = Message::from_will(&will, self.client.client_id.clone());
-        self.broker.schedule_will(&self.session, msg, delay);
+        self.broker.schedule_will(&self.session, msg, delay, self.epoch);
     }
 }
 

@@ -50,6 +50,7 @@ pub mod v4 {
     pub struct Client {
         pub client: AsyncClient,
         pub events: mpsc::UnboundedReceiver<Result<Event, String>>,
+        pub task: tokio::task::JoinHandle<()>,
     }
 
     /// Connects and waits for CONNACK; the event loop then runs in a task until an error.
@@ -62,7 +63,7 @@ pub mod v4 {
     pub async fn connect_any(opts: MqttOptions) -> Result<Client, String> {
         let (client, mut eventloop) = AsyncClient::new(opts, 1000);
         let (tx, mut rx) = mpsc::unbounded_channel();
-        tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             loop {
                 match eventloop.poll().await {
                     Ok(e) => {
@@ -80,7 +81,7 @@ pub mod v4 {
         loop {
             match tokio::time::timeout(WAIT, rx.recv()).await.expect("connack in time") {
                 Some(Ok(Event::Incoming(Packet::ConnAck(_)))) => {
-                    return Ok(Client { client, events: rx })
+                    return Ok(Client { client, events: rx, task })
                 }
                 Some(Ok(_)) => continue,
                 Some(Err(e)) => return Err(e),
@@ -90,6 +91,12 @@ pub mod v4 {
     }
 
     impl Client {
+        /// Drops the connection without DISCONNECT (the broker sees a socket error/EOF).
+        pub async fn kill(self) {
+            self.task.abort();
+            let _ = self.task.await;
+        }
+
         /// The next incoming packet matching `f`, skipping others.
         pub async fn expect<T>(&mut self, mut f: impl FnMut(&Packet) -> Option<T>) -> T {
             loop {
@@ -173,6 +180,7 @@ pub mod v5 {
     pub struct Client {
         pub client: AsyncClient,
         pub events: mpsc::UnboundedReceiver<Result<Event, String>>,
+        pub task: tokio::task::JoinHandle<()>,
         pub connack: rumqttc::v5::mqttbytes::v5::ConnAck,
     }
 
@@ -183,7 +191,7 @@ pub mod v5 {
     pub async fn connect_any(opts: MqttOptions) -> Result<Client, String> {
         let (client, mut eventloop) = AsyncClient::new(opts, 1000);
         let (tx, mut rx) = mpsc::unbounded_channel();
-        tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             loop {
                 match eventloop.poll().await {
                     Ok(e) => {
@@ -201,7 +209,7 @@ pub mod v5 {
         loop {
             match tokio::time::timeout(WAIT, rx.recv()).await.expect("connack in time") {
                 Some(Ok(Event::Incoming(Packet::ConnAck(a)))) => {
-                    return Ok(Client { client, events: rx, connack: a })
+                    return Ok(Client { client, events: rx, task, connack: a })
                 }
                 Some(Ok(_)) => continue,
                 Some(Err(e)) => return Err(e),
@@ -211,6 +219,11 @@ pub mod v5 {
     }
 
     impl Client {
+        pub async fn kill(self) {
+            self.task.abort();
+            let _ = self.task.await;
+        }
+
         pub async fn expect<T>(&mut self, mut f: impl FnMut(&Packet) -> Option<T>) -> T {
             loop {
                 let e = tokio::time::timeout(WAIT, self.events.recv())
@@ -279,6 +292,29 @@ pub mod v5 {
 
 // ---------- raw socket client, for malformed input and exact bytes ----------
 
+pub fn connect_packet(version: ProtocolVersion, id: &str) -> protocol::Connect {
+    protocol::Connect {
+        protocol: version,
+        clean_start: true,
+        keep_alive: 60,
+        client_id: id.into(),
+        will: None,
+        username: None,
+        password: None,
+        properties: Default::default(),
+    }
+}
+
+pub fn will(topic: &str, payload: &'static [u8]) -> protocol::LastWill {
+    protocol::LastWill {
+        topic: topic.into(),
+        payload: bytes::Bytes::from_static(payload),
+        qos: protocol::QoS::AtLeastOnce,
+        retain: false,
+        properties: Default::default(),
+    }
+}
+
 pub struct Raw {
     pub stream: TcpStream,
     pub buf: BytesMut,
@@ -306,17 +342,11 @@ impl Raw {
 
     /// Sends a CONNECT for `id` in `version` and returns the CONNACK.
     pub async fn handshake(&mut self, version: ProtocolVersion, id: &str) -> protocol::ConnAck {
-        self.version = version;
-        let c = protocol::Connect {
-            protocol: version,
-            clean_start: true,
-            keep_alive: 60,
-            client_id: id.into(),
-            will: None,
-            username: None,
-            password: None,
-            properties: Default::default(),
-        };
+        self.handshake_with(connect_packet(version, id)).await
+    }
+
+    pub async fn handshake_with(&mut self, c: protocol::Connect) -> protocol::ConnAck {
+        self.version = c.protocol;
         self.send(&Packet::Connect(Box::new(c))).await;
         match self.recv().await {
             Some(Packet::ConnAck(a)) => a,
