@@ -99,12 +99,9 @@ pub async fn serve<S>(
                 code: ReasonCode::UNSUPPORTED_PROTOCOL_VERSION,
                 properties: Properties::default(),
             });
-            let version = if level >= 5 {
-                ProtocolVersion::V5
-            } else {
-                ProtocolVersion::V311
-            };
-            encode_packet(&ack, version, &mut out);
+            // A level we do not know gets the 3.1.1 answer (return code 0x01), which every
+            // client generation can read.
+            encode_packet(&ack, ProtocolVersion::V311, &mut out);
             let _ = stream.write_all(&out).await;
             return;
         }

@@ -181,6 +181,10 @@ pub fn decode_packet(
     version: Option<ProtocolVersion>,
     max_packet_size: usize,
 ) -> Result<Option<Packet>, DecodeError> {
+    if version.is_none() && buf.first().is_some_and(|b| b >> 4 != 1) {
+        // Refuse a stream that is not MQTT (an HTTP request, say) without waiting for more.
+        return Err(DecodeError::FirstPacketNotConnect);
+    }
     if buf.len() < 2 {
         return Ok(None);
     }
