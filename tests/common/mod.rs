@@ -1,6 +1,6 @@
 //! Shared helpers for the end-to-end tests: an in-process broker on ephemeral ports, rumqttc
 //! v3.1.1 and v5 clients whose events arrive on a channel, and a raw-socket client.
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
 use bytes::BytesMut;
 use std::net::SocketAddr;
@@ -380,5 +380,87 @@ impl Raw {
             }
         }
         last
+    }
+}
+
+// ---------- TLS material generated per test ----------
+
+pub struct Pki {
+    pub dir: tempfile::TempDir,
+    pub ca_pem: String,
+    pub server_cert: std::path::PathBuf,
+    pub server_key: std::path::PathBuf,
+    pub ca_file: std::path::PathBuf,
+    ca_cert: rcgen::Certificate,
+    ca_key: rcgen::KeyPair,
+}
+
+impl Pki {
+    /// A CA and a server certificate for 127.0.0.1 and localhost, written as PEM files.
+    pub fn new() -> Pki {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+        let dir = tempfile::tempdir().unwrap();
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.distinguished_name.push(DnType::CommonName, "Switchyard Test CA");
+        let ca_cert = ca.self_signed(&ca_key).unwrap();
+        let server_key = KeyPair::generate().unwrap();
+        let server = CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()]).unwrap();
+        let server_cert = server.signed_by(&server_key, &ca_cert, &ca_key).unwrap();
+        let write = |name: &str, text: &str| {
+            let p = dir.path().join(name);
+            std::fs::write(&p, text).unwrap();
+            p
+        };
+        Pki {
+            ca_pem: ca_cert.pem(),
+            ca_file: write("ca.pem", &ca_cert.pem()),
+            server_cert: write("server.pem", &server_cert.pem()),
+            server_key: write("server.key", &server_key.serialize_pem()),
+            dir,
+            ca_cert,
+            ca_key,
+        }
+    }
+
+    /// A client certificate with common name `cn`, as (cert PEM, key PEM).
+    pub fn client_cert(&self, cn: &str) -> (String, String) {
+        use rcgen::{CertificateParams, DnType, KeyPair};
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.distinguished_name.push(DnType::CommonName, cn);
+        let cert = params.signed_by(&key, &self.ca_cert, &self.ca_key).unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+
+    pub fn listener(&self, kind: ListenerKind) -> ListenerConfig {
+        let mut l = local(kind);
+        l.cert = Some(self.server_cert.clone());
+        l.key = Some(self.server_key.clone());
+        l
+    }
+
+    /// A rustls client config trusting our CA, optionally presenting a client certificate.
+    pub fn client_config(&self, client: Option<(String, String)>) -> std::sync::Arc<rustls::ClientConfig> {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(CertificateDer::from_pem_slice(self.ca_pem.as_bytes()).unwrap()).unwrap();
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let builder = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots);
+        let config = match client {
+            None => builder.with_no_client_auth(),
+            Some((cert, key)) => builder
+                .with_client_auth_cert(
+                    vec![CertificateDer::from_pem_slice(cert.as_bytes()).unwrap()],
+                    PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap(),
+                )
+                .unwrap(),
+        };
+        std::sync::Arc::new(config)
     }
 }
