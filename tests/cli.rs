@@ -1,0 +1,141 @@
+//! The `switchyard` binary itself: default config, config errors, `passwd`, start-up output and
+//! graceful shutdown on SIGTERM.
+
+mod common;
+use common::*;
+use std::io::{BufRead, BufReader, Write};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use switchyard_core::protocol::{ProtocolVersion, ReasonCode};
+
+const BIN: &str = env!("CARGO_BIN_EXE_switchyard");
+
+fn run(args: &[&str]) -> std::process::Output {
+    Command::new(BIN).args(args).output().unwrap()
+}
+
+#[test]
+fn printed_default_config_is_valid() {
+    let out = run(&["--print-default-config"]);
+    assert!(out.status.success());
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("default.toml");
+    std::fs::write(&path, &out.stdout).unwrap();
+    let check = run(&["check-config", path.to_str().unwrap()]);
+    assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stderr));
+    let text = String::from_utf8(out.stdout).unwrap();
+    for key in ["allow_anonymous", "max_packet_size", "max_inflight", "password_file", "acl_default"] {
+        assert!(text.contains(key), "documents {key}");
+    }
+}
+
+#[test]
+fn config_errors_name_the_key_and_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("broken.toml");
+    std::fs::write(&path, "[mqtt]\nmax_inflight = 10\nmax_infligth = 3\n").unwrap();
+    let out = run(&["--config", path.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("broken.toml") && err.contains("max_infligth"), "{err}");
+    std::fs::write(&path, "[mqtt]\nmax_inflight = -1\n").unwrap();
+    let out = run(&["--config", path.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("max_inflight"), "{err}");
+    let out = run(&["--config", "/nonexistent/switchyard.toml"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/switchyard.toml"));
+}
+
+struct Broker {
+    child: Child,
+    addrs: Vec<(String, SocketAddr)>,
+}
+
+impl Broker {
+    fn start(config: &str) -> Broker {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("switchyard.toml");
+        std::fs::write(&path, config).unwrap();
+        let mut child = Command::new(BIN)
+            .args(["--config", path.to_str().unwrap()])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = BufReader::new(stdout).lines();
+        let expected = config.matches("[[listener]]").count();
+        let mut addrs = Vec::new();
+        while addrs.len() < expected {
+            let line = lines.next().expect("broker printed its listeners").unwrap();
+            if let Some(rest) = line.strip_prefix("switchyard listening: ") {
+                let (kind, addr) = rest.split_once(' ').unwrap();
+                addrs.push((kind.to_string(), addr.parse().unwrap()));
+            }
+        }
+        std::thread::spawn(move || for _ in lines {});
+        Broker { child, addrs }
+    }
+
+    fn addr(&self, kind: &str) -> SocketAddr {
+        self.addrs.iter().find(|(k, _)| k == kind).unwrap().1
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+const TWO_LISTENERS: &str = "[[listener]]\nkind = \"tcp\"\nbind = \"127.0.0.1:0\"\n\n[[listener]]\nkind = \"ws\"\nbind = \"127.0.0.1:0\"\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binary_serves_and_shuts_down_gracefully_on_sigterm() {
+    let mut broker = Broker::start(TWO_LISTENERS);
+    let addr = broker.addr("tcp");
+    let mut sub = v4::connect(v4::options(addr, "cli-sub")).await;
+    sub.subscribe("cli/#", v4::QoS::AtLeastOnce).await;
+    let p = v4::connect(v4::options(addr, "cli-pub")).await;
+    p.client.publish("cli/x", v4::QoS::AtLeastOnce, false, "hello").await.unwrap();
+    assert_eq!(&sub.next_publish().await.payload[..], b"hello");
+
+    let mut raw = Raw::connect(addr).await;
+    raw.handshake(ProtocolVersion::V5, "cli-v5").await;
+    let status = Command::new("kill").args(["-TERM", &broker.child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    let d = raw.expect_close().await.expect("DISCONNECT on shutdown");
+    assert_eq!(d.code, ReasonCode::SERVER_SHUTTING_DOWN);
+    let exit = tokio::task::spawn_blocking(move || broker.child.wait().unwrap()).await.unwrap();
+    assert!(exit.success(), "{exit:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passwd_writes_a_hashed_user_the_broker_accepts() {
+    let dir = tempfile::tempdir().unwrap();
+    let pw = dir.path().join("passwd");
+    let mut child = Command::new(BIN)
+        .args(["passwd", pw.to_str().unwrap(), "carol"])
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"correct horse\n").unwrap();
+    assert!(child.wait().unwrap().success());
+    let text = std::fs::read_to_string(&pw).unwrap();
+    assert!(text.starts_with("carol:$pbkdf2-sha512$") && !text.contains("correct horse"));
+
+    let config = format!(
+        "[[listener]]\nkind = \"tcp\"\nbind = \"127.0.0.1:0\"\n\n[mqtt]\nallow_anonymous = false\n\n[auth]\npassword_file = {:?}\n",
+        pw.to_str().unwrap()
+    );
+    let broker = Broker::start(&config);
+    let addr = broker.addr("tcp");
+    let mut o = v4::options(addr, "carol");
+    o.set_credentials("carol", "correct horse");
+    v4::connect(o).await;
+    let mut o = v4::options(addr, "carol2");
+    o.set_credentials("carol", "wrong");
+    assert!(v4::connect_any(o).await.is_err());
+}
