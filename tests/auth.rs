@@ -9,7 +9,13 @@ use switchyard_core::config::{AclAction, AclRule, ListenerKind, Permission};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
 fn rule(permission: Permission, action: AclAction, topic: &str, user: Option<&str>) -> AclRule {
-    AclRule { permission, action, topic: topic.into(), user: user.map(Into::into), client: None }
+    AclRule {
+        permission,
+        action,
+        topic: topic.into(),
+        user: user.map(Into::into),
+        client: None,
+    }
 }
 
 fn secured() -> (CoreConfig, tempfile::TempDir) {
@@ -27,7 +33,12 @@ fn secured() -> (CoreConfig, tempfile::TempDir) {
         rule(Permission::Allow, AclAction::All, "users/%u/#", None),
         rule(Permission::Deny, AclAction::All, "users/#", None),
         rule(Permission::Deny, AclAction::Subscribe, "secret/#", None),
-        rule(Permission::Allow, AclAction::Publish, "secret/#", Some("alice")),
+        rule(
+            Permission::Allow,
+            AclAction::Publish,
+            "secret/#",
+            Some("alice"),
+        ),
         rule(Permission::Deny, AclAction::Publish, "secret/#", None),
     ];
     (cfg, dir)
@@ -47,7 +58,10 @@ async fn password_file_accepts_good_and_refuses_bad_credentials() {
     o.set_credentials("alice", "wrong");
     let err = v4::connect_any(o).await.err().unwrap();
     assert!(err.contains("BadUserNamePassword"), "{err}");
-    let err = v4::connect_any(v4::options(addr, "anon")).await.err().unwrap();
+    let err = v4::connect_any(v4::options(addr, "anon"))
+        .await
+        .err()
+        .unwrap();
     assert!(err.contains("NotAuthorized"), "{err}");
     let mut o = v5::options(addr, "c");
     o.set_credentials("mallory", "x");
@@ -63,17 +77,30 @@ async fn acl_denies_subscribe_with_0x80_v3_and_0x87_v5() {
     let mut o = v4::options(addr, "v3");
     o.set_credentials("bob", "builder");
     let mut c3 = v4::connect(o).await;
-    assert_eq!(c3.subscribe("secret/plans", v4::QoS::AtLeastOnce).await, vec![rumqttc::SubscribeReasonCode::Failure]);
+    assert_eq!(
+        c3.subscribe("secret/plans", v4::QoS::AtLeastOnce).await,
+        vec![rumqttc::SubscribeReasonCode::Failure]
+    );
     assert_eq!(
         c3.subscribe("users/bob/inbox", v4::QoS::AtLeastOnce).await,
         vec![rumqttc::SubscribeReasonCode::Success(v4::QoS::AtLeastOnce)]
     );
-    assert_eq!(c3.subscribe("users/alice/inbox", v4::QoS::AtLeastOnce).await, vec![rumqttc::SubscribeReasonCode::Failure]);
+    assert_eq!(
+        c3.subscribe("users/alice/inbox", v4::QoS::AtLeastOnce)
+            .await,
+        vec![rumqttc::SubscribeReasonCode::Failure]
+    );
     let mut o = v5::options(addr, "v5");
     o.set_credentials("alice", "wonderland");
     let mut c5 = v5::connect(o).await;
-    assert_eq!(c5.subscribe("#", v5::QoS::AtMostOnce).await, vec![v5::SubscribeReasonCode::NotAuthorized]);
-    assert_eq!(c5.subscribe("users/alice/#", v5::QoS::AtMostOnce).await, vec![v5::SubscribeReasonCode::Success(v5::QoS::AtMostOnce)]);
+    assert_eq!(
+        c5.subscribe("#", v5::QoS::AtMostOnce).await,
+        vec![v5::SubscribeReasonCode::NotAuthorized]
+    );
+    assert_eq!(
+        c5.subscribe("users/alice/#", v5::QoS::AtMostOnce).await,
+        vec![v5::SubscribeReasonCode::Success(v5::QoS::AtMostOnce)]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -89,29 +116,56 @@ async fn acl_denied_publish_is_dropped_v3_and_refused_0x87_v5() {
     let mut o = v4::options(addr, "bob3");
     o.set_credentials("bob", "builder");
     let mut bob3 = v4::connect(o).await;
-    bob3.client.publish("users/alice/inbox", v4::QoS::AtLeastOnce, false, "v3 intrusion").await.unwrap();
+    bob3.client
+        .publish(
+            "users/alice/inbox",
+            v4::QoS::AtLeastOnce,
+            false,
+            "v3 intrusion",
+        )
+        .await
+        .unwrap();
     // v3: acknowledged (nothing else can be said) but not delivered.
-    bob3.expect(|p| matches!(p, v4::Packet::PubAck(_)).then_some(())).await;
+    bob3.expect(|p| matches!(p, v4::Packet::PubAck(_)).then_some(()))
+        .await;
 
     let mut o = v5::options(addr, "bob5");
     o.set_credentials("bob", "builder");
     let mut bob5 = v5::connect(o).await;
-    bob5.client.publish("users/alice/inbox", v5::QoS::AtLeastOnce, false, "v5 intrusion").await.unwrap();
+    bob5.client
+        .publish(
+            "users/alice/inbox",
+            v5::QoS::AtLeastOnce,
+            false,
+            "v5 intrusion",
+        )
+        .await
+        .unwrap();
     let reason = bob5
         .expect(|p| match p {
             v5::Packet::PubAck(a) => Some(a.reason),
             _ => None,
         })
         .await;
-    assert_eq!(reason, rumqttc::v5::mqttbytes::v5::PubAckReason::NotAuthorized);
+    assert_eq!(
+        reason,
+        rumqttc::v5::mqttbytes::v5::PubAckReason::NotAuthorized
+    );
 
     // Alice's own publish arrives; neither intrusion did.
     let mut o = v5::options(addr, "alice-pub");
     o.set_credentials("alice", "wonderland");
     let ap = v5::connect(o).await;
-    ap.client.publish("users/alice/inbox", v5::QoS::AtLeastOnce, false, "mine").await.unwrap();
+    ap.client
+        .publish("users/alice/inbox", v5::QoS::AtLeastOnce, false, "mine")
+        .await
+        .unwrap();
     assert_eq!(&alice.next_publish().await.payload[..], b"mine");
-    let denied = server.broker.metrics.publishes_denied.load(std::sync::atomic::Ordering::Relaxed);
+    let denied = server
+        .broker
+        .metrics
+        .publishes_denied
+        .load(std::sync::atomic::Ordering::Relaxed);
     assert_eq!(denied, 2);
 }
 
@@ -119,33 +173,63 @@ async fn acl_denied_publish_is_dropped_v3_and_refused_0x87_v5() {
 async fn acl_default_deny_and_acl_file() {
     let dir = tempfile::tempdir().unwrap();
     let acl = dir.path().join("acl.toml");
-    std::fs::write(&acl, "[[acl]]\npermission = \"allow\"\naction = \"all\"\ntopic = \"open/#\"\n").unwrap();
+    std::fs::write(
+        &acl,
+        "[[acl]]\npermission = \"allow\"\naction = \"all\"\ntopic = \"open/#\"\n",
+    )
+    .unwrap();
     let mut cfg = test_config();
     cfg.auth.acl_default = Permission::Deny;
     cfg.auth.acl_file = acl;
     let server = start(cfg).await;
     let addr = tcp_addr(&server);
     let mut c = v5::connect(v5::options(addr, "d")).await;
-    assert_eq!(c.subscribe("closed/x", v5::QoS::AtMostOnce).await, vec![v5::SubscribeReasonCode::NotAuthorized]);
-    assert_eq!(c.subscribe("open/x", v5::QoS::AtMostOnce).await, vec![v5::SubscribeReasonCode::Success(v5::QoS::AtMostOnce)]);
+    assert_eq!(
+        c.subscribe("closed/x", v5::QoS::AtMostOnce).await,
+        vec![v5::SubscribeReasonCode::NotAuthorized]
+    );
+    assert_eq!(
+        c.subscribe("open/x", v5::QoS::AtMostOnce).await,
+        vec![v5::SubscribeReasonCode::Success(v5::QoS::AtMostOnce)]
+    );
 }
 
-async fn json_ws(port: u16, query: &str) -> tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>> {
-    let (ws, _) = tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{port}/json{query}")).await.unwrap();
+async fn json_ws(
+    port: u16,
+    query: &str,
+) -> tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>> {
+    let (ws, _) = tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{port}/json{query}"))
+        .await
+        .unwrap();
     ws
 }
 
-async fn json_next(ws: &mut tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>) -> Value {
+async fn json_next(
+    ws: &mut tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+) -> Value {
     loop {
-        let m = tokio::time::timeout(WAIT, ws.next()).await.unwrap().unwrap().unwrap();
+        let m = tokio::time::timeout(WAIT, ws.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
         if let WsMessage::Text(t) = m {
             return serde_json::from_str(&t).unwrap();
         }
     }
 }
 
-async fn json_send(ws: &mut tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>, v: Value) {
-    ws.send(WsMessage::Text(v.to_string().into())).await.unwrap();
+async fn json_send(
+    ws: &mut tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+    v: Value,
+) {
+    ws.send(WsMessage::Text(v.to_string().into()))
+        .await
+        .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -157,14 +241,25 @@ async fn json_websocket_clients_share_topics_auth_and_acl_with_mqtt() {
 
     // Bad credentials: an error message, then the socket closes.
     let mut bad = json_ws(port, "?username=alice&password=nope").await;
-    json_send(&mut bad, json!({"type": "subscribe", "topic": "users/alice/#"})).await;
+    json_send(
+        &mut bad,
+        json!({"type": "subscribe", "topic": "users/alice/#"}),
+    )
+    .await;
     assert_eq!(json_next(&mut bad).await["type"], "error");
 
     // Credentials in the query string.
     let mut web = json_ws(port, "?username=alice&password=wonderland").await;
-    json_send(&mut web, json!({"type": "subscribe", "topic": "users/alice/#"})).await;
+    json_send(
+        &mut web,
+        json!({"type": "subscribe", "topic": "users/alice/#"}),
+    )
+    .await;
     let r = json_next(&mut web).await;
-    assert_eq!((r["type"].as_str(), r["op"].as_str()), (Some("success"), Some("subscribe")));
+    assert_eq!(
+        (r["type"].as_str(), r["op"].as_str()),
+        (Some("success"), Some("subscribe"))
+    );
     // A bad frame gets an error, not a dropped connection.
     web.send(WsMessage::Text("not json".into())).await.unwrap();
     assert_eq!(json_next(&mut web).await["type"], "error");
@@ -176,27 +271,64 @@ async fn json_websocket_clients_share_topics_auth_and_acl_with_mqtt() {
     let mut o = v4::options(addr, "mqtt-alice");
     o.set_credentials("alice", "wonderland");
     let mut mqtt = v4::connect(o).await;
-    mqtt.client.publish("users/alice/t", v4::QoS::AtLeastOnce, false, r#"{"temp":21.5}"#).await.unwrap();
+    mqtt.client
+        .publish(
+            "users/alice/t",
+            v4::QoS::AtLeastOnce,
+            false,
+            r#"{"temp":21.5}"#,
+        )
+        .await
+        .unwrap();
     let m = json_next(&mut web).await;
-    assert_eq!(m, json!({"type": "message", "topic": "users/alice/t", "data": {"temp": 21.5}}));
-    mqtt.client.publish("users/alice/t", v4::QoS::AtMostOnce, false, "plain text").await.unwrap();
+    assert_eq!(
+        m,
+        json!({"type": "message", "topic": "users/alice/t", "data": {"temp": 21.5}})
+    );
+    mqtt.client
+        .publish("users/alice/t", v4::QoS::AtMostOnce, false, "plain text")
+        .await
+        .unwrap();
     assert_eq!(json_next(&mut web).await["data"], "plain text");
 
     // JSON → MQTT, with credentials in a first "connect" message.
-    mqtt.subscribe("users/alice/from-web", v4::QoS::AtLeastOnce).await;
+    mqtt.subscribe("users/alice/from-web", v4::QoS::AtLeastOnce)
+        .await;
     let mut web2 = json_ws(port, "").await;
-    json_send(&mut web2, json!({"type": "connect", "username": "alice", "password": "wonderland"})).await;
+    json_send(
+        &mut web2,
+        json!({"type": "connect", "username": "alice", "password": "wonderland"}),
+    )
+    .await;
     assert_eq!(json_next(&mut web2).await["type"], "success");
     json_send(&mut web2, json!({"type": "publish", "topic": "users/alice/from-web", "data": {"on": true}, "retain": true})).await;
     assert_eq!(json_next(&mut web2).await["type"], "success");
     let p = mqtt.next_publish().await;
-    assert_eq!(serde_json::from_slice::<Value>(&p.payload).unwrap(), json!({"on": true}));
-    json_send(&mut web2, json!({"type": "publish", "topic": "users/bob/x", "data": "nope"})).await;
-    assert_eq!(json_next(&mut web2).await["type"], "error", "another user's tree is refused");
+    assert_eq!(
+        serde_json::from_slice::<Value>(&p.payload).unwrap(),
+        json!({"on": true})
+    );
+    json_send(
+        &mut web2,
+        json!({"type": "publish", "topic": "users/bob/x", "data": "nope"}),
+    )
+    .await;
+    assert_eq!(
+        json_next(&mut web2).await["type"],
+        "error",
+        "another user's tree is refused"
+    );
 
     // Retained messages reach a JSON subscriber too.
-    json_send(&mut web2, json!({"type": "subscribe", "topic": "users/alice/from-web"})).await;
+    json_send(
+        &mut web2,
+        json!({"type": "subscribe", "topic": "users/alice/from-web"}),
+    )
+    .await;
     assert_eq!(json_next(&mut web2).await["type"], "success");
     let m = json_next(&mut web2).await;
-    assert_eq!((m["data"].clone(), m["retain"].clone()), (json!({"on": true}), json!(true)));
+    assert_eq!(
+        (m["data"].clone(), m["retain"].clone()),
+        (json!({"on": true}), json!(true))
+    );
 }

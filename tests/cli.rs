@@ -22,9 +22,19 @@ fn printed_default_config_is_valid() {
     let path = dir.path().join("default.toml");
     std::fs::write(&path, &out.stdout).unwrap();
     let check = run(&["check-config", path.to_str().unwrap()]);
-    assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stderr));
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
     let text = String::from_utf8(out.stdout).unwrap();
-    for key in ["allow_anonymous", "max_packet_size", "max_inflight", "password_file", "acl_default"] {
+    for key in [
+        "allow_anonymous",
+        "max_packet_size",
+        "max_inflight",
+        "password_file",
+        "acl_default",
+    ] {
         assert!(text.contains(key), "documents {key}");
     }
 }
@@ -37,11 +47,17 @@ fn config_errors_name_the_key_and_the_file() {
     let out = run(&["--config", path.to_str().unwrap()]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("broken.toml") && err.contains("max_infligth"), "{err}");
+    assert!(
+        err.contains("broken.toml") && err.contains("max_infligth"),
+        "{err}"
+    );
     std::fs::write(&path, "[mqtt]\nmax_inflight = -1\n").unwrap();
     let out = run(&["--config", path.to_str().unwrap()]);
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && err.contains("max_inflight"), "{err}");
+    assert!(
+        !out.status.success() && err.contains("max_inflight"),
+        "{err}"
+    );
     let out = run(&["--config", "/nonexistent/switchyard.toml"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/switchyard.toml"));
@@ -99,16 +115,24 @@ async fn binary_serves_and_shuts_down_gracefully_on_sigterm() {
     let mut sub = v4::connect(v4::options(addr, "cli-sub")).await;
     sub.subscribe("cli/#", v4::QoS::AtLeastOnce).await;
     let p = v4::connect(v4::options(addr, "cli-pub")).await;
-    p.client.publish("cli/x", v4::QoS::AtLeastOnce, false, "hello").await.unwrap();
+    p.client
+        .publish("cli/x", v4::QoS::AtLeastOnce, false, "hello")
+        .await
+        .unwrap();
     assert_eq!(&sub.next_publish().await.payload[..], b"hello");
 
     let mut raw = Raw::connect(addr).await;
     raw.handshake(ProtocolVersion::V5, "cli-v5").await;
-    let status = Command::new("kill").args(["-TERM", &broker.child.id().to_string()]).status().unwrap();
+    let status = Command::new("kill")
+        .args(["-TERM", &broker.child.id().to_string()])
+        .status()
+        .unwrap();
     assert!(status.success());
     let d = raw.expect_close().await.expect("DISCONNECT on shutdown");
     assert_eq!(d.code, ReasonCode::SERVER_SHUTTING_DOWN);
-    let exit = tokio::task::spawn_blocking(move || broker.child.wait().unwrap()).await.unwrap();
+    let exit = tokio::task::spawn_blocking(move || broker.child.wait().unwrap())
+        .await
+        .unwrap();
     assert!(exit.success(), "{exit:?}");
 }
 
@@ -121,7 +145,12 @@ async fn passwd_writes_a_hashed_user_the_broker_accepts() {
         .stdin(Stdio::piped())
         .spawn()
         .unwrap();
-    child.stdin.take().unwrap().write_all(b"correct horse\n").unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"correct horse\n")
+        .unwrap();
     assert!(child.wait().unwrap().success());
     let text = std::fs::read_to_string(&pw).unwrap();
     assert!(text.starts_with("carol:$pbkdf2-sha512$") && !text.contains("correct horse"));

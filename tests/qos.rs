@@ -16,8 +16,19 @@ async fn qos_flows_v311_all_levels_and_downgrade() {
     let mut low = v4::connect(v4::options(addr, "low")).await;
     low.subscribe("q/#", v4::QoS::AtLeastOnce).await;
     let publisher = v4::connect(v4::options(addr, "pub")).await;
-    for (i, qos) in [v4::QoS::AtMostOnce, v4::QoS::AtLeastOnce, v4::QoS::ExactlyOnce].into_iter().enumerate() {
-        publisher.client.publish(format!("q/{i}"), qos, false, format!("m{i}")).await.unwrap();
+    for (i, qos) in [
+        v4::QoS::AtMostOnce,
+        v4::QoS::AtLeastOnce,
+        v4::QoS::ExactlyOnce,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        publisher
+            .client
+            .publish(format!("q/{i}"), qos, false, format!("m{i}"))
+            .await
+            .unwrap();
         let got = sub.next_publish().await;
         assert_eq!(got.topic, format!("q/{i}"));
         assert_eq!(&got.payload[..], format!("m{i}").as_bytes());
@@ -35,7 +46,11 @@ trait MinQos {
 }
 impl MinQos for v4::QoS {
     fn min_qos(self, other: Self) -> Self {
-        if (self as u8) <= (other as u8) { self } else { other }
+        if (self as u8) <= (other as u8) {
+            self
+        } else {
+            other
+        }
     }
 }
 
@@ -47,8 +62,16 @@ async fn qos_flows_v5_publisher_gets_acks_and_ordered_delivery() {
     sub.subscribe("o/+", v5::QoS::ExactlyOnce).await;
     let mut publisher = v5::connect(v5::options(addr, "pub5")).await;
     for i in 0..200u32 {
-        let qos = match i % 3 { 0 => v5::QoS::AtMostOnce, 1 => v5::QoS::AtLeastOnce, _ => v5::QoS::ExactlyOnce };
-        publisher.client.publish("o/x", qos, false, i.to_be_bytes().to_vec()).await.unwrap();
+        let qos = match i % 3 {
+            0 => v5::QoS::AtMostOnce,
+            1 => v5::QoS::AtLeastOnce,
+            _ => v5::QoS::ExactlyOnce,
+        };
+        publisher
+            .client
+            .publish("o/x", qos, false, i.to_be_bytes().to_vec())
+            .await
+            .unwrap();
     }
     // Every message arrives, in order, at its own QoS.
     for i in 0..200u32 {
@@ -61,8 +84,14 @@ async fn qos_flows_v5_publisher_gets_acks_and_ordered_delivery() {
     while acks < 67 || comps < 66 {
         publisher
             .expect(|p| match p {
-                v5::Packet::PubAck(_) => { acks += 1; Some(()) }
-                v5::Packet::PubComp(_) => { comps += 1; Some(()) }
+                v5::Packet::PubAck(_) => {
+                    acks += 1;
+                    Some(())
+                }
+                v5::Packet::PubComp(_) => {
+                    comps += 1;
+                    Some(())
+                }
                 _ => None,
             })
             .await;
@@ -80,7 +109,11 @@ async fn receive_maximum_limits_unacknowledged_deliveries() {
     sub.subscribe("w", v5::QoS::AtLeastOnce).await;
     let publisher = v5::connect(v5::options(addr, "fast")).await;
     for i in 0..10u8 {
-        publisher.client.publish("w", v5::QoS::AtLeastOnce, false, vec![i]).await.unwrap();
+        publisher
+            .client
+            .publish("w", v5::QoS::AtLeastOnce, false, vec![i])
+            .await
+            .unwrap();
     }
     let mut held = Vec::new();
     for i in 0..3u8 {

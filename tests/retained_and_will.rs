@@ -11,9 +11,21 @@ async fn retained_set_replace_clear() {
     let server = start(test_config()).await;
     let addr = tcp_addr(&server);
     let publisher = v4::connect(v4::options(addr, "rp")).await;
-    publisher.client.publish("ret/a", v4::QoS::AtLeastOnce, true, "first").await.unwrap();
-    publisher.client.publish("ret/a", v4::QoS::AtLeastOnce, true, "second").await.unwrap();
-    publisher.client.publish("ret/b", v4::QoS::AtLeastOnce, true, "b").await.unwrap();
+    publisher
+        .client
+        .publish("ret/a", v4::QoS::AtLeastOnce, true, "first")
+        .await
+        .unwrap();
+    publisher
+        .client
+        .publish("ret/a", v4::QoS::AtLeastOnce, true, "second")
+        .await
+        .unwrap();
+    publisher
+        .client
+        .publish("ret/b", v4::QoS::AtLeastOnce, true, "b")
+        .await
+        .unwrap();
     let mut probe = v4::connect(v4::options(addr, "probe")).await;
     probe.subscribe("ret/b", v4::QoS::AtMostOnce).await;
     let p = probe.next_publish().await;
@@ -26,7 +38,11 @@ async fn retained_set_replace_clear() {
     assert!(p.retain, "retained flag set on subscribe delivery");
 
     // A live message to an existing subscriber goes out without RETAIN (v3).
-    publisher.client.publish("ret/a", v4::QoS::AtLeastOnce, true, "").await.unwrap();
+    publisher
+        .client
+        .publish("ret/a", v4::QoS::AtLeastOnce, true, "")
+        .await
+        .unwrap();
     let p = sub.next_publish().await;
     assert!(p.payload.is_empty() && !p.retain);
     let mut late = v4::connect(v4::options(addr, "late")).await;
@@ -41,7 +57,11 @@ async fn retain_handling_and_retain_as_published() {
     let server = start(test_config()).await;
     let addr = tcp_addr(&server);
     let publisher = v5::connect(v5::options(addr, "p5")).await;
-    publisher.client.publish("rh/t", v5::QoS::AtLeastOnce, true, "kept").await.unwrap();
+    publisher
+        .client
+        .publish("rh/t", v5::QoS::AtLeastOnce, true, "kept")
+        .await
+        .unwrap();
     let mut sub = v5::connect(v5::options(addr, "s5")).await;
     // Wait until it is stored: a plain subscription sees it.
     sub.subscribe("rh/t", v5::QoS::AtLeastOnce).await;
@@ -60,7 +80,11 @@ async fn retain_handling_and_retain_as_published() {
     sub.subscribe_with(never, None).await;
     // Neither resubscribe produced a retained message: the next one is a live one, and Retain
     // As Published keeps its RETAIN flag.
-    publisher.client.publish("rh/t", v5::QoS::AtLeastOnce, true, "live").await.unwrap();
+    publisher
+        .client
+        .publish("rh/t", v5::QoS::AtLeastOnce, true, "live")
+        .await
+        .unwrap();
     let p = sub.next_publish().await;
     assert_eq!(&p.payload[..], b"live");
     assert!(p.retain, "retain as published");
@@ -71,13 +95,27 @@ async fn expired_retained_messages_are_not_delivered() {
     let server = start(test_config()).await;
     let addr = tcp_addr(&server);
     let publisher = v5::connect(v5::options(addr, "pe")).await;
-    let props = v5::PublishProperties { message_expiry_interval: Some(1), ..Default::default() };
-    publisher.client.publish_with_properties("exp/a", v5::QoS::AtLeastOnce, true, "short", props).await.unwrap();
-    publisher.client.publish("exp/b", v5::QoS::AtLeastOnce, true, "long").await.unwrap();
+    let props = v5::PublishProperties {
+        message_expiry_interval: Some(1),
+        ..Default::default()
+    };
+    publisher
+        .client
+        .publish_with_properties("exp/a", v5::QoS::AtLeastOnce, true, "short", props)
+        .await
+        .unwrap();
+    publisher
+        .client
+        .publish("exp/b", v5::QoS::AtLeastOnce, true, "long")
+        .await
+        .unwrap();
     let mut s = v5::connect(v5::options(addr, "se")).await;
     s.subscribe("exp/a", v5::QoS::AtLeastOnce).await;
     let p = s.next_publish().await;
-    let left = p.properties.as_ref().and_then(|p| p.message_expiry_interval);
+    let left = p
+        .properties
+        .as_ref()
+        .and_then(|p| p.message_expiry_interval);
     assert!(matches!(left, Some(0..=1)), "expiry counts down: {left:?}");
     tokio::time::sleep(Duration::from_millis(1100)).await; // let the expiry interval pass
     let mut s2 = v5::connect(v5::options(addr, "se2")).await;
@@ -103,7 +141,11 @@ async fn will_is_published_on_abnormal_loss_not_on_normal_disconnect() {
     c.will = Some(will("will/polite", b"x"));
     let mut raw = Raw::connect(addr).await;
     raw.handshake_with(c).await;
-    raw.send(&Packet::Disconnect(Disconnect { code: ReasonCode::SUCCESS, properties: Default::default() })).await;
+    raw.send(&Packet::Disconnect(Disconnect {
+        code: ReasonCode::SUCCESS,
+        properties: Default::default(),
+    }))
+    .await;
     assert!(raw.expect_close().await.is_none());
 
     // Socket dropped: will.
@@ -113,7 +155,10 @@ async fn will_is_published_on_abnormal_loss_not_on_normal_disconnect() {
     raw.handshake_with(c).await;
     drop(raw);
     let p = watcher.next_publish().await;
-    assert_eq!((&p.topic[..], &p.payload[..]), (&b"will/rude"[..], &b"gone"[..]));
+    assert_eq!(
+        (&p.topic[..], &p.payload[..]),
+        (&b"will/rude"[..], &b"gone"[..])
+    );
 
     // Protocol error: will.
     let mut c = connect_packet(ProtocolVersion::V5, "broken");
@@ -121,7 +166,10 @@ async fn will_is_published_on_abnormal_loss_not_on_normal_disconnect() {
     let mut raw = Raw::connect(addr).await;
     raw.handshake_with(c).await;
     raw.send_bytes(&[0x00, 0x00]).await;
-    assert_eq!(raw.expect_close().await.map(|d| d.code), Some(ReasonCode::MALFORMED_PACKET));
+    assert_eq!(
+        raw.expect_close().await.map(|d| d.code),
+        Some(ReasonCode::MALFORMED_PACKET)
+    );
     assert_eq!(&watcher.next_publish().await.topic[..], b"will/broken");
 
     // v5 DISCONNECT 0x04: will.
@@ -129,7 +177,11 @@ async fn will_is_published_on_abnormal_loss_not_on_normal_disconnect() {
     c.will = Some(will("will/asked", b"asked"));
     let mut raw = Raw::connect(addr).await;
     raw.handshake_with(c).await;
-    raw.send(&Packet::Disconnect(Disconnect { code: ReasonCode::DISCONNECT_WITH_WILL, properties: Default::default() })).await;
+    raw.send(&Packet::Disconnect(Disconnect {
+        code: ReasonCode::DISCONNECT_WITH_WILL,
+        properties: Default::default(),
+    }))
+    .await;
     assert_eq!(&watcher.next_publish().await.topic[..], b"will/asked");
     // The polite one never came.
     watcher.assert_no_publish(Duration::from_millis(200)).await;

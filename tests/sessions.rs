@@ -20,13 +20,25 @@ async fn persistent_session_queues_while_offline_and_drops_over_limit() {
 
     let publisher = v4::connect(v4::options(addr, "p")).await;
     for i in 0..8u8 {
-        publisher.client.publish("d/x", v4::QoS::AtLeastOnce, false, vec![i]).await.unwrap();
+        publisher
+            .client
+            .publish("d/x", v4::QoS::AtLeastOnce, false, vec![i])
+            .await
+            .unwrap();
     }
-    publisher.client.publish("d/x", v4::QoS::AtMostOnce, false, vec![99]).await.unwrap();
+    publisher
+        .client
+        .publish("d/x", v4::QoS::AtMostOnce, false, vec![99])
+        .await
+        .unwrap();
     // Wait until the broker has seen everything (a QoS 1 round trip after the burst).
     let mut probe = v4::connect(v4::options(addr, "probe")).await;
     probe.subscribe("d/#", v4::QoS::AtLeastOnce).await;
-    publisher.client.publish("d/end", v4::QoS::AtLeastOnce, false, vec![200]).await.unwrap();
+    publisher
+        .client
+        .publish("d/end", v4::QoS::AtLeastOnce, false, vec![200])
+        .await
+        .unwrap();
     assert_eq!(probe.next_publish().await.topic, "d/end");
 
     let mut back = v4::connect_any(o).await.unwrap();
@@ -35,7 +47,11 @@ async fn persistent_session_queues_while_offline_and_drops_over_limit() {
         let p = back.next_publish().await;
         assert_eq!(&p.payload[..], &[i], "queued in order");
     }
-    let dropped = server.broker.metrics.messages_dropped.load(std::sync::atomic::Ordering::Relaxed);
+    let dropped = server
+        .broker
+        .metrics
+        .messages_dropped
+        .load(std::sync::atomic::Ordering::Relaxed);
     assert!(dropped >= 4, "dropped counted: {dropped}");
 }
 
@@ -50,8 +66,16 @@ async fn unacknowledged_qos1_and_qos2_are_redelivered_with_dup_after_reconnect()
     let mut sub = v5::connect(o.clone()).await;
     sub.subscribe("r/#", v5::QoS::ExactlyOnce).await;
     let publisher = v5::connect(v5::options(addr, "rp")).await;
-    publisher.client.publish("r/1", v5::QoS::AtLeastOnce, false, "one").await.unwrap();
-    publisher.client.publish("r/2", v5::QoS::ExactlyOnce, false, "two").await.unwrap();
+    publisher
+        .client
+        .publish("r/1", v5::QoS::AtLeastOnce, false, "one")
+        .await
+        .unwrap();
+    publisher
+        .client
+        .publish("r/2", v5::QoS::ExactlyOnce, false, "two")
+        .await
+        .unwrap();
     let first = sub.next_publish().await;
     let second = sub.next_publish().await;
     assert!(!first.dup && !second.dup);
@@ -67,7 +91,8 @@ async fn unacknowledged_qos1_and_qos2_are_redelivered_with_dup_after_reconnect()
     back.client.ack(&a).await.unwrap();
     back.client.ack(&b).await.unwrap();
     // QoS 2 continues: the broker answers our PUBREC with PUBREL.
-    back.expect(|p| matches!(p, v5::Packet::PubRel(_)).then_some(())).await;
+    back.expect(|p| matches!(p, v5::Packet::PubRel(_)).then_some(()))
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -126,7 +151,10 @@ async fn keep_alive_is_enforced_at_one_and_a_half_times() {
     let d = raw.expect_close().await.expect("DISCONNECT");
     assert_eq!(d.code, ReasonCode::KEEP_ALIVE_TIMEOUT);
     let waited = started.elapsed();
-    assert!(waited >= Duration::from_millis(1400) && waited < Duration::from_secs(4), "{waited:?}");
+    assert!(
+        waited >= Duration::from_millis(1400) && waited < Duration::from_secs(4),
+        "{waited:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -137,7 +165,13 @@ async fn server_keep_alive_caps_a_v5_clients_request() {
     let mut o = v5::options(tcp_addr(&server), "ka");
     o.set_keep_alive(Duration::from_secs(100));
     let c = v5::connect(o).await;
-    assert_eq!(c.connack.properties.as_ref().and_then(|p| p.server_keep_alive), Some(20));
+    assert_eq!(
+        c.connack
+            .properties
+            .as_ref()
+            .and_then(|p| p.server_keep_alive),
+        Some(20)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -146,7 +180,11 @@ async fn empty_client_ids_follow_the_version_rules() {
     let addr = tcp_addr(&server);
     // v5: the server assigns one.
     let c = v5::connect(v5::options(addr, "")).await;
-    let assigned = c.connack.properties.as_ref().and_then(|p| p.assigned_client_identifier.clone());
+    let assigned = c
+        .connack
+        .properties
+        .as_ref()
+        .and_then(|p| p.assigned_client_identifier.clone());
     assert!(assigned.is_some_and(|id| !id.is_empty()));
     // v3.1.1 with clean session: accepted.
     let mut raw = Raw::connect(addr).await;
@@ -155,10 +193,13 @@ async fn empty_client_ids_follow_the_version_rules() {
     // v3.1.1 without clean session: identifier rejected (return code 2).
     let mut raw = Raw::connect(addr).await;
     raw.version = ProtocolVersion::V311;
-    raw.send_bytes(&[0x10, 12, 0, 4, b'M', b'Q', b'T', b'T', 4, 0x00, 0, 60, 0, 0]).await;
+    raw.send_bytes(&[0x10, 12, 0, 4, b'M', b'Q', b'T', b'T', 4, 0x00, 0, 60, 0, 0])
+        .await;
     raw.stream.readable().await.unwrap();
     let mut b = [0u8; 4];
-    tokio::io::AsyncReadExt::read_exact(&mut raw.stream, &mut b).await.unwrap();
+    tokio::io::AsyncReadExt::read_exact(&mut raw.stream, &mut b)
+        .await
+        .unwrap();
     assert_eq!(b, [0x20, 2, 0, 2]);
 }
 
@@ -176,7 +217,10 @@ async fn session_expires_after_its_interval() {
     assert!(server.broker.session("short").is_some());
     let deadline = tokio::time::Instant::now() + WAIT;
     while server.broker.session("short").is_some() {
-        assert!(tokio::time::Instant::now() < deadline, "session never expired");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "session never expired"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let c = v5::connect(o).await;

@@ -4,7 +4,9 @@ mod common;
 use common::*;
 use std::collections::HashMap;
 use std::time::Duration;
-use switchyard_core::protocol::{Packet, ProtocolVersion, ReasonCode, Subscribe, SubscriptionOptions};
+use switchyard_core::protocol::{
+    Packet, ProtocolVersion, ReasonCode, Subscribe, SubscriptionOptions,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wildcards_match_and_dollar_topics_are_excluded() {
@@ -15,8 +17,16 @@ async fn wildcards_match_and_dollar_topics_are_excluded() {
     let mut plus = v4::connect(v4::options(addr, "plus")).await;
     plus.subscribe("+/temp", v4::QoS::AtMostOnce).await;
     let publisher = v4::connect(v4::options(addr, "pub")).await;
-    publisher.client.publish("$internal/temp", v4::QoS::AtMostOnce, false, "hidden").await.unwrap();
-    publisher.client.publish("room/temp", v4::QoS::AtMostOnce, false, "seen").await.unwrap();
+    publisher
+        .client
+        .publish("$internal/temp", v4::QoS::AtMostOnce, false, "hidden")
+        .await
+        .unwrap();
+    publisher
+        .client
+        .publish("room/temp", v4::QoS::AtMostOnce, false, "seen")
+        .await
+        .unwrap();
     assert_eq!(&all.next_publish().await.payload[..], b"seen");
     assert_eq!(&plus.next_publish().await.payload[..], b"seen");
     // Invalid filters are refused per filter, others in the same SUBSCRIBE granted (v3: 0x80).
@@ -34,7 +44,10 @@ async fn wildcards_match_and_dollar_topics_are_excluded() {
     }))
     .await;
     match raw.recv().await {
-        Some(Packet::SubAck(a)) => assert_eq!(a.codes, vec![ReasonCode(0), ReasonCode(0x80), ReasonCode(0x80)]),
+        Some(Packet::SubAck(a)) => assert_eq!(
+            a.codes,
+            vec![ReasonCode(0), ReasonCode(0x80), ReasonCode(0x80)]
+        ),
         other => panic!("{other:?}"),
     }
 }
@@ -46,14 +59,19 @@ async fn shared_subscriptions_balance_round_robin() {
     let mut members = Vec::new();
     for i in 0..3 {
         let mut m = v5::connect(v5::options(addr, &format!("member{i}"))).await;
-        m.subscribe("$share/workers/jobs/+", v5::QoS::AtLeastOnce).await;
+        m.subscribe("$share/workers/jobs/+", v5::QoS::AtLeastOnce)
+            .await;
         members.push(m);
     }
     let mut plain = v5::connect(v5::options(addr, "plain")).await;
     plain.subscribe("jobs/+", v5::QoS::AtLeastOnce).await;
     let publisher = v5::connect(v5::options(addr, "boss")).await;
     for i in 0..30u32 {
-        publisher.client.publish("jobs/a", v5::QoS::AtLeastOnce, false, i.to_string()).await.unwrap();
+        publisher
+            .client
+            .publish("jobs/a", v5::QoS::AtLeastOnce, false, i.to_string())
+            .await
+            .unwrap();
     }
     // The non-shared subscriber gets all 30; the group gets each message exactly once.
     let mut seen = HashMap::new();
@@ -63,12 +81,18 @@ async fn shared_subscriptions_balance_round_robin() {
     for (i, m) in members.iter_mut().enumerate() {
         for _ in 0..10 {
             let p = m.next_publish().await;
-            *seen.entry(String::from_utf8(p.payload.to_vec()).unwrap()).or_insert(0) += 1;
+            *seen
+                .entry(String::from_utf8(p.payload.to_vec()).unwrap())
+                .or_insert(0) += 1;
         }
         m.assert_no_publish(Duration::from_millis(100)).await;
         let _ = i;
     }
-    assert_eq!(seen.len(), 30, "each message delivered to exactly one member");
+    assert_eq!(
+        seen.len(),
+        30,
+        "each message delivered to exactly one member"
+    );
     assert!(seen.values().all(|n| *n == 1));
 }
 
@@ -80,7 +104,10 @@ async fn sys_topics_report_broker_statistics() {
     let addr = tcp_addr(&server);
     let mut c = v4::connect(v4::options(addr, "sysmon")).await;
     c.subscribe("$SYS/broker/#", v4::QoS::AtMostOnce).await;
-    c.client.publish("some/topic", v4::QoS::AtMostOnce, true, "r").await.unwrap();
+    c.client
+        .publish("some/topic", v4::QoS::AtMostOnce, true, "r")
+        .await
+        .unwrap();
     let mut stats = HashMap::new();
     let wanted = [
         "$SYS/broker/clients/connected",
@@ -96,11 +123,16 @@ async fn sys_topics_report_broker_statistics() {
     let retained_key = "$SYS/broker/retained messages/count";
     while !wanted.iter().all(|w| stats.contains_key(*w)) || stats[retained_key] == "0" {
         let p = c.next_publish().await;
-        stats.insert(p.topic.clone(), String::from_utf8(p.payload.to_vec()).unwrap());
+        stats.insert(
+            p.topic.clone(),
+            String::from_utf8(p.payload.to_vec()).unwrap(),
+        );
     }
     assert_eq!(stats["$SYS/broker/clients/connected"], "1");
     assert_eq!(stats["$SYS/broker/subscriptions/count"], "1");
     assert!(stats["$SYS/broker/version"].starts_with("switchyard"));
-    let retained: u64 = stats["$SYS/broker/retained messages/count"].parse().unwrap();
+    let retained: u64 = stats["$SYS/broker/retained messages/count"]
+        .parse()
+        .unwrap();
     assert!(retained >= 1);
 }

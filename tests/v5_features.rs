@@ -20,17 +20,28 @@ async fn publish_properties_travel_end_to_end() {
         content_type: Some("application/json".into()),
         response_topic: Some("reply/to".into()),
         correlation_data: Some(Bytes::from_static(b"corr-1")),
-        user_properties: vec![("z".into(), "1".into()), ("a".into(), "2".into()), ("z".into(), "3".into())],
+        user_properties: vec![
+            ("z".into(), "1".into()),
+            ("a".into(), "2".into()),
+            ("z".into(), "3".into()),
+        ],
         ..Default::default()
     };
-    publisher.client.publish_with_properties("props", v5::QoS::AtLeastOnce, false, "{}", props.clone()).await.unwrap();
+    publisher
+        .client
+        .publish_with_properties("props", v5::QoS::AtLeastOnce, false, "{}", props.clone())
+        .await
+        .unwrap();
     let p = sub.next_publish().await;
     let got = p.properties.expect("properties");
     assert_eq!(got.payload_format_indicator, Some(1));
     assert_eq!(got.content_type, props.content_type);
     assert_eq!(got.response_topic, props.response_topic);
     assert_eq!(got.correlation_data, props.correlation_data);
-    assert_eq!(got.user_properties, props.user_properties, "user properties in order");
+    assert_eq!(
+        got.user_properties, props.user_properties,
+        "user properties in order"
+    );
     let left = got.message_expiry_interval.expect("expiry");
     assert!((118..=120).contains(&left));
 }
@@ -47,15 +58,32 @@ async fn message_expiry_is_decremented_while_queued() {
     sub.client.disconnect().await.unwrap();
     sub.expect_closed().await;
     let publisher = v5::connect(v5::options(addr, "ep")).await;
-    let props = v5::PublishProperties { message_expiry_interval: Some(10), ..Default::default() };
-    publisher.client.publish_with_properties("exp", v5::QoS::AtLeastOnce, false, "x", props).await.unwrap();
-    let props = v5::PublishProperties { message_expiry_interval: Some(1), ..Default::default() };
-    publisher.client.publish_with_properties("exp", v5::QoS::AtLeastOnce, false, "gone", props).await.unwrap();
+    let props = v5::PublishProperties {
+        message_expiry_interval: Some(10),
+        ..Default::default()
+    };
+    publisher
+        .client
+        .publish_with_properties("exp", v5::QoS::AtLeastOnce, false, "x", props)
+        .await
+        .unwrap();
+    let props = v5::PublishProperties {
+        message_expiry_interval: Some(1),
+        ..Default::default()
+    };
+    publisher
+        .client
+        .publish_with_properties("exp", v5::QoS::AtLeastOnce, false, "gone", props)
+        .await
+        .unwrap();
     tokio::time::sleep(Duration::from_millis(2100)).await; // time passing is the point
     let mut back = v5::connect(o).await;
     let p = back.next_publish().await;
     assert_eq!(&p.payload[..], b"x");
-    let left = p.properties.and_then(|p| p.message_expiry_interval).unwrap();
+    let left = p
+        .properties
+        .and_then(|p| p.message_expiry_interval)
+        .unwrap();
     assert!(left <= 8, "decremented: {left}");
     back.assert_no_publish(Duration::from_millis(200)).await;
 }
@@ -78,7 +106,10 @@ async fn topic_aliases_from_clients_are_resolved_and_bounded() {
             retain: false,
             topic: topic.into(),
             packet_id: 0,
-            properties: Properties { topic_alias: Some(alias), ..Default::default() },
+            properties: Properties {
+                topic_alias: Some(alias),
+                ..Default::default()
+            },
             payload: Bytes::from_static(payload),
         })
     };
@@ -86,16 +117,25 @@ async fn topic_aliases_from_clients_are_resolved_and_bounded() {
     raw.send(&publish("", 1, b"use")).await;
     for expected in [&b"set"[..], b"use"] {
         let p = sub.next_publish().await;
-        assert_eq!((&p.topic[..], &p.payload[..]), (&b"alias/long/topic"[..], expected));
+        assert_eq!(
+            (&p.topic[..], &p.payload[..]),
+            (&b"alias/long/topic"[..], expected)
+        );
     }
     // An alias above the maximum is a protocol violation: 0x94.
     raw.send(&publish("alias/x", 6, b"bad")).await;
-    assert_eq!(raw.expect_close().await.map(|d| d.code), Some(ReasonCode::TOPIC_ALIAS_INVALID));
+    assert_eq!(
+        raw.expect_close().await.map(|d| d.code),
+        Some(ReasonCode::TOPIC_ALIAS_INVALID)
+    );
     // An unknown alias without a topic: protocol error.
     let mut raw = Raw::connect(addr).await;
     raw.handshake(ProtocolVersion::V5, "aliaser2").await;
     raw.send(&publish("", 2, b"??")).await;
-    assert_eq!(raw.expect_close().await.map(|d| d.code), Some(ReasonCode::PROTOCOL_ERROR));
+    assert_eq!(
+        raw.expect_close().await.map(|d| d.code),
+        Some(ReasonCode::PROTOCOL_ERROR)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -108,11 +148,26 @@ async fn maximum_packet_size_is_enforced_both_ways() {
     let mut o = v5::options(addr, "small");
     o.set_max_packet_size(Some(200));
     let mut small = v5::connect(o).await;
-    assert_eq!(small.connack.properties.as_ref().and_then(|p| p.max_packet_size), Some(1024));
+    assert_eq!(
+        small
+            .connack
+            .properties
+            .as_ref()
+            .and_then(|p| p.max_packet_size),
+        Some(1024)
+    );
     small.subscribe("size/#", v5::QoS::AtLeastOnce).await;
     let publisher = v5::connect(v5::options(addr, "big")).await;
-    publisher.client.publish("size/a", v5::QoS::AtLeastOnce, false, vec![0u8; 500]).await.unwrap();
-    publisher.client.publish("size/b", v5::QoS::AtLeastOnce, false, vec![1u8; 50]).await.unwrap();
+    publisher
+        .client
+        .publish("size/a", v5::QoS::AtLeastOnce, false, vec![0u8; 500])
+        .await
+        .unwrap();
+    publisher
+        .client
+        .publish("size/b", v5::QoS::AtLeastOnce, false, vec![1u8; 50])
+        .await
+        .unwrap();
     let p = small.next_publish().await;
     assert_eq!(&p.topic[..], b"size/b", "the oversized message was skipped");
     // A client sending more than our maximum is disconnected with 0x95.
@@ -128,7 +183,10 @@ async fn maximum_packet_size_is_enforced_both_ways() {
         payload: Bytes::from(vec![0u8; 2000]),
     }))
     .await;
-    assert_eq!(raw.expect_close().await.map(|d| d.code), Some(ReasonCode::PACKET_TOO_LARGE));
+    assert_eq!(
+        raw.expect_close().await.map(|d| d.code),
+        Some(ReasonCode::PACKET_TOO_LARGE)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -138,27 +196,48 @@ async fn subscription_identifiers_and_no_local() {
     let mut c = v5::connect(v5::options(addr, "ids")).await;
     c.subscribe_with(
         v5::Filter::new("sid/+", v5::QoS::AtLeastOnce),
-        Some(v5::SubscribeProperties { id: Some(7), user_properties: vec![] }),
+        Some(v5::SubscribeProperties {
+            id: Some(7),
+            user_properties: vec![],
+        }),
     )
     .await;
     c.subscribe_with(
         v5::Filter::new("sid/#", v5::QoS::AtMostOnce),
-        Some(v5::SubscribeProperties { id: Some(300), user_properties: vec![] }),
+        Some(v5::SubscribeProperties {
+            id: Some(300),
+            user_properties: vec![],
+        }),
     )
     .await;
     let mut nolocal = v5::Filter::new("nl", v5::QoS::AtMostOnce);
     nolocal.nolocal = true;
     c.subscribe_with(nolocal, None).await;
     let other = v5::connect(v5::options(addr, "other")).await;
-    other.client.publish("sid/x", v5::QoS::AtLeastOnce, false, "m").await.unwrap();
+    other
+        .client
+        .publish("sid/x", v5::QoS::AtLeastOnce, false, "m")
+        .await
+        .unwrap();
     let p = c.next_publish().await;
-    assert_eq!(p.qos, v5::QoS::AtLeastOnce, "overlapping subscriptions: one copy at the highest QoS");
+    assert_eq!(
+        p.qos,
+        v5::QoS::AtLeastOnce,
+        "overlapping subscriptions: one copy at the highest QoS"
+    );
     let mut ids = p.properties.unwrap().subscription_identifiers;
     ids.sort();
     assert_eq!(ids, vec![7, 300]);
     // Our own message on a No Local subscription does not come back; another client's does.
-    c.client.publish("nl", v5::QoS::AtMostOnce, false, "mine").await.unwrap();
-    other.client.publish("nl", v5::QoS::AtMostOnce, false, "theirs").await.unwrap();
+    c.client
+        .publish("nl", v5::QoS::AtMostOnce, false, "mine")
+        .await
+        .unwrap();
+    other
+        .client
+        .publish("nl", v5::QoS::AtMostOnce, false, "theirs")
+        .await
+        .unwrap();
     assert_eq!(&c.next_publish().await.payload[..], b"theirs");
 }
 
@@ -195,8 +274,15 @@ async fn enhanced_authentication_is_refused_cleanly() {
     // AUTH after a plain CONNECT is a protocol error.
     let mut raw = Raw::connect(addr).await;
     raw.handshake(ProtocolVersion::V5, "auth-later").await;
-    raw.send(&Packet::Auth(switchyard_core::protocol::Auth { code: ReasonCode::RE_AUTHENTICATE, properties: Properties::default() })).await;
-    assert_eq!(raw.expect_close().await.map(|d| d.code), Some(ReasonCode::PROTOCOL_ERROR));
+    raw.send(&Packet::Auth(switchyard_core::protocol::Auth {
+        code: ReasonCode::RE_AUTHENTICATE,
+        properties: Properties::default(),
+    }))
+    .await;
+    assert_eq!(
+        raw.expect_close().await.map(|d| d.code),
+        Some(ReasonCode::PROTOCOL_ERROR)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -214,7 +300,10 @@ async fn connack_advertises_limits() {
     assert_eq!(ack.properties.shared_subscription_available, Some(0));
     let mut sub = v5::connect(v5::options(addr, "sharer")).await;
     let codes = sub.subscribe("$share/g/t", v5::QoS::AtMostOnce).await;
-    assert_eq!(codes, vec![v5::SubscribeReasonCode::SharedSubscriptionsNotSupported]);
+    assert_eq!(
+        codes,
+        vec![v5::SubscribeReasonCode::SharedSubscriptionsNotSupported]
+    );
     // Publishing retained when retain is unavailable: 0x9A.
     raw.send(&Packet::Publish(Publish {
         dup: false,
@@ -226,5 +315,8 @@ async fn connack_advertises_limits() {
         payload: Bytes::from_static(b"x"),
     }))
     .await;
-    assert_eq!(raw.expect_close().await.map(|d| d.code), Some(ReasonCode::RETAIN_NOT_SUPPORTED));
+    assert_eq!(
+        raw.expect_close().await.map(|d| d.code),
+        Some(ReasonCode::RETAIN_NOT_SUPPORTED)
+    );
 }

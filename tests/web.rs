@@ -11,10 +11,14 @@ use switchyard_core::config::ListenerKind;
 async fn browser_page_with_mqtt_js_over_ws_and_wss() {
     let web = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/web");
     assert!(
-        web.join("node_modules/mqtt/dist/mqtt.min.js").exists() && web.join("node_modules/playwright-core").exists(),
+        web.join("node_modules/mqtt/dist/mqtt.min.js").exists()
+            && web.join("node_modules/playwright-core").exists(),
         "run scripts/test (or `npm install` in examples/web) first"
     );
-    assert!(Path::new("/usr/bin/chromium").exists() || std::env::var("CHROMIUM").is_ok(), "install chromium (scripts/test does)");
+    assert!(
+        Path::new("/usr/bin/chromium").exists() || std::env::var("CHROMIUM").is_ok(),
+        "install chromium (scripts/test does)"
+    );
     let pki = Pki::new();
     let mut cfg = test_config();
     cfg.listeners.push(pki.listener(ListenerKind::Wss));
@@ -23,9 +27,20 @@ async fn browser_page_with_mqtt_js_over_ws_and_wss() {
     let wss = server.addr(ListenerKind::Wss).unwrap().port();
 
     let publisher = v4::connect(v4::options(tcp_addr(&server), "web-test-pub")).await;
-    publisher.client.publish("demo/retained", v4::QoS::AtLeastOnce, true, "retained for the page").await.unwrap();
+    publisher
+        .client
+        .publish(
+            "demo/retained",
+            v4::QoS::AtLeastOnce,
+            true,
+            "retained for the page",
+        )
+        .await
+        .unwrap();
     let mut watcher = v4::connect(v4::options(tcp_addr(&server), "web-watcher")).await;
-    watcher.subscribe("demo/from-browser", v4::QoS::AtLeastOnce).await;
+    watcher
+        .subscribe("demo/from-browser", v4::QoS::AtLeastOnce)
+        .await;
 
     let out = tokio::time::timeout(
         Duration::from_secs(120),
@@ -42,8 +57,16 @@ async fn browser_page_with_mqtt_js_over_ws_and_wss() {
     .expect("browser test finished in time")
     .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "browser test failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(stdout.lines().filter(|l| l.starts_with("OK ")).count(), 4, "{stdout}");
+    assert!(
+        out.status.success(),
+        "browser test failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        stdout.lines().filter(|l| l.starts_with("OK ")).count(),
+        4,
+        "{stdout}"
+    );
     // What the browser published reached an MQTT/TCP client too.
     for _ in 0..4 {
         let p = watcher.next_publish().await;

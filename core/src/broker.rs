@@ -380,7 +380,13 @@ impl Broker {
 
     /// Publishes the will of the connection that attached at `epoch`: now, or after its delay
     /// unless the session is resumed first. A session that has ended publishes it at once.
-    pub fn schedule_will(self: &Arc<Self>, session: &Arc<Session>, msg: Message, delay: u32, epoch: u64) {
+    pub fn schedule_will(
+        self: &Arc<Self>,
+        session: &Arc<Session>,
+        msg: Message,
+        delay: u32,
+        epoch: u64,
+    ) {
         let delay = {
             let st = session.state.lock();
             if st.ended {

@@ -963,7 +963,8 @@ where
         }
         let delay = will.properties.will_delay_interval.unwrap_or(0);
         let msg = Message::from_will(&will, self.client.client_id.clone());
-        self.broker.schedule_will(&self.session, msg, delay, self.epoch);
+        self.broker
+            .schedule_will(&self.session, msg, delay, self.epoch);
     }
 }
 

@@ -100,7 +100,8 @@ pub enum AclDecision {
 pub enum MessageDecision {
     Pass,
     Drop,
-    Modify(Message),
+    /// Boxed: a message is large and most decisions are `Pass`.
+    Modify(Box<Message>),
 }
 
 /// Something that happened, for observers. Never awaited by the routing path.
@@ -238,7 +239,7 @@ impl HookChain {
                 match h.on_publish(c, &current).await {
                     MessageDecision::Pass => {}
                     MessageDecision::Drop => return None,
-                    MessageDecision::Modify(m) => current = m,
+                    MessageDecision::Modify(m) => current = *m,
                 }
             }
         }

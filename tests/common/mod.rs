@@ -21,8 +21,10 @@ pub fn local(kind: ListenerKind) -> ListenerConfig {
 
 /// TCP and WebSocket on ephemeral ports, `$SYS` off unless a test turns it on.
 pub fn test_config() -> CoreConfig {
-    let mut c = CoreConfig::default();
-    c.listeners = vec![local(ListenerKind::Tcp), local(ListenerKind::Ws)];
+    let mut c = CoreConfig {
+        listeners: vec![local(ListenerKind::Tcp), local(ListenerKind::Ws)],
+        ..CoreConfig::default()
+    };
     c.mqtt.sys_interval_s = 0;
     c
 }
@@ -79,9 +81,16 @@ pub mod v4 {
             }
         });
         loop {
-            match tokio::time::timeout(WAIT, rx.recv()).await.expect("connack in time") {
+            match tokio::time::timeout(WAIT, rx.recv())
+                .await
+                .expect("connack in time")
+            {
                 Some(Ok(Event::Incoming(Packet::ConnAck(_)))) => {
-                    return Ok(Client { client, events: rx, task })
+                    return Ok(Client {
+                        client,
+                        events: rx,
+                        task,
+                    })
                 }
                 Some(Ok(_)) => continue,
                 Some(Err(e)) => return Err(e),
@@ -124,7 +133,11 @@ pub mod v4 {
             .await
         }
 
-        pub async fn subscribe(&mut self, filter: &str, qos: QoS) -> Vec<rumqttc::SubscribeReasonCode> {
+        pub async fn subscribe(
+            &mut self,
+            filter: &str,
+            qos: QoS,
+        ) -> Vec<rumqttc::SubscribeReasonCode> {
             self.client.subscribe(filter, qos).await.unwrap();
             self.expect(|p| match p {
                 Packet::SubAck(a) => Some(a.return_codes.clone()),
@@ -136,7 +149,10 @@ pub mod v4 {
         /// Waits until the event loop reports an error (the connection ended).
         pub async fn expect_closed(&mut self) -> String {
             loop {
-                match tokio::time::timeout(WAIT, self.events.recv()).await.expect("close in time") {
+                match tokio::time::timeout(WAIT, self.events.recv())
+                    .await
+                    .expect("close in time")
+                {
                     Some(Ok(_)) => continue,
                     Some(Err(e)) => return e,
                     None => return "ended".into(),
@@ -150,7 +166,9 @@ pub mod v4 {
             loop {
                 match tokio::time::timeout_at(deadline, self.events.recv()).await {
                     Err(_) => return,
-                    Ok(Some(Ok(Event::Incoming(Packet::Publish(p))))) => panic!("unexpected publish {p:?}"),
+                    Ok(Some(Ok(Event::Incoming(Packet::Publish(p))))) => {
+                        panic!("unexpected publish {p:?}")
+                    }
                     Ok(Some(Ok(_))) => continue,
                     Ok(other) => panic!("connection ended: {other:?}"),
                 }
@@ -207,9 +225,17 @@ pub mod v5 {
             }
         });
         loop {
-            match tokio::time::timeout(WAIT, rx.recv()).await.expect("connack in time") {
+            match tokio::time::timeout(WAIT, rx.recv())
+                .await
+                .expect("connack in time")
+            {
                 Some(Ok(Event::Incoming(Packet::ConnAck(a)))) => {
-                    return Ok(Client { client, events: rx, task, connack: a })
+                    return Ok(Client {
+                        client,
+                        events: rx,
+                        task,
+                        connack: a,
+                    })
                 }
                 Some(Ok(_)) => continue,
                 Some(Err(e)) => return Err(e),
@@ -250,9 +276,17 @@ pub mod v5 {
             .await
         }
 
-        pub async fn subscribe_with(&mut self, filter: Filter, props: Option<SubscribeProperties>) -> Vec<SubscribeReasonCode> {
+        pub async fn subscribe_with(
+            &mut self,
+            filter: Filter,
+            props: Option<SubscribeProperties>,
+        ) -> Vec<SubscribeReasonCode> {
             match props {
-                Some(p) => self.client.subscribe_many_with_properties(vec![filter], p).await.unwrap(),
+                Some(p) => self
+                    .client
+                    .subscribe_many_with_properties(vec![filter], p)
+                    .await
+                    .unwrap(),
                 None => self.client.subscribe_many(vec![filter]).await.unwrap(),
             }
             self.expect(|p| match p {
@@ -268,7 +302,10 @@ pub mod v5 {
 
         pub async fn expect_closed(&mut self) -> String {
             loop {
-                match tokio::time::timeout(WAIT, self.events.recv()).await.expect("close in time") {
+                match tokio::time::timeout(WAIT, self.events.recv())
+                    .await
+                    .expect("close in time")
+                {
                     Some(Ok(_)) => continue,
                     Some(Err(e)) => return e,
                     None => return "ended".into(),
@@ -281,7 +318,9 @@ pub mod v5 {
             loop {
                 match tokio::time::timeout_at(deadline, self.events.recv()).await {
                     Err(_) => return,
-                    Ok(Some(Ok(Event::Incoming(Packet::Publish(p))))) => panic!("unexpected publish {p:?}"),
+                    Ok(Some(Ok(Event::Incoming(Packet::Publish(p))))) => {
+                        panic!("unexpected publish {p:?}")
+                    }
                     Ok(Some(Ok(_))) => continue,
                     Ok(other) => panic!("connection ended: {other:?}"),
                 }
@@ -358,7 +397,9 @@ impl Raw {
     pub async fn recv(&mut self) -> Option<Packet> {
         tokio::time::timeout(WAIT, async {
             loop {
-                if let Some(p) = protocol::decode_packet(&mut self.buf, Some(self.version), 1 << 24).expect("server sends valid packets") {
+                if let Some(p) = protocol::decode_packet(&mut self.buf, Some(self.version), 1 << 24)
+                    .expect("server sends valid packets")
+                {
                     return Some(p);
                 }
                 match self.stream.read_buf(&mut self.buf).await {
@@ -403,10 +444,12 @@ impl Pki {
         let ca_key = KeyPair::generate().unwrap();
         let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
         ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca.distinguished_name.push(DnType::CommonName, "Switchyard Test CA");
+        ca.distinguished_name
+            .push(DnType::CommonName, "Switchyard Test CA");
         let ca_cert = ca.self_signed(&ca_key).unwrap();
         let server_key = KeyPair::generate().unwrap();
-        let server = CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()]).unwrap();
+        let server =
+            CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()]).unwrap();
         let server_cert = server.signed_by(&server_key, &ca_cert, &ca_key).unwrap();
         let write = |name: &str, text: &str| {
             let p = dir.path().join(name);
@@ -442,11 +485,16 @@ impl Pki {
     }
 
     /// A rustls client config trusting our CA, optionally presenting a client certificate.
-    pub fn client_config(&self, client: Option<(String, String)>) -> std::sync::Arc<rustls::ClientConfig> {
+    pub fn client_config(
+        &self,
+        client: Option<(String, String)>,
+    ) -> std::sync::Arc<rustls::ClientConfig> {
         use rustls::pki_types::pem::PemObject;
         use rustls::pki_types::{CertificateDer, PrivateKeyDer};
         let mut roots = rustls::RootCertStore::empty();
-        roots.add(CertificateDer::from_pem_slice(self.ca_pem.as_bytes()).unwrap()).unwrap();
+        roots
+            .add(CertificateDer::from_pem_slice(self.ca_pem.as_bytes()).unwrap())
+            .unwrap();
         let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
         let builder = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()

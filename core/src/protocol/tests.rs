@@ -6,7 +6,11 @@ use bytes::BytesMut;
 fn round_trip(p: Packet, v: ProtocolVersion) {
     let mut buf = BytesMut::new();
     encode_packet(&p, v, &mut buf);
-    let version = if matches!(p, Packet::Connect(_)) { None } else { Some(v) };
+    let version = if matches!(p, Packet::Connect(_)) {
+        None
+    } else {
+        Some(v)
+    };
     let decoded = decode_packet(&mut buf, version, 1 << 20).unwrap().unwrap();
     assert_eq!(decoded, p, "{v:?}");
     assert!(buf.is_empty());
@@ -19,7 +23,11 @@ fn props() -> Properties {
         content_type: Some("application/json".into()),
         response_topic: Some("reply/here".into()),
         correlation_data: Some(Bytes::from_static(b"\x01\x02")),
-        user_properties: vec![("b".into(), "2".into()), ("a".into(), "1".into()), ("b".into(), "3".into())],
+        user_properties: vec![
+            ("b".into(), "2".into()),
+            ("a".into(), "1".into()),
+            ("b".into(), "3".into()),
+        ],
         ..Default::default()
     }
 }
@@ -40,11 +48,18 @@ fn every_packet_round_trips_in_v311_and_v5() {
                     payload: Bytes::from_static(b"bye"),
                     qos: QoS::AtLeastOnce,
                     retain: true,
-                    properties: p(Properties { will_delay_interval: Some(5), ..Default::default() }),
+                    properties: p(Properties {
+                        will_delay_interval: Some(5),
+                        ..Default::default()
+                    }),
                 }),
                 username: Some("u".into()),
                 password: Some(Bytes::from_static(b"p")),
-                properties: p(Properties { session_expiry_interval: Some(10), receive_maximum: Some(5), ..Default::default() }),
+                properties: p(Properties {
+                    session_expiry_interval: Some(10),
+                    receive_maximum: Some(5),
+                    ..Default::default()
+                }),
             })),
             v,
         );
@@ -52,7 +67,11 @@ fn every_packet_round_trips_in_v311_and_v5() {
             Packet::ConnAck(ConnAck {
                 session_present: true,
                 code: ReasonCode::SUCCESS,
-                properties: p(Properties { assigned_client_identifier: Some("x".into()), topic_alias_maximum: Some(9), ..Default::default() }),
+                properties: p(Properties {
+                    assigned_client_identifier: Some("x".into()),
+                    topic_alias_maximum: Some(9),
+                    ..Default::default()
+                }),
             }),
             v,
         );
@@ -80,7 +99,11 @@ fn every_packet_round_trips_in_v311_and_v5() {
             }),
             v,
         );
-        let code = if v5 { ReasonCode::NO_MATCHING_SUBSCRIBERS } else { ReasonCode::SUCCESS };
+        let code = if v5 {
+            ReasonCode::NO_MATCHING_SUBSCRIBERS
+        } else {
+            ReasonCode::SUCCESS
+        };
         round_trip(Packet::PubAck(PubResponse::new(1, code)), v);
         round_trip(Packet::PubRec(PubResponse::new(2, ReasonCode::SUCCESS)), v);
         round_trip(Packet::PubRel(PubResponse::new(3, ReasonCode::SUCCESS)), v);
@@ -89,33 +112,58 @@ fn every_packet_round_trips_in_v311_and_v5() {
             Packet::Subscribe(Subscribe {
                 packet_id: 5,
                 filters: vec![
-                    ("a/+".into(), SubscriptionOptions { qos: QoS::AtLeastOnce, ..Default::default() }),
+                    (
+                        "a/+".into(),
+                        SubscriptionOptions {
+                            qos: QoS::AtLeastOnce,
+                            ..Default::default()
+                        },
+                    ),
                     (
                         "b/#".into(),
                         SubscriptionOptions {
                             qos: QoS::ExactlyOnce,
                             no_local: v5,
                             retain_as_published: v5,
-                            retain_handling: if v5 { RetainHandling::DoNotSend } else { RetainHandling::SendOnSubscribe },
+                            retain_handling: if v5 {
+                                RetainHandling::DoNotSend
+                            } else {
+                                RetainHandling::SendOnSubscribe
+                            },
                         },
                     ),
                 ],
-                properties: p(Properties { subscription_identifiers: vec![42], ..Default::default() }),
+                properties: p(Properties {
+                    subscription_identifiers: vec![42],
+                    ..Default::default()
+                }),
             }),
             v,
         );
         round_trip(
-            Packet::SubAck(SubAck { packet_id: 5, codes: vec![ReasonCode(1), ReasonCode(0x80)], properties: Properties::default() }),
+            Packet::SubAck(SubAck {
+                packet_id: 5,
+                codes: vec![ReasonCode(1), ReasonCode(0x80)],
+                properties: Properties::default(),
+            }),
             v,
         );
         round_trip(
-            Packet::Unsubscribe(Unsubscribe { packet_id: 6, filters: vec!["a/+".into()], properties: Properties::default() }),
+            Packet::Unsubscribe(Unsubscribe {
+                packet_id: 6,
+                filters: vec!["a/+".into()],
+                properties: Properties::default(),
+            }),
             v,
         );
         round_trip(
             Packet::UnsubAck(UnsubAck {
                 packet_id: 6,
-                codes: if v5 { vec![ReasonCode::SUCCESS, ReasonCode::NO_SUBSCRIPTION_EXISTED] } else { vec![] },
+                codes: if v5 {
+                    vec![ReasonCode::SUCCESS, ReasonCode::NO_SUBSCRIPTION_EXISTED]
+                } else {
+                    vec![]
+                },
                 properties: Properties::default(),
             }),
             v,
@@ -133,14 +181,20 @@ fn every_packet_round_trips_in_v311_and_v5() {
     round_trip(
         Packet::Disconnect(Disconnect {
             code: ReasonCode::SESSION_TAKEN_OVER,
-            properties: Properties { reason_string: Some("bye".into()), ..Default::default() },
+            properties: Properties {
+                reason_string: Some("bye".into()),
+                ..Default::default()
+            },
         }),
         ProtocolVersion::V5,
     );
     round_trip(
         Packet::Auth(Auth {
             code: ReasonCode::CONTINUE_AUTHENTICATION,
-            properties: Properties { authentication_method: Some("SCRAM".into()), ..Default::default() },
+            properties: Properties {
+                authentication_method: Some("SCRAM".into()),
+                ..Default::default()
+            },
         }),
         ProtocolVersion::V5,
     );
@@ -149,14 +203,20 @@ fn every_packet_round_trips_in_v311_and_v5() {
 #[test]
 fn v3_connack_uses_return_codes() {
     let mut buf = BytesMut::new();
-    let ack = ConnAck { session_present: false, code: ReasonCode::BAD_USER_NAME_OR_PASSWORD, properties: Properties::default() };
+    let ack = ConnAck {
+        session_present: false,
+        code: ReasonCode::BAD_USER_NAME_OR_PASSWORD,
+        properties: Properties::default(),
+    };
     encode_packet(&Packet::ConnAck(ack), ProtocolVersion::V311, &mut buf);
     assert_eq!(&buf[..], &[0x20, 0x02, 0x00, 0x04]);
 }
 
 #[test]
 fn mqtt31_connect_is_accepted() {
-    let raw: &[u8] = &[0x10, 0x10, 0, 6, b'M', b'Q', b'I', b's', b'd', b'p', 3, 0x02, 0, 60, 0, 2, b'i', b'd'];
+    let raw: &[u8] = &[
+        0x10, 0x10, 0, 6, b'M', b'Q', b'I', b's', b'd', b'p', 3, 0x02, 0, 60, 0, 2, b'i', b'd',
+    ];
     let mut buf = BytesMut::from(raw);
     match decode_packet(&mut buf, None, 1024).unwrap().unwrap() {
         Packet::Connect(c) => {
@@ -177,33 +237,73 @@ fn malformed_inputs_are_refused_with_the_right_code() {
     let v5 = Some(ProtocolVersion::V5);
     let v3 = Some(ProtocolVersion::V311);
     // Five continuation bytes in the remaining length.
-    assert_eq!(decode_err(&[0x30, 0xFF, 0xFF, 0xFF, 0xFF, 0x01], v3).reason_code(), ReasonCode::MALFORMED_PACKET);
+    assert_eq!(
+        decode_err(&[0x30, 0xFF, 0xFF, 0xFF, 0xFF, 0x01], v3).reason_code(),
+        ReasonCode::MALFORMED_PACKET
+    );
     // SUBSCRIBE with the reserved flags cleared.
-    assert_eq!(decode_err(&[0x80, 0x06, 0, 1, 0, 1, b'a', 0], v3), DecodeError::InvalidHeaderFlags(8));
+    assert_eq!(
+        decode_err(&[0x80, 0x06, 0, 1, 0, 1, b'a', 0], v3),
+        DecodeError::InvalidHeaderFlags(8)
+    );
     // Invalid UTF-8 in a topic.
-    assert_eq!(decode_err(&[0x30, 0x04, 0, 2, 0xC3, 0x28], v3), DecodeError::InvalidUtf8);
+    assert_eq!(
+        decode_err(&[0x30, 0x04, 0, 2, 0xC3, 0x28], v3),
+        DecodeError::InvalidUtf8
+    );
     // Wildcard in a PUBLISH topic.
-    assert_eq!(decode_err(&[0x30, 0x05, 0, 3, b'a', b'/', b'#'], v5).reason_code(), ReasonCode::TOPIC_NAME_INVALID);
+    assert_eq!(
+        decode_err(&[0x30, 0x05, 0, 3, b'a', b'/', b'#'], v5).reason_code(),
+        ReasonCode::TOPIC_NAME_INVALID
+    );
     // QoS 3.
-    assert_eq!(decode_err(&[0x36, 0x05, 0, 1, b'a', 0, 1], v3), DecodeError::InvalidQos);
+    assert_eq!(
+        decode_err(&[0x36, 0x05, 0, 1, b'a', 0, 1], v3),
+        DecodeError::InvalidQos
+    );
     // Second CONNECT.
-    assert_eq!(decode_err(&[0x10, 0x00], v3).reason_code(), ReasonCode::PROTOCOL_ERROR);
+    assert_eq!(
+        decode_err(&[0x10, 0x00], v3).reason_code(),
+        ReasonCode::PROTOCOL_ERROR
+    );
     // First packet not CONNECT.
-    assert_eq!(decode_err(&[0xC0, 0x00], None), DecodeError::FirstPacketNotConnect);
+    assert_eq!(
+        decode_err(&[0xC0, 0x00], None),
+        DecodeError::FirstPacketNotConnect
+    );
     // Oversized packet refused from its header alone.
     let mut buf = BytesMut::from(&[0x30u8, 0xFF, 0x7F][..]);
-    assert_eq!(decode_packet(&mut buf, v3, 1024).unwrap_err().reason_code(), ReasonCode::PACKET_TOO_LARGE);
+    assert_eq!(
+        decode_packet(&mut buf, v3, 1024).unwrap_err().reason_code(),
+        ReasonCode::PACKET_TOO_LARGE
+    );
     // Packet id 0 on QoS 1.
-    assert_eq!(decode_err(&[0x32, 0x05, 0, 1, b'a', 0, 0], v3), DecodeError::ZeroPacketId);
+    assert_eq!(
+        decode_err(&[0x32, 0x05, 0, 1, b'a', 0, 0], v3),
+        DecodeError::ZeroPacketId
+    );
     // Property not allowed in PUBLISH (session expiry) and duplicated property.
-    assert_eq!(decode_err(&[0x30, 0x09, 0, 1, b'a', 5, 0x11, 0, 0, 0, 1], v5), DecodeError::InvalidProperty(0x11));
-    assert_eq!(decode_err(&[0x30, 0x08, 0, 1, b'a', 4, 0x01, 0, 0x01, 0], v5), DecodeError::DuplicateProperty(0x01));
+    assert_eq!(
+        decode_err(&[0x30, 0x09, 0, 1, b'a', 5, 0x11, 0, 0, 0, 1], v5),
+        DecodeError::InvalidProperty(0x11)
+    );
+    assert_eq!(
+        decode_err(&[0x30, 0x08, 0, 1, b'a', 4, 0x01, 0, 0x01, 0], v5),
+        DecodeError::DuplicateProperty(0x01)
+    );
     // Reserved CONNECT flag.
-    let raw = [0x10, 0x0C, 0, 4, b'M', b'Q', b'T', b'T', 4, 0x03, 0, 60, 0, 0];
+    let raw = [
+        0x10, 0x0C, 0, 4, b'M', b'Q', b'T', b'T', 4, 0x03, 0, 60, 0, 0,
+    ];
     assert_eq!(decode_err(&raw, None), DecodeError::ReservedConnectFlag);
     // Unsupported level.
-    let raw = [0x10, 0x0C, 0, 4, b'M', b'Q', b'T', b'T', 9, 0x02, 0, 60, 0, 0];
-    assert_eq!(decode_err(&raw, None), DecodeError::UnsupportedProtocolVersion(9));
+    let raw = [
+        0x10, 0x0C, 0, 4, b'M', b'Q', b'T', b'T', 9, 0x02, 0, 60, 0, 0,
+    ];
+    assert_eq!(
+        decode_err(&raw, None),
+        DecodeError::UnsupportedProtocolVersion(9)
+    );
     // PINGREQ with a body.
     assert_eq!(decode_err(&[0xC0, 0x01, 0], v3), DecodeError::TrailingBytes);
 }
@@ -214,7 +314,15 @@ fn partial_input_waits_for_more() {
     encode_packet(&Packet::PingReq, ProtocolVersion::V311, &mut full);
     let mut p = BytesMut::new();
     encode_packet(
-        &Packet::Publish(Publish { dup: false, qos: QoS::AtLeastOnce, retain: false, topic: "t".into(), packet_id: 1, properties: Properties::default(), payload: Bytes::from(vec![7u8; 300]) }),
+        &Packet::Publish(Publish {
+            dup: false,
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            topic: "t".into(),
+            packet_id: 1,
+            properties: Properties::default(),
+            payload: Bytes::from(vec![7u8; 300]),
+        }),
         ProtocolVersion::V311,
         &mut p,
     );

@@ -38,6 +38,8 @@ pub(crate) async fn accept<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    // The callback's error type is tungstenite's HTTP response; its size is not ours to choose.
+    #[allow(clippy::result_large_err)]
     let callback = |req: &Request, mut resp: Response| {
         if req.uri().path() != path {
             return Err(not_found());
@@ -76,6 +78,7 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let mut query = String::new();
+    #[allow(clippy::result_large_err)]
     let callback = |req: &Request, resp: Response| {
         if req.uri().path() != path {
             return Err(not_found());
