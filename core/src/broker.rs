@@ -31,6 +31,16 @@ impl TreeEntry for Subscriber {
     }
 }
 
+/// Where a publish went.
+#[derive(Default)]
+pub struct Routed {
+    /// Sessions it was queued for.
+    pub queued: usize,
+    /// An online session whose queue is past its high-water mark: the publisher should wait
+    /// for it to drain before sending more (see `Session::space`).
+    pub congested: Option<Arc<Session>>,
+}
+
 /// Result of attaching a connection to a session.
 pub struct Attached {
     pub session: Arc<Session>,
@@ -127,6 +137,8 @@ impl Broker {
         // QoS 0 messages are not kept for offline sessions.
         st.queue.retain(|d| d.qos != QoS::AtMostOnce);
         drop(st);
+        // Publishers held back by this session's queue need not wait for an offline client.
+        session.space.notify_waiters();
         if expiry == 0 {
             self.remove_session(session);
         } else if expiry != u32::MAX {
@@ -241,8 +253,7 @@ impl Broker {
     }
 
     /// Routes a message to every matching subscription and updates the retained store.
-    /// Returns how many sessions it was queued for.
-    pub fn publish(&self, msg: Arc<Message>) -> usize {
+    pub fn publish(&self, msg: Arc<Message>) -> Routed {
         if msg.retain {
             self.store_retained(&msg);
         }
@@ -271,7 +282,7 @@ impl Broker {
         if targets.len() > 1 {
             targets.sort_by_key(|t| Arc::as_ptr(&t.0) as usize);
         }
-        let mut delivered = 0;
+        let mut routed = Routed::default();
         let mut i = 0;
         while i < targets.len() {
             // A client with several matching subscriptions gets the message once, at the highest
@@ -286,7 +297,7 @@ impl Broker {
                 j += 1;
             }
             i = j;
-            let outcome = session.enqueue(
+            let (outcome, congested) = session.enqueue(
                 Delivery {
                     msg: msg.clone(),
                     qos,
@@ -296,16 +307,19 @@ impl Broker {
                 self.config.max_queued_messages,
             );
             match outcome {
-                Enqueued::Queued => delivered += 1,
+                Enqueued::Queued => routed.queued += 1,
                 Enqueued::DroppedOther => {
-                    delivered += 1;
+                    routed.queued += 1;
                     Metrics::add(&self.metrics.messages_dropped, 1);
                 }
                 Enqueued::Refused => Metrics::add(&self.metrics.messages_dropped, 1),
                 Enqueued::Skipped => {}
             }
+            if congested && routed.congested.is_none() {
+                routed.congested = Some(session);
+            }
         }
-        delivered
+        routed
     }
 
     fn store_retained(&self, msg: &Arc<Message>) {
@@ -366,7 +380,7 @@ impl Broker {
         }
         for msg in self.retained_matching(filter) {
             let qos = msg.qos.min(options.qos);
-            session.enqueue(
+            let _ = session.enqueue(
                 Delivery {
                     msg,
                     qos,

@@ -25,6 +25,8 @@ const WRITE_BATCH: usize = 64 * 1024;
 const IDLE_BUFFER_KEEP: usize = 4 * 1024;
 /// Bytes asked of the socket per read.
 const READ_CHUNK: usize = 2048;
+/// How long a publisher waits for a congested subscriber before giving up on it.
+const BACKPRESSURE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// What a connection knows about the listener that accepted it.
 pub struct ListenerContext {
@@ -602,7 +604,10 @@ where
                 Some(msg)
             };
             if let Some(msg) = routed {
-                self.broker.publish(Arc::new(msg));
+                let routed = self.broker.publish(Arc::new(msg));
+                if let Some(congested) = routed.congested {
+                    self.wait_for_space(&congested).await;
+                }
             } else {
                 Metrics::add(&self.broker.metrics.publishes_denied, 1);
             }
@@ -625,6 +630,29 @@ where
             }
         }
         Ok(())
+    }
+
+    /// Backpressure: a subscriber's queue is filling up, so stop reading from this publisher
+    /// until it drains (TCP pushes back on the client) instead of dropping what it sends. A
+    /// subscriber that does not catch up within the timeout is marked slow and not waited for.
+    async fn wait_for_space(&self, congested: &Arc<Session>) {
+        if Arc::ptr_eq(congested, &self.session) {
+            return;
+        }
+        let low = crate::session::low_water(self.broker.config.max_queued_messages);
+        let notified = congested.space.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        {
+            let st = congested.state.lock();
+            if st.queue.len() <= low || st.owner == 0 || st.slow {
+                return;
+            }
+        }
+        if tokio::time::timeout(BACKPRESSURE_TIMEOUT, notified).await.is_err() {
+            congested.state.lock().slow = true;
+            warn!(client_id = %congested.client_id, "slow subscriber: publishers no longer wait for it; its overflow is dropped");
+        }
     }
 
     async fn on_subscribe(&mut self, s: Subscribe) -> Result<(), Close> {
@@ -793,6 +821,8 @@ where
         let now = Instant::now();
         let mut sent = 0u64;
         let mut dropped = 0u64;
+        let low = crate::session::low_water(self.broker.config.max_queued_messages);
+        let was_above = st.queue.len() > low;
         while self.wbuf.len() < WRITE_BATCH {
             let Some(front) = st.queue.front() else { break };
             if front.qos != QoS::AtMostOnce && st.inflight.len() >= self.send_window {
@@ -830,7 +860,14 @@ where
                 });
             }
         }
+        let released = was_above && st.queue.len() <= low;
+        if released {
+            st.slow = false;
+        }
         drop(st);
+        if released {
+            session.space.notify_waiters();
+        }
         if sent > 0 {
             Metrics::add(&self.broker.metrics.messages_sent, sent);
         }

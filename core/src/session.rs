@@ -67,6 +67,9 @@ pub struct SessionState {
     pub ended: bool,
     /// Messages dropped because the queue was full.
     pub dropped: u64,
+    /// The client did not drain its queue within the backpressure timeout: publishers stop
+    /// waiting for it (its overflow is dropped and counted) until it catches up.
+    pub slow: bool,
 }
 
 pub struct Session {
@@ -74,6 +77,18 @@ pub struct Session {
     pub(crate) state: Mutex<SessionState>,
     /// Wakes the attached connection: new messages, or it has been taken over.
     pub(crate) wake: Notify,
+    /// Wakes publishers held back because this session's queue was congested.
+    pub(crate) space: Notify,
+}
+
+/// Queue length at which publishers to an online session start waiting for it (backpressure).
+pub(crate) fn high_water(max_queued: usize) -> usize {
+    (max_queued / 2).max(1)
+}
+
+/// Queue length below which waiting publishers are released.
+pub(crate) fn low_water(max_queued: usize) -> usize {
+    max_queued / 4
 }
 
 /// Outcome of offering a delivery to a session's queue.
@@ -102,8 +117,10 @@ impl Session {
                 expiry_interval,
                 ended: false,
                 dropped: 0,
+                slow: false,
             }),
             wake: Notify::new(),
+            space: Notify::new(),
         }
     }
 
@@ -111,14 +128,15 @@ impl Session {
         self.state.lock().owner != 0
     }
 
-    /// Adds a delivery to the bounded queue and wakes the connection.
-    pub(crate) fn enqueue(&self, d: Delivery, max_queued: usize) -> Enqueued {
+    /// Adds a delivery to the bounded queue and wakes the connection. The flag says the queue
+    /// of this online session is past its high-water mark: the publisher should wait for it.
+    pub(crate) fn enqueue(&self, d: Delivery, max_queued: usize) -> (Enqueued, bool) {
         let mut st = self.state.lock();
         if st.ended {
-            return Enqueued::Refused;
+            return (Enqueued::Refused, false);
         }
         if st.owner == 0 && d.qos == QoS::AtMostOnce {
-            return Enqueued::Skipped;
+            return (Enqueued::Skipped, false);
         }
         let mut outcome = Enqueued::Queued;
         if st.queue.len() >= max_queued {
@@ -129,18 +147,19 @@ impl Session {
                 }
                 None => {
                     st.dropped += 1;
-                    return Enqueued::Refused;
+                    return (Enqueued::Refused, false);
                 }
             }
             st.dropped += 1;
         }
         st.queue.push_back(d);
         let online = st.owner != 0;
+        let congested = online && !st.slow && st.queue.len() >= high_water(max_queued);
         drop(st);
         if online {
             self.wake.notify_one();
         }
-        outcome
+        (outcome, congested)
     }
 }
 

@@ -1,0 +1,461 @@
+//! `loadgen`: drives an MQTT broker with many clients and reports throughput, end-to-end latency,
+//! lost and duplicated messages, and the broker's CPU time per message and memory.
+//!
+//! It must never be the bottleneck: publishers encode many PUBLISH packets into one buffer and
+//! write it with one syscall, subscribers acknowledge in batches.
+//!
+//! ```text
+//! loadgen --port 1883 --scenario fan-in --qos 1 --publishers 16 --messages 20000 --broker-pid PID
+//! ```
+
+use anyhow::{bail, Context, Result};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use clap::{Parser, ValueEnum};
+use hdrhistogram::Histogram;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use switchyard_core::protocol::{
+    self, Connect, Packet, Properties, ProtocolVersion, PubResponse, QoS, ReasonCode, Subscribe,
+    SubscriptionOptions,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+use tokio::sync::Semaphore;
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq)]
+enum Scenario {
+    /// N publishers → 1 subscriber on `bench/#`.
+    FanIn,
+    /// 1 publisher → N subscribers on the same topic.
+    FanOut,
+    /// N publisher/subscriber pairs, each on its own topic.
+    P2p,
+    /// Open N idle connections and report the broker's memory per connection.
+    Idle,
+}
+
+#[derive(Parser, Debug, Clone)]
+struct Args {
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    #[arg(long, default_value_t = 1883)]
+    port: u16,
+    #[arg(long, value_enum, default_value_t = Scenario::FanIn)]
+    scenario: Scenario,
+    #[arg(long, default_value_t = 0)]
+    qos: u8,
+    /// Publishers (fan-in), subscribers (fan-out), pairs (p2p) or connections (idle).
+    #[arg(long, default_value_t = 16)]
+    clients: usize,
+    /// Messages each publisher sends.
+    #[arg(long, default_value_t = 10_000)]
+    messages: u64,
+    #[arg(long, default_value_t = 64)]
+    payload: usize,
+    /// Unacknowledged QoS 1/2 messages a publisher keeps in flight.
+    #[arg(long, default_value_t = 100)]
+    inflight: usize,
+    /// 4 (3.1.1) or 5.
+    #[arg(long, default_value_t = 4)]
+    version: u8,
+    /// Messages per second per publisher; 0 = as fast as possible.
+    #[arg(long, default_value_t = 0)]
+    rate: u64,
+    /// Broker process id, to read its CPU time and RSS from /proc.
+    #[arg(long)]
+    broker_pid: Option<u32>,
+    /// Label for the result line.
+    #[arg(long, default_value = "broker")]
+    label: String,
+    /// Stop waiting for messages after this long without progress.
+    #[arg(long, default_value_t = 3)]
+    idle_timeout_s: u64,
+}
+
+/// Per-payload header: publisher id, sequence, send time (ns since the run's epoch).
+const HEADER: usize = 16;
+
+struct Stats {
+    received: AtomicU64,
+    duplicates: AtomicU64,
+    latency: Mutex<Histogram<u64>>,
+    first: Mutex<Option<Instant>>,
+    last: Mutex<Option<Instant>>,
+    /// seen[publisher][seq] per subscriber, for loss and duplicate detection.
+    expected: u64,
+}
+
+fn proc_cpu_and_rss(pid: u32) -> Option<(f64, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let rss_kb = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
+    // USER_HZ is 100 on Linux.
+    Some((ticks / 100.0, rss_kb))
+}
+
+fn version(v: u8) -> ProtocolVersion {
+    if v == 5 {
+        ProtocolVersion::V5
+    } else {
+        ProtocolVersion::V311
+    }
+}
+
+async fn connect(args: &Args, id: &str) -> Result<(OwnedReadHalf, OwnedWriteHalf, BytesMut)> {
+    let stream = TcpStream::connect((args.host.as_str(), args.port))
+        .await
+        .with_context(|| format!("connect to {}:{}", args.host, args.port))?;
+    stream.set_nodelay(true)?;
+    let (mut r, mut w) = stream.into_split();
+    let v = version(args.version);
+    let mut props = Properties::default();
+    if v.is_v5() {
+        props.receive_maximum = Some(u16::MAX);
+    }
+    let c = Connect {
+        protocol: v,
+        clean_start: true,
+        keep_alive: 600,
+        client_id: id.to_string(),
+        will: None,
+        username: None,
+        password: None,
+        properties: props,
+    };
+    let mut out = BytesMut::new();
+    protocol::encode_packet(&Packet::Connect(Box::new(c)), v, &mut out);
+    w.write_all(&out).await?;
+    let mut buf = BytesMut::with_capacity(64 * 1024);
+    loop {
+        if let Some(p) = protocol::decode_packet(&mut buf, Some(v), usize::MAX)? {
+            match p {
+                Packet::ConnAck(a) if a.code == ReasonCode::SUCCESS => return Ok((r, w, buf)),
+                other => bail!("{id}: unexpected reply to CONNECT: {other:?}"),
+            }
+        }
+        if r.read_buf(&mut buf).await? == 0 {
+            bail!("{id}: connection closed during CONNECT");
+        }
+    }
+}
+
+async fn subscriber(args: Args, id: String, filter: String, stats: Arc<Stats>, epoch: Instant, ready: Arc<Semaphore>, publishers: usize) -> Result<()> {
+    let _ = publishers;
+    let (mut r, mut w, mut buf) = connect(&args, &id).await?;
+    let v = version(args.version);
+    let qos = QoS::from_u8(args.qos).unwrap_or(QoS::AtMostOnce);
+    let mut out = BytesMut::new();
+    protocol::encode_packet(
+        &Packet::Subscribe(Subscribe {
+            packet_id: 1,
+            filters: vec![(filter, SubscriptionOptions { qos, ..Default::default() })],
+            properties: Properties::default(),
+        }),
+        v,
+        &mut out,
+    );
+    w.write_all(&out).await?;
+    out.clear();
+    let per_sub_expected = args.messages * publishers as u64;
+    // seen[publisher][seq], allocated per publisher on first sight (p2p ids are not dense here).
+    let mut seen: std::collections::HashMap<u32, Vec<bool>> = std::collections::HashMap::new();
+    let mut got = 0u64;
+    let mut subscribed = false;
+    let mut local_hist = Histogram::<u64>::new(3)?;
+    let idle = Duration::from_secs(args.idle_timeout_s);
+    loop {
+        while let Some(p) = protocol::decode_packet(&mut buf, Some(v), usize::MAX)? {
+            match p {
+                Packet::SubAck(_) if !subscribed => {
+                    subscribed = true;
+                    ready.add_permits(1);
+                }
+                Packet::Publish(p) => {
+                    let now = Instant::now();
+                    let mut payload = p.payload.clone();
+                    if payload.len() >= HEADER {
+                        let publisher = payload.get_u32();
+                        let seq = payload.get_u32() as usize;
+                        let sent = payload.get_u64();
+                        let lat = (now.duration_since(epoch).as_nanos() as u64).saturating_sub(sent);
+                        let _ = local_hist.record(lat / 1000);
+                        let slots = seen.entry(publisher).or_insert_with(|| vec![false; args.messages as usize]);
+                        if let Some(slot) = slots.get_mut(seq) {
+                            if *slot {
+                                stats.duplicates.fetch_add(1, Ordering::Relaxed);
+                            } else {
+                                *slot = true;
+                                got += 1;
+                                stats.received.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                    }
+                    {
+                        let mut f = stats.first.lock().unwrap();
+                        f.get_or_insert(now);
+                    }
+                    *stats.last.lock().unwrap() = Some(now);
+                    match p.qos {
+                        QoS::AtLeastOnce => protocol::encode_packet(&Packet::PubAck(PubResponse::new(p.packet_id, ReasonCode::SUCCESS)), v, &mut out),
+                        QoS::ExactlyOnce => protocol::encode_packet(&Packet::PubRec(PubResponse::new(p.packet_id, ReasonCode::SUCCESS)), v, &mut out),
+                        QoS::AtMostOnce => {}
+                    }
+                }
+                Packet::PubRel(r) => protocol::encode_packet(&Packet::PubComp(PubResponse::new(r.packet_id, ReasonCode::SUCCESS)), v, &mut out),
+                _ => {}
+            }
+        }
+        if !out.is_empty() {
+            w.write_all(&out).await?;
+            out.clear();
+        }
+        if got >= per_sub_expected {
+            break;
+        }
+        buf.reserve(64 * 1024);
+        match tokio::time::timeout(idle, r.read_buf(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(_)) => {}
+            Err(_) => {
+                if subscribed {
+                    break;
+                }
+            }
+        }
+    }
+    stats.latency.lock().unwrap().add(&local_hist)?;
+    Ok(())
+}
+
+async fn publisher(args: Args, id: String, index: u32, topic: String, epoch: Instant, start: Arc<AtomicBool>) -> Result<()> {
+    let (r, w, buf) = connect(&args, &id).await?;
+    // The ack reader answers PUBREC with PUBREL through the same write half.
+    let w = Arc::new(tokio::sync::Mutex::new(w));
+    let v = version(args.version);
+    let qos = QoS::from_u8(args.qos).unwrap_or(QoS::AtMostOnce);
+    while !start.load(Ordering::Acquire) {
+        tokio::task::yield_now().await;
+    }
+    let window = Arc::new(Semaphore::new(if qos == QoS::AtMostOnce { 0 } else { args.inflight }));
+    let acks = {
+        let window = window.clone();
+        let w = w.clone();
+        let (mut r, mut buf) = (r, buf);
+        let need = if qos == QoS::AtMostOnce { 0 } else { args.messages };
+        tokio::spawn(async move {
+            let mut done = 0u64;
+            let mut out = BytesMut::new();
+            while done < need {
+                while let Ok(Some(p)) = protocol::decode_packet(&mut buf, Some(v), usize::MAX) {
+                    match p {
+                        Packet::PubAck(_) | Packet::PubComp(_) => {
+                            done += 1;
+                            window.add_permits(1);
+                        }
+                        Packet::PubRec(r) => protocol::encode_packet(&Packet::PubRel(PubResponse::new(r.packet_id, ReasonCode::SUCCESS)), v, &mut out),
+                        _ => {}
+                    }
+                }
+                if !out.is_empty() {
+                    if w.lock().await.write_all(&out).await.is_err() {
+                        break;
+                    }
+                    out.clear();
+                }
+                if done >= need {
+                    break;
+                }
+                buf.reserve(16 * 1024);
+                match r.read_buf(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {}
+                }
+            }
+        })
+    };
+    let payload_len = args.payload.max(HEADER);
+    let mut out = BytesMut::with_capacity(64 * 1024);
+    let interval = (args.rate > 0).then(|| Duration::from_nanos(1_000_000_000 / args.rate));
+    let started = Instant::now();
+    let mut next_id: u16 = 1;
+    for seq in 0..args.messages {
+        if qos != QoS::AtMostOnce {
+            // Flush what we have before waiting for window space.
+            if window.available_permits() == 0 && !out.is_empty() {
+                w.lock().await.write_all(&out).await?;
+                out.clear();
+            }
+            window.acquire().await?.forget();
+        }
+        if let Some(iv) = interval {
+            let due = started + iv * seq as u32;
+            if due > Instant::now() {
+                if !out.is_empty() {
+                    w.lock().await.write_all(&out).await?;
+                    out.clear();
+                }
+                tokio::time::sleep_until(due.into()).await;
+            }
+        }
+        let mut payload = BytesMut::with_capacity(payload_len);
+        payload.put_u32(index);
+        payload.put_u32(seq as u32);
+        payload.put_u64(epoch.elapsed().as_nanos() as u64);
+        payload.resize(payload_len, 0xAB);
+        let packet_id = if qos == QoS::AtMostOnce {
+            0
+        } else {
+            let id = next_id;
+            next_id = next_id.wrapping_add(1).max(1);
+            id
+        };
+        let payload: Bytes = payload.freeze();
+        let p = protocol::OutgoingPublish {
+            dup: false,
+            qos,
+            retain: false,
+            topic: &topic,
+            packet_id,
+            properties: &Properties::default(),
+            message_expiry: None,
+            subscription_identifiers: &[],
+            payload: &payload,
+        };
+        protocol::encode_publish(&p, v, &mut out);
+        if out.len() >= 32 * 1024 {
+            w.lock().await.write_all(&out).await?;
+            out.clear();
+        }
+    }
+    if !out.is_empty() {
+        w.lock().await.write_all(&out).await?;
+    }
+    acks.await?;
+    // Keep the connection until subscribers are done (closing early can drop queued QoS 0).
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    Ok(())
+}
+
+async fn run_idle(args: &Args) -> Result<()> {
+    let before = args.broker_pid.and_then(proc_cpu_and_rss);
+    let started = Instant::now();
+    let mut conns = Vec::with_capacity(args.clients);
+    for i in 0..args.clients {
+        conns.push(connect(args, &format!("idle-{i}")).await?);
+    }
+    let connect_time = started.elapsed();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after = args.broker_pid.and_then(proc_cpu_and_rss);
+    let per_conn = match (before, after) {
+        (Some((_, a)), Some((_, b))) => format!("{:.2} KB/conn", (b as f64 - a as f64) / args.clients as f64),
+        _ => "n/a".into(),
+    };
+    println!(
+        "RESULT label={} scenario=idle clients={} connects_per_s={:.0} rss_delta={} rss_after_kb={}",
+        args.label,
+        args.clients,
+        args.clients as f64 / connect_time.as_secs_f64(),
+        per_conn,
+        after.map_or(0, |a| a.1)
+    );
+    drop(conns);
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args = Args::parse();
+    if args.scenario == Scenario::Idle {
+        return run_idle(&args).await;
+    }
+    let epoch = Instant::now();
+    let (publishers, subscribers): (usize, usize) = match args.scenario {
+        Scenario::FanIn => (args.clients, 1),
+        Scenario::FanOut => (1, args.clients),
+        Scenario::P2p => (args.clients, args.clients),
+        Scenario::Idle => unreachable!(),
+    };
+    let per_sub_publishers = if args.scenario == Scenario::P2p { 1 } else { publishers };
+    let expected = args.messages * per_sub_publishers as u64 * subscribers as u64;
+    let stats = Arc::new(Stats {
+        received: AtomicU64::new(0),
+        duplicates: AtomicU64::new(0),
+        latency: Mutex::new(Histogram::new(3)?),
+        first: Mutex::new(None),
+        last: Mutex::new(None),
+        expected,
+    });
+    let ready = Arc::new(Semaphore::new(0));
+    let run_id = std::process::id();
+    let mut subs = Vec::new();
+    for i in 0..subscribers {
+        let filter = match args.scenario {
+            Scenario::P2p => format!("bench/{run_id}/p2p/{i}"),
+            _ => format!("bench/{run_id}/#"),
+        };
+        subs.push(tokio::spawn(subscriber(args.clone(), format!("sub-{run_id}-{i}"), filter, stats.clone(), epoch, ready.clone(), per_sub_publishers)));
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(30), ready.acquire_many(subscribers as u32)).await.context("subscribers ready")?;
+    let start = Arc::new(AtomicBool::new(false));
+    let mut pubs = Vec::new();
+    for i in 0..publishers {
+        let topic = match args.scenario {
+            Scenario::P2p => format!("bench/{run_id}/p2p/{i}"),
+            _ => format!("bench/{run_id}/t/{i}"),
+        };
+        pubs.push(tokio::spawn(publisher(args.clone(), format!("pub-{run_id}-{i}"), i as u32, topic, epoch, start.clone())));
+    }
+    let cpu_before = args.broker_pid.and_then(proc_cpu_and_rss);
+    let t0 = Instant::now();
+    start.store(true, Ordering::Release);
+    for p in pubs {
+        p.await??;
+    }
+    let send_time = t0.elapsed();
+    for s in subs {
+        s.await??;
+    }
+    let cpu_after = args.broker_pid.and_then(proc_cpu_and_rss);
+    let received = stats.received.load(Ordering::Relaxed);
+    // From the start signal to the last receipt: what the system sustained end to end.
+    let window = match *stats.last.lock().unwrap() {
+        Some(b) if b > t0 => (b - t0).as_secs_f64(),
+        _ => send_time.as_secs_f64(),
+    };
+    let h = stats.latency.lock().unwrap();
+    let cpu = match (cpu_before, cpu_after) {
+        (Some(a), Some(b)) if received > 0 => format!("{:.2}", (b.0 - a.0) * 1e6 / received as f64),
+        _ => "n/a".into(),
+    };
+    println!(
+        "RESULT label={} scenario={:?} qos={} v={} clients={} payload={} msgs_per_s={:.0} received={} expected={} lost={} dup={} p50_us={} p99_us={} max_us={} broker_cpu_us_per_msg={} rss_kb={}",
+        args.label,
+        args.scenario,
+        args.qos,
+        args.version,
+        args.clients,
+        args.payload,
+        received as f64 / window,
+        received,
+        stats.expected,
+        stats.expected.saturating_sub(received),
+        stats.duplicates.load(Ordering::Relaxed),
+        h.value_at_quantile(0.5),
+        h.value_at_quantile(0.99),
+        h.max(),
+        cpu,
+        cpu_after.map_or(0, |c| c.1),
+    );
+    Ok(())
+}
