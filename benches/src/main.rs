@@ -151,7 +151,6 @@ async fn connect(args: &Args, id: &str) -> Result<(OwnedReadHalf, OwnedWriteHalf
 }
 
 async fn subscriber(args: Args, id: String, filter: String, stats: Arc<Stats>, epoch: Instant, ready: Arc<Semaphore>, publishers: usize) -> Result<()> {
-    let _ = publishers;
     let (mut r, mut w, mut buf) = connect(&args, &id).await?;
     let v = version(args.version);
     let qos = QoS::from_u8(args.qos).unwrap_or(QoS::AtMostOnce);
