@@ -150,7 +150,15 @@ async fn connect(args: &Args, id: &str) -> Result<(OwnedReadHalf, OwnedWriteHalf
     }
 }
 
-async fn subscriber(args: Args, id: String, filter: String, stats: Arc<Stats>, epoch: Instant, ready: Arc<Semaphore>, publishers: usize) -> Result<()> {
+async fn subscriber(
+    args: Args,
+    id: String,
+    filter: String,
+    stats: Arc<Stats>,
+    epoch: Instant,
+    ready: Arc<Semaphore>,
+    publishers: usize,
+) -> Result<()> {
     let (mut r, mut w, mut buf) = connect(&args, &id).await?;
     let v = version(args.version);
     let qos = QoS::from_u8(args.qos).unwrap_or(QoS::AtMostOnce);
@@ -158,7 +166,13 @@ async fn subscriber(args: Args, id: String, filter: String, stats: Arc<Stats>, e
     protocol::encode_packet(
         &Packet::Subscribe(Subscribe {
             packet_id: 1,
-            filters: vec![(filter, SubscriptionOptions { qos, ..Default::default() })],
+            filters: vec![(
+                filter,
+                SubscriptionOptions {
+                    qos,
+                    ..Default::default()
+                },
+            )],
             properties: Properties::default(),
         }),
         v,
@@ -187,9 +201,12 @@ async fn subscriber(args: Args, id: String, filter: String, stats: Arc<Stats>, e
                         let publisher = payload.get_u32();
                         let seq = payload.get_u32() as usize;
                         let sent = payload.get_u64();
-                        let lat = (now.duration_since(epoch).as_nanos() as u64).saturating_sub(sent);
+                        let lat =
+                            (now.duration_since(epoch).as_nanos() as u64).saturating_sub(sent);
                         let _ = local_hist.record(lat / 1000);
-                        let slots = seen.entry(publisher).or_insert_with(|| vec![false; args.messages as usize]);
+                        let slots = seen
+                            .entry(publisher)
+                            .or_insert_with(|| vec![false; args.messages as usize]);
                         if let Some(slot) = slots.get_mut(seq) {
                             if *slot {
                                 stats.duplicates.fetch_add(1, Ordering::Relaxed);
@@ -206,12 +223,24 @@ async fn subscriber(args: Args, id: String, filter: String, stats: Arc<Stats>, e
                     }
                     *stats.last.lock().unwrap() = Some(now);
                     match p.qos {
-                        QoS::AtLeastOnce => protocol::encode_packet(&Packet::PubAck(PubResponse::new(p.packet_id, ReasonCode::SUCCESS)), v, &mut out),
-                        QoS::ExactlyOnce => protocol::encode_packet(&Packet::PubRec(PubResponse::new(p.packet_id, ReasonCode::SUCCESS)), v, &mut out),
+                        QoS::AtLeastOnce => protocol::encode_packet(
+                            &Packet::PubAck(PubResponse::new(p.packet_id, ReasonCode::SUCCESS)),
+                            v,
+                            &mut out,
+                        ),
+                        QoS::ExactlyOnce => protocol::encode_packet(
+                            &Packet::PubRec(PubResponse::new(p.packet_id, ReasonCode::SUCCESS)),
+                            v,
+                            &mut out,
+                        ),
                         QoS::AtMostOnce => {}
                     }
                 }
-                Packet::PubRel(r) => protocol::encode_packet(&Packet::PubComp(PubResponse::new(r.packet_id, ReasonCode::SUCCESS)), v, &mut out),
+                Packet::PubRel(r) => protocol::encode_packet(
+                    &Packet::PubComp(PubResponse::new(r.packet_id, ReasonCode::SUCCESS)),
+                    v,
+                    &mut out,
+                ),
                 _ => {}
             }
         }
@@ -237,7 +266,14 @@ async fn subscriber(args: Args, id: String, filter: String, stats: Arc<Stats>, e
     Ok(())
 }
 
-async fn publisher(args: Args, id: String, index: u32, topic: String, epoch: Instant, start: Arc<AtomicBool>) -> Result<()> {
+async fn publisher(
+    args: Args,
+    id: String,
+    index: u32,
+    topic: String,
+    epoch: Instant,
+    start: Arc<AtomicBool>,
+) -> Result<()> {
     let (r, w, buf) = connect(&args, &id).await?;
     // The ack reader answers PUBREC with PUBREL through the same write half.
     let w = Arc::new(tokio::sync::Mutex::new(w));
@@ -246,12 +282,20 @@ async fn publisher(args: Args, id: String, index: u32, topic: String, epoch: Ins
     while !start.load(Ordering::Acquire) {
         tokio::task::yield_now().await;
     }
-    let window = Arc::new(Semaphore::new(if qos == QoS::AtMostOnce { 0 } else { args.inflight }));
+    let window = Arc::new(Semaphore::new(if qos == QoS::AtMostOnce {
+        0
+    } else {
+        args.inflight
+    }));
     let acks = {
         let window = window.clone();
         let w = w.clone();
         let (mut r, mut buf) = (r, buf);
-        let need = if qos == QoS::AtMostOnce { 0 } else { args.messages };
+        let need = if qos == QoS::AtMostOnce {
+            0
+        } else {
+            args.messages
+        };
         tokio::spawn(async move {
             let mut done = 0u64;
             let mut out = BytesMut::new();
@@ -262,7 +306,11 @@ async fn publisher(args: Args, id: String, index: u32, topic: String, epoch: Ins
                             done += 1;
                             window.add_permits(1);
                         }
-                        Packet::PubRec(r) => protocol::encode_packet(&Packet::PubRel(PubResponse::new(r.packet_id, ReasonCode::SUCCESS)), v, &mut out),
+                        Packet::PubRec(r) => protocol::encode_packet(
+                            &Packet::PubRel(PubResponse::new(r.packet_id, ReasonCode::SUCCESS)),
+                            v,
+                            &mut out,
+                        ),
                         _ => {}
                     }
                 }
@@ -357,7 +405,9 @@ async fn run_idle(args: &Args) -> Result<()> {
     tokio::time::sleep(Duration::from_secs(1)).await;
     let after = args.broker_pid.and_then(proc_cpu_and_rss);
     let per_conn = match (before, after) {
-        (Some((_, a)), Some((_, b))) => format!("{:.2} KB/conn", (b as f64 - a as f64) / args.clients as f64),
+        (Some((_, a)), Some((_, b))) => {
+            format!("{:.2} KB/conn", (b as f64 - a as f64) / args.clients as f64)
+        }
         _ => "n/a".into(),
     };
     println!(
@@ -385,7 +435,11 @@ async fn main() -> Result<()> {
         Scenario::P2p => (args.clients, args.clients),
         Scenario::Idle => unreachable!(),
     };
-    let per_sub_publishers = if args.scenario == Scenario::P2p { 1 } else { publishers };
+    let per_sub_publishers = if args.scenario == Scenario::P2p {
+        1
+    } else {
+        publishers
+    };
     let expected = args.messages * per_sub_publishers as u64 * subscribers as u64;
     let stats = Arc::new(Stats {
         received: AtomicU64::new(0),
@@ -403,9 +457,22 @@ async fn main() -> Result<()> {
             Scenario::P2p => format!("bench/{run_id}/p2p/{i}"),
             _ => format!("bench/{run_id}/#"),
         };
-        subs.push(tokio::spawn(subscriber(args.clone(), format!("sub-{run_id}-{i}"), filter, stats.clone(), epoch, ready.clone(), per_sub_publishers)));
+        subs.push(tokio::spawn(subscriber(
+            args.clone(),
+            format!("sub-{run_id}-{i}"),
+            filter,
+            stats.clone(),
+            epoch,
+            ready.clone(),
+            per_sub_publishers,
+        )));
     }
-    let _ = tokio::time::timeout(Duration::from_secs(30), ready.acquire_many(subscribers as u32)).await.context("subscribers ready")?;
+    let _ = tokio::time::timeout(
+        Duration::from_secs(30),
+        ready.acquire_many(subscribers as u32),
+    )
+    .await
+    .context("subscribers ready")?;
     let start = Arc::new(AtomicBool::new(false));
     let mut pubs = Vec::new();
     for i in 0..publishers {
@@ -413,7 +480,14 @@ async fn main() -> Result<()> {
             Scenario::P2p => format!("bench/{run_id}/p2p/{i}"),
             _ => format!("bench/{run_id}/t/{i}"),
         };
-        pubs.push(tokio::spawn(publisher(args.clone(), format!("pub-{run_id}-{i}"), i as u32, topic, epoch, start.clone())));
+        pubs.push(tokio::spawn(publisher(
+            args.clone(),
+            format!("pub-{run_id}-{i}"),
+            i as u32,
+            topic,
+            epoch,
+            start.clone(),
+        )));
     }
     let cpu_before = args.broker_pid.and_then(proc_cpu_and_rss);
     let t0 = Instant::now();

@@ -21,9 +21,13 @@ use tracing::{debug, info, warn};
 
 /// How much encoded output to gather before writing; then we go back to reading.
 const WRITE_BATCH: usize = 64 * 1024;
-/// Read buffers above this are given back when the connection goes idle.
-const IDLE_BUFFER_KEEP: usize = 4 * 1024;
-/// Bytes asked of the socket per read.
+/// Buffers above this are given back when the connection goes idle.
+const IDLE_BUFFER_KEEP: usize = 1024;
+/// Smallest read: enough for control packets and small publishes, cheap to hold while idle.
+const READ_MIN: usize = 256;
+/// Largest read, reached by doubling while reads keep filling the buffer.
+const READ_MAX: usize = 64 * 1024;
+/// Scratch size for reads done while a write is blocked.
 const READ_CHUNK: usize = 2048;
 /// How long a publisher waits for a congested subscriber before giving up on it.
 const BACKPRESSURE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -74,25 +78,40 @@ impl From<DecodeError> for Close {
 
 /// Serves one accepted stream until it closes. Never panics on client input.
 pub async fn serve<S>(
-    mut stream: S,
+    stream: S,
     peer: SocketAddr,
     cert_cn: Option<Arc<str>>,
     ctx: Arc<ListenerContext>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
+    // The handshake and shut-down phases are boxed: only the connection and its main loop stay
+    // in the task for the connection's lifetime, which keeps idle connections small.
+    let Some(mut conn) = Box::pin(handshake(stream, peer, cert_cn, ctx)).await else {
+        return;
+    };
+    let close = conn.run().await;
+    Box::pin(conn.finish(close)).await;
+}
+
+/// Reads CONNECT (within the connect timeout) and turns the stream into a [`Connection`].
+async fn handshake<S>(
+    mut stream: S,
+    peer: SocketAddr,
+    cert_cn: Option<Arc<str>>,
+    ctx: Arc<ListenerContext>,
+) -> Option<Connection<S>>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
     let broker = ctx.broker.clone();
     let max_packet = broker.config.max_packet_size as usize;
-    let mut rbuf = BytesMut::with_capacity(256);
+    let mut rbuf = BytesMut::with_capacity(READ_MIN);
     let deadline = Duration::from_secs(broker.config.connect_timeout_s);
-    let connect = match tokio::time::timeout(
-        deadline,
-        read_connect(&mut stream, &mut rbuf, max_packet),
-    )
-    .await
-    {
+    let read = tokio::time::timeout(deadline, read_connect(&mut stream, &mut rbuf, max_packet));
+    let (connect, len) = match read.await {
         Ok(Ok(Some(c))) => c,
-        Ok(Ok(None)) => return,
+        Ok(Ok(None)) => return None,
         Ok(Err(DecodeError::UnsupportedProtocolVersion(level))) => {
             debug!(listener = %ctx.name, %peer, level, "unsupported protocol level");
             let mut out = BytesMut::new();
@@ -105,45 +124,36 @@ pub async fn serve<S>(
             // client generation can read.
             encode_packet(&ack, ProtocolVersion::V311, &mut out);
             let _ = stream.write_all(&out).await;
-            return;
+            return None;
         }
         Ok(Err(e)) => {
             info!(listener = %ctx.name, %peer, error = %e, "invalid CONNECT; closing");
-            return;
+            return None;
         }
         Err(_) => {
             debug!(listener = %ctx.name, %peer, "no CONNECT within the connect timeout");
-            return;
+            return None;
         }
     };
-    Metrics::add(&broker.metrics.bytes_received, connect_len(&connect) as u64);
-    let Some(mut conn) = Connection::accept(stream, *connect, peer, cert_cn, ctx, rbuf).await
-    else {
-        return;
-    };
-    let close = conn.run().await;
-    conn.finish(close).await;
+    Metrics::add(&broker.metrics.bytes_received, len as u64);
+    Connection::accept(stream, *connect, peer, cert_cn, ctx, rbuf).await
 }
 
-fn connect_len(c: &Connect) -> usize {
-    let mut out = BytesMut::new();
-    encode_packet(&Packet::Connect(Box::new(c.clone())), c.protocol, &mut out);
-    out.len()
-}
-
+/// The CONNECT packet and its size on the wire, or `None` if the peer went away first.
 async fn read_connect<S: AsyncRead + Unpin>(
     stream: &mut S,
     rbuf: &mut BytesMut,
     max_packet: usize,
-) -> Result<Option<Box<Connect>>, DecodeError> {
+) -> Result<Option<(Box<Connect>, usize)>, DecodeError> {
     loop {
+        let before = rbuf.len();
         if let Some(p) = decode_packet(rbuf, None, max_packet)? {
             match p {
-                Packet::Connect(c) => return Ok(Some(c)),
+                Packet::Connect(c) => return Ok(Some((c, before - rbuf.len()))),
                 _ => return Err(DecodeError::FirstPacketNotConnect),
             }
         }
-        rbuf.reserve(READ_CHUNK);
+        rbuf.reserve(READ_MIN);
         match stream.read_buf(rbuf).await {
             Ok(0) | Err(_) => return Ok(None),
             Ok(_) => {}
@@ -163,7 +173,8 @@ struct Connection<S> {
     epoch: u64,
     rbuf: BytesMut,
     wbuf: BytesMut,
-    will: Option<LastWill>,
+    /// Boxed: most connections have none, and it is large.
+    will: Option<Box<LastWill>>,
     /// Keep-alive in force (the client's, or our Server Keep Alive); 0 disables it.
     keep_alive: u16,
     last_read: Instant,
@@ -177,6 +188,9 @@ struct Connection<S> {
     problem_information: bool,
     /// Bytes were read while a write was blocked and still need decoding.
     unprocessed_input: bool,
+    /// Size of the next read: grows while reads fill it, shrinks when they do not, so an idle
+    /// connection holds a small buffer and a busy one reads in large batches.
+    read_size: usize,
 }
 
 impl<S> Connection<S>
@@ -311,7 +325,7 @@ where
 
         let client = Arc::new(info);
         let attached = broker.attach(&client.client_id, connect.clean_start, session_expiry);
-        let mut wbuf = BytesMut::with_capacity(256);
+        let mut wbuf = BytesMut::new();
         encode_packet(
             &Packet::ConnAck(ConnAck {
                 session_present: attached.session_present,
@@ -354,7 +368,7 @@ where
             epoch: attached.epoch,
             rbuf,
             wbuf,
-            will: connect.will,
+            will: connect.will.map(Box::new),
             keep_alive,
             last_read: Instant::now(),
             send_window: send_window.max(1),
@@ -366,6 +380,7 @@ where
             session_expiry,
             problem_information: connect.properties.request_problem_information != Some(0),
             unprocessed_input: false,
+            read_size: READ_MIN,
         };
         if attached.session_present {
             conn.resend_inflight();
@@ -385,17 +400,18 @@ where
             }
             if self.unprocessed_input {
                 self.unprocessed_input = false;
-                if let Err(close) = self.process_input().await {
+                if let Err(close) = Box::pin(self.process_input()).await {
                     return close;
                 }
                 continue;
             }
-            if self.rbuf.is_empty() && self.rbuf.capacity() > IDLE_BUFFER_KEEP {
+            if self.rbuf.is_empty() && self.rbuf.capacity() > IDLE_BUFFER_KEEP.max(self.read_size) {
                 self.rbuf = BytesMut::new();
             }
-            if self.rbuf.capacity() - self.rbuf.len() < READ_CHUNK / 2 {
-                self.rbuf.reserve(READ_CHUNK);
+            if self.rbuf.capacity() - self.rbuf.len() < self.read_size / 2 {
+                self.rbuf.reserve(self.read_size);
             }
+            let spare = self.rbuf.capacity() - self.rbuf.len();
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => {
@@ -412,7 +428,14 @@ where
                         Ok(n) => {
                             Metrics::add(&self.broker.metrics.bytes_received, n as u64);
                             self.last_read = Instant::now();
-                            if let Err(close) = self.process_input().await {
+                            if n >= spare {
+                                self.read_size = (self.read_size * 2).min(READ_MAX);
+                            } else if n < self.read_size / 4 {
+                                self.read_size = (self.read_size / 2).max(READ_MIN);
+                            }
+                            // Boxed: packet handling is a large future, and keeping it inline
+                            // would make every idle connection's task that large.
+                            if let Err(close) = Box::pin(self.process_input()).await {
                                 return close;
                             }
                         }
@@ -649,7 +672,10 @@ where
                 return;
             }
         }
-        if tokio::time::timeout(BACKPRESSURE_TIMEOUT, notified).await.is_err() {
+        if tokio::time::timeout(BACKPRESSURE_TIMEOUT, notified)
+            .await
+            .is_err()
+        {
             congested.state.lock().slow = true;
             warn!(client_id = %congested.client_id, "slow subscriber: publishers no longer wait for it; its overflow is dropped");
         }
@@ -941,7 +967,7 @@ where
         .await;
         Metrics::add(&self.broker.metrics.bytes_sent, written as u64);
         self.wbuf.clear();
-        if self.wbuf.capacity() > WRITE_BATCH * 2 {
+        if self.wbuf.capacity() > IDLE_BUFFER_KEEP {
             self.wbuf = BytesMut::new();
         }
         result.map_err(|()| Close::silent("write failed"))
@@ -974,7 +1000,7 @@ where
         info!(client_id = %client_id, listener = %self.ctx.name, peer = %self.client.peer_addr, reason = close.why, code = %close.code, "client disconnected");
         if close.will {
             if let Some(will) = self.will.take() {
-                self.publish_will(will).await;
+                self.publish_will(*will).await;
             }
         }
         if still_owner {
@@ -1031,4 +1057,25 @@ fn generate_client_id() -> String {
     use rand::Rng;
     let n: u64 = rand::rng().random();
     format!("switchyard-{n:016x}")
+}
+
+#[cfg(test)]
+mod tests {
+    /// Idle memory per connection is a budget (DESIGN.md: under 4 KB); the task's future is the
+    /// largest part of it, and an unboxed await in `serve` can silently multiply it.
+    #[tokio::test]
+    async fn connection_task_stays_small() {
+        let broker = crate::broker::Broker::new(Default::default());
+        let ctx = std::sync::Arc::new(super::ListenerContext {
+            broker,
+            name: "tcp:test".into(),
+            allow_anonymous: true,
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let fut = super::serve(stream, addr, None, ctx);
+        let size = std::mem::size_of_val(&fut);
+        assert!(size <= 1024, "serve() future is {size} bytes");
+    }
 }

@@ -117,43 +117,62 @@ impl BoundListener {
         info!(listener = %name, "listener stopped");
     }
 
+    /// Each arm's future is boxed: a TLS or WebSocket connection's state is several KB, and an
+    /// inline match would size every plain TCP connection's task to the largest arm.
     async fn handle(&self, tcp: TcpStream, peer: SocketAddr, ctx: Arc<ListenerContext>) {
-        let kind = self.config.kind;
-        match (&self.tls, kind) {
-            (None, ListenerKind::Tcp) => serve(tcp, peer, None, ctx).await,
-            (None, ListenerKind::Ws) => match ws::accept(tcp, &self.config.path).await {
-                Ok(ws) => serve(ws, peer, None, ctx).await,
-                Err(e) => {
-                    debug!(listener = %ctx.name, %peer, error = %e, "websocket handshake failed")
-                }
-            },
-            (None, ListenerKind::WsJson) => match ws::accept_json(tcp, &self.config.path).await {
-                Ok((ws, query)) => ws_json::serve(ws, peer, query, ctx).await,
-                Err(e) => {
-                    debug!(listener = %ctx.name, %peer, error = %e, "websocket handshake failed")
-                }
-            },
-            (Some(acceptor), _) => {
-                let stream = match acceptor.accept(tcp).await {
-                    Ok(s) => s,
-                    Err(e) => {
-                        debug!(listener = %ctx.name, %peer, error = %e, "TLS handshake failed");
-                        return;
-                    }
-                };
-                let cn = tls::peer_common_name(&stream);
-                if kind == ListenerKind::Wss {
-                    match ws::accept(stream, &self.config.path).await {
-                        Ok(ws) => serve(ws, peer, cn, ctx).await,
-                        Err(e) => {
-                            debug!(listener = %ctx.name, %peer, error = %e, "websocket handshake failed")
-                        }
-                    }
-                } else {
-                    serve(stream, peer, cn, ctx).await
-                }
+        match (&self.tls, self.config.kind) {
+            (None, ListenerKind::Tcp) => Box::pin(serve(tcp, peer, None, ctx)).await,
+            (None, ListenerKind::Ws) => Box::pin(self.serve_ws(tcp, peer, None, ctx)).await,
+            (None, ListenerKind::WsJson) => Box::pin(self.serve_ws_json(tcp, peer, ctx)).await,
+            (Some(acceptor), kind) => {
+                Box::pin(self.serve_tls(acceptor, kind, tcp, peer, ctx)).await
             }
             (None, _) => error!(listener = %ctx.name, "listener kind needs TLS but has none"),
+        }
+    }
+
+    async fn serve_ws<S>(
+        &self,
+        stream: S,
+        peer: SocketAddr,
+        cn: Option<Arc<str>>,
+        ctx: Arc<ListenerContext>,
+    ) where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send,
+    {
+        match ws::accept(stream, &self.config.path).await {
+            Ok(ws) => serve(ws, peer, cn, ctx).await,
+            Err(e) => debug!(listener = %ctx.name, %peer, error = %e, "websocket handshake failed"),
+        }
+    }
+
+    async fn serve_ws_json(&self, tcp: TcpStream, peer: SocketAddr, ctx: Arc<ListenerContext>) {
+        match ws::accept_json(tcp, &self.config.path).await {
+            Ok((ws, query)) => ws_json::serve(ws, peer, query, ctx).await,
+            Err(e) => debug!(listener = %ctx.name, %peer, error = %e, "websocket handshake failed"),
+        }
+    }
+
+    async fn serve_tls(
+        &self,
+        acceptor: &tokio_rustls::TlsAcceptor,
+        kind: ListenerKind,
+        tcp: TcpStream,
+        peer: SocketAddr,
+        ctx: Arc<ListenerContext>,
+    ) {
+        let stream = match acceptor.accept(tcp).await {
+            Ok(s) => s,
+            Err(e) => {
+                debug!(listener = %ctx.name, %peer, error = %e, "TLS handshake failed");
+                return;
+            }
+        };
+        let cn = tls::peer_common_name(&stream);
+        if kind == ListenerKind::Wss {
+            self.serve_ws(stream, peer, cn, ctx).await
+        } else {
+            serve(stream, peer, cn, ctx).await
         }
     }
 }
