@@ -4,7 +4,7 @@
 //! SUBSCRIBE/UNSUBSCRIBE take it exclusively. Each session has its own small lock for its queue.
 
 use crate::config::MqttConfig;
-use crate::hooks::HookChain;
+use crate::hooks::{Event, HookChain};
 use crate::message::Message;
 use crate::metrics::Metrics;
 use crate::protocol::{QoS, RetainHandling, SubscriptionOptions};
@@ -312,7 +312,16 @@ impl Broker {
                     routed.queued += 1;
                     Metrics::add(&self.metrics.messages_dropped, 1);
                 }
-                Enqueued::Refused => Metrics::add(&self.metrics.messages_dropped, 1),
+                Enqueued::Refused => {
+                    Metrics::add(&self.metrics.messages_dropped, 1);
+                    self.hooks.emit(|| {
+                        Event::MessageDropped(
+                            Some(session.client_id.clone()),
+                            msg.clone(),
+                            "queue full",
+                        )
+                    });
+                }
                 Enqueued::Skipped => {}
             }
             if congested && routed.congested.is_none() {

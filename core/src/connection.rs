@@ -847,6 +847,10 @@ where
         let now = Instant::now();
         let mut sent = 0u64;
         let mut dropped = 0u64;
+        // Observers are told after the session lock is released.
+        let observe = self.broker.hooks.wants(HookSet::MESSAGE_EVENTS);
+        let mut delivered_msgs = Vec::new();
+        let mut dropped_msgs = Vec::new();
         let low = crate::session::low_water(self.broker.config.max_queued_messages);
         let was_above = st.queue.len() > low;
         while self.wbuf.len() < WRITE_BATCH {
@@ -857,6 +861,9 @@ where
             let Some(d) = st.queue.pop_front() else { break };
             if d.msg.is_expired(now) {
                 dropped += 1;
+                if observe {
+                    dropped_msgs.push((d.msg, "expired"));
+                }
                 continue;
             }
             let packet_id = if d.qos == QoS::AtMostOnce {
@@ -870,9 +877,15 @@ where
                 // Never send a client more than its Maximum Packet Size: the message is dropped.
                 self.wbuf.truncate(before);
                 dropped += 1;
+                if observe {
+                    dropped_msgs.push((d.msg, "larger than the client's maximum packet size"));
+                }
                 continue;
             }
             sent += 1;
+            if observe {
+                delivered_msgs.push(d.msg.clone());
+            }
             if d.qos != QoS::AtMostOnce {
                 let state = if d.qos == QoS::AtLeastOnce {
                     InflightState::AwaitingPubAck
@@ -899,6 +912,17 @@ where
         }
         if dropped > 0 {
             Metrics::add(&self.broker.metrics.messages_dropped, dropped);
+        }
+        let client_id = &self.client.client_id;
+        for msg in delivered_msgs {
+            self.broker
+                .hooks
+                .emit(|| Event::MessageDelivered(client_id.clone(), msg));
+        }
+        for (msg, why) in dropped_msgs {
+            self.broker
+                .hooks
+                .emit(|| Event::MessageDropped(Some(client_id.clone()), msg, why));
         }
     }
 
