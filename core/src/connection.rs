@@ -305,10 +305,17 @@ where
 
         let mut keep_alive = connect.keep_alive;
         if keep_alive > cfg.max_keepalive_s || (keep_alive == 0 && cfg.max_keepalive_s < u16::MAX) {
-            keep_alive = cfg.max_keepalive_s;
-            if v5 {
-                ack_props.server_keep_alive = Some(keep_alive);
+            if !v5 {
+                // A v3 client cannot be told another keep-alive; like Mosquitto, refuse it
+                // rather than disconnect it later for following its own setting.
+                info!(client_id = %client_id, listener = %ctx.name, %peer, keep_alive, "keep-alive above max_keepalive_s; refused");
+                let _ = stream
+                    .write_all(&refuse(ReasonCode::CLIENT_IDENTIFIER_NOT_VALID))
+                    .await;
+                return None;
             }
+            keep_alive = cfg.max_keepalive_s;
+            ack_props.server_keep_alive = Some(keep_alive);
         }
 
         if v5 {
