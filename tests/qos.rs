@@ -137,3 +137,59 @@ async fn receive_maximum_limits_unacknowledged_deliveries() {
     }
     sub.client.ack(&held[0]).await.unwrap();
 }
+
+fn qos2_publish(id: u16) -> switchyard_core::protocol::Packet {
+    use switchyard_core::protocol::{Packet, Publish, QoS};
+    Packet::Publish(Publish {
+        dup: false,
+        qos: QoS::ExactlyOnce,
+        retain: false,
+        topic: "rm/t".into(),
+        packet_id: id,
+        properties: Default::default(),
+        payload: bytes::Bytes::from_static(b"x"),
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn receive_maximum_is_enforced_for_v5_only() {
+    use switchyard_core::protocol::{Packet, ProtocolVersion, ReasonCode};
+    let mut cfg = test_config();
+    cfg.mqtt.max_inflight = 4;
+    let server = start(cfg).await;
+    let addr = tcp_addr(&server);
+    // v5: told Receive Maximum 4; a fifth unreleased QoS 2 message is a violation (0x93).
+    let mut v5c = Raw::connect(addr).await;
+    assert_eq!(
+        v5c.handshake(ProtocolVersion::V5, "rm5")
+            .await
+            .properties
+            .receive_maximum,
+        Some(4)
+    );
+    for id in 1..=5 {
+        v5c.send(&qos2_publish(id)).await;
+    }
+    let mut recs = 0;
+    let mut disconnect = None;
+    while let Some(p) = v5c.recv().await {
+        match p {
+            Packet::PubRec(_) => recs += 1,
+            Packet::Disconnect(d) => disconnect = Some(d.code),
+            _ => {}
+        }
+    }
+    assert_eq!(
+        (recs, disconnect),
+        (4, Some(ReasonCode::RECEIVE_MAXIMUM_EXCEEDED))
+    );
+    // v3 has no Receive Maximum: 50 unreleased QoS 2 messages are all accepted.
+    let mut v3c = Raw::connect(addr).await;
+    v3c.handshake(ProtocolVersion::V311, "rm3").await;
+    for id in 1..=50 {
+        v3c.send(&qos2_publish(id)).await;
+    }
+    for _ in 0..50 {
+        assert!(matches!(v3c.recv().await, Some(Packet::PubRec(_))));
+    }
+}

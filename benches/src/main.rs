@@ -34,6 +34,8 @@ enum Scenario {
     P2p,
     /// Open N idle connections and report the broker's memory per connection.
     Idle,
+    /// N clients connect, get CONNACK and disconnect, 100 at a time: connects per second.
+    Storm,
 }
 
 #[derive(Parser, Debug, Clone)]
@@ -83,8 +85,38 @@ struct Stats {
     latency: Mutex<Histogram<u64>>,
     first: Mutex<Option<Instant>>,
     last: Mutex<Option<Instant>>,
-    /// seen[publisher][seq] per subscriber, for loss and duplicate detection.
+    /// Messages all subscribers together should receive.
     expected: u64,
+}
+
+/// Which (publisher, sequence) pairs a subscriber has seen: tells new from duplicate.
+#[derive(Default)]
+struct Tracker {
+    seen: std::collections::HashMap<u32, Vec<bool>>,
+    unique: u64,
+    duplicates: u64,
+}
+
+impl Tracker {
+    /// Records one receipt; returns true if it was new.
+    fn record(&mut self, publisher: u32, seq: usize, per_publisher: usize) -> bool {
+        let slots = self
+            .seen
+            .entry(publisher)
+            .or_insert_with(|| vec![false; per_publisher]);
+        match slots.get_mut(seq) {
+            Some(slot) if *slot => {
+                self.duplicates += 1;
+                false
+            }
+            Some(slot) => {
+                *slot = true;
+                self.unique += 1;
+                true
+            }
+            None => false,
+        }
+    }
 }
 
 fn proc_cpu_and_rss(pid: u32) -> Option<(f64, u64)> {
@@ -181,8 +213,7 @@ async fn subscriber(
     w.write_all(&out).await?;
     out.clear();
     let per_sub_expected = args.messages * publishers as u64;
-    // seen[publisher][seq], allocated per publisher on first sight (p2p ids are not dense here).
-    let mut seen: std::collections::HashMap<u32, Vec<bool>> = std::collections::HashMap::new();
+    let mut tracker = Tracker::default();
     let mut got = 0u64;
     let mut subscribed = false;
     let mut local_hist = Histogram::<u64>::new(3)?;
@@ -204,17 +235,12 @@ async fn subscriber(
                         let lat =
                             (now.duration_since(epoch).as_nanos() as u64).saturating_sub(sent);
                         let _ = local_hist.record(lat / 1000);
-                        let slots = seen
-                            .entry(publisher)
-                            .or_insert_with(|| vec![false; args.messages as usize]);
-                        if let Some(slot) = slots.get_mut(seq) {
-                            if *slot {
-                                stats.duplicates.fetch_add(1, Ordering::Relaxed);
-                            } else {
-                                *slot = true;
-                                got += 1;
-                                stats.received.fetch_add(1, Ordering::Relaxed);
-                            }
+                        let duplicates_before = tracker.duplicates;
+                        if tracker.record(publisher, seq, args.messages as usize) {
+                            got += 1;
+                            stats.received.fetch_add(1, Ordering::Relaxed);
+                        } else if tracker.duplicates > duplicates_before {
+                            stats.duplicates.fetch_add(1, Ordering::Relaxed);
                         }
                     }
                     {
@@ -394,6 +420,45 @@ async fn publisher(
     Ok(())
 }
 
+async fn run_storm(args: &Args) -> Result<()> {
+    let started = Instant::now();
+    let failures = Arc::new(AtomicU64::new(0));
+    let next = Arc::new(AtomicU64::new(0));
+    let mut workers = Vec::new();
+    for _ in 0..100.min(args.clients) {
+        let (args, failures, next) = (args.clone(), failures.clone(), next.clone());
+        workers.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= args.clients as u64 {
+                    return;
+                }
+                match connect(&args, &format!("storm-{i}")).await {
+                    // DISCONNECT, then drop the connection.
+                    Ok((_r, mut w, _)) => {
+                        let _ = w.write_all(&[0xE0, 0x00]).await;
+                    }
+                    Err(_) => {
+                        failures.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        }));
+    }
+    for w in workers {
+        w.await?;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "RESULT label={} scenario=storm clients={} connects_per_s={:.0} failed={}",
+        args.label,
+        args.clients,
+        args.clients as f64 / secs,
+        failures.load(Ordering::Relaxed)
+    );
+    Ok(())
+}
+
 async fn run_idle(args: &Args) -> Result<()> {
     let before = args.broker_pid.and_then(proc_cpu_and_rss);
     let started = Instant::now();
@@ -425,15 +490,17 @@ async fn run_idle(args: &Args) -> Result<()> {
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = Args::parse();
-    if args.scenario == Scenario::Idle {
-        return run_idle(&args).await;
+    match args.scenario {
+        Scenario::Idle => return run_idle(&args).await,
+        Scenario::Storm => return run_storm(&args).await,
+        _ => {}
     }
     let epoch = Instant::now();
     let (publishers, subscribers): (usize, usize) = match args.scenario {
         Scenario::FanIn => (args.clients, 1),
         Scenario::FanOut => (1, args.clients),
         Scenario::P2p => (args.clients, args.clients),
-        Scenario::Idle => unreachable!(),
+        Scenario::Idle | Scenario::Storm => unreachable!("handled above"),
     };
     let per_sub_publishers = if args.scenario == Scenario::P2p {
         1
@@ -531,4 +598,21 @@ async fn main() -> Result<()> {
         cpu_after.map_or(0, |c| c.1),
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Tracker;
+
+    #[test]
+    fn tracker_counts_losses_and_duplicates() {
+        let mut t = Tracker::default();
+        assert!(t.record(0, 0, 4));
+        assert!(t.record(0, 1, 4));
+        assert!(!t.record(0, 1, 4), "second copy is a duplicate");
+        assert!(t.record(7, 3, 4), "publishers are tracked apart");
+        assert!(!t.record(7, 9, 4), "out of range is ignored");
+        assert_eq!((t.unique, t.duplicates), (3, 1));
+        assert_eq!(8 - t.unique, 5, "five of eight expected were lost");
+    }
 }

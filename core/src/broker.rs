@@ -81,7 +81,12 @@ impl Broker {
 
     /// Finds or creates the session for `client_id` and makes the caller its owner. A connection
     /// that owned it before notices on its next wake-up that it was taken over.
-    pub fn attach(&self, client_id: &str, clean_start: bool, expiry_interval: u32) -> Attached {
+    pub fn attach(
+        &self,
+        client_id: &Arc<str>,
+        clean_start: bool,
+        expiry_interval: u32,
+    ) -> Attached {
         let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
         let mut sessions = self.sessions.lock();
         if let Some(existing) = sessions.get(client_id).cloned() {
@@ -109,7 +114,7 @@ impl Broker {
             self.end_session(&existing);
             sessions = self.sessions.lock();
         }
-        let session = Arc::new(Session::new(Arc::from(client_id), expiry_interval));
+        let session = Arc::new(Session::new(client_id.clone(), expiry_interval));
         {
             let mut st = session.state.lock();
             st.owner = generation;
@@ -184,6 +189,16 @@ impl Broker {
         for f in &filters {
             let (share, filter) = split_share(f);
             tree.remove(filter, share, &session.client_id);
+        }
+    }
+
+    /// Starts a graceful shutdown: listeners stop accepting and every attached connection is
+    /// woken to close with 0x8B.
+    pub fn begin_shutdown(&self) {
+        self.shutdown.cancel();
+        let sessions: Vec<Arc<Session>> = self.sessions.lock().values().cloned().collect();
+        for s in sessions {
+            s.wake.notify_one();
         }
     }
 

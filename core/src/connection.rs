@@ -24,7 +24,7 @@ const WRITE_BATCH: usize = 64 * 1024;
 /// Buffers above this are given back when the connection goes idle.
 const IDLE_BUFFER_KEEP: usize = 1024;
 /// Smallest read: enough for control packets and small publishes, cheap to hold while idle.
-const READ_MIN: usize = 256;
+const READ_MIN: usize = 128;
 /// Largest read, reached by doubling while reads keep filling the buffer.
 const READ_MAX: usize = 64 * 1024;
 /// Scratch size for reads done while a write is blocked.
@@ -182,7 +182,8 @@ struct Connection<S> {
     send_window: usize,
     /// Largest packet the client accepts (v5 Maximum Packet Size).
     client_max_packet: usize,
-    topic_aliases: HashMap<u16, Arc<str>>,
+    /// Created on first use: most clients never send a topic alias.
+    topic_aliases: Option<Box<HashMap<u16, Arc<str>>>>,
     session_expiry: u32,
     /// Whether the client wants reason strings and user properties on errors (v5).
     problem_information: bool,
@@ -332,6 +333,10 @@ where
 
         let client = Arc::new(info);
         let attached = broker.attach(&client.client_id, connect.clean_start, session_expiry);
+        if broker.shutdown.is_cancelled() {
+            // Attached after `begin_shutdown` woke everyone: wake ourselves to close with 0x8B.
+            attached.session.wake.notify_one();
+        }
         let mut wbuf = BytesMut::new();
         encode_packet(
             &Packet::ConnAck(ConnAck {
@@ -383,7 +388,7 @@ where
                 .properties
                 .maximum_packet_size
                 .map_or(usize::MAX, |m| m as usize),
-            topic_aliases: HashMap::new(),
+            topic_aliases: None,
             session_expiry,
             problem_information: connect.properties.request_problem_information != Some(0),
             unprocessed_input: false,
@@ -400,7 +405,6 @@ where
         let keep_alive = Duration::from_millis(u64::from(self.keep_alive) * 1500);
         let sleep = tokio::time::sleep(keep_alive.max(Duration::from_secs(1)));
         tokio::pin!(sleep);
-        let shutdown = self.broker.shutdown.clone();
         loop {
             if let Err(close) = self.flush().await {
                 return close;
@@ -421,10 +425,12 @@ where
             let spare = self.rbuf.capacity() - self.rbuf.len();
             tokio::select! {
                 biased;
-                _ = shutdown.cancelled() => {
-                    return Close::error(ReasonCode::SERVER_SHUTTING_DOWN, "server shutting down");
-                }
+                // Shutdown also arrives through the session's wake-up (`Broker::begin_shutdown`),
+                // which saves every connection a cancellation future of its own.
                 _ = self.session.wake.notified() => {
+                    if self.broker.shutdown.is_cancelled() {
+                        return Close::error(ReasonCode::SERVER_SHUTTING_DOWN, "server shutting down");
+                    }
                     if self.session.state.lock().owner != self.generation {
                         return Close::error(ReasonCode::SESSION_TAKEN_OVER, "session taken over");
                     }
@@ -570,12 +576,19 @@ where
                     ));
                 }
                 if p.topic.is_empty() {
-                    p.topic = self.topic_aliases.get(&alias).cloned().ok_or(Close::error(
-                        ReasonCode::PROTOCOL_ERROR,
-                        "unknown topic alias",
-                    ))?;
+                    p.topic = self
+                        .topic_aliases
+                        .as_ref()
+                        .and_then(|a| a.get(&alias))
+                        .cloned()
+                        .ok_or(Close::error(
+                            ReasonCode::PROTOCOL_ERROR,
+                            "unknown topic alias",
+                        ))?;
                 } else {
-                    self.topic_aliases.insert(alias, p.topic.clone());
+                    self.topic_aliases
+                        .get_or_insert_with(Default::default)
+                        .insert(alias, p.topic.clone());
                 }
             }
         }
@@ -607,7 +620,8 @@ where
                 )));
                 return Ok(());
             }
-            if st.incoming_qos2.len() >= usize::from(cfg.max_inflight) {
+            // Only v5 clients were told our Receive Maximum; v3 clients may use any window.
+            if self.version.is_v5() && st.incoming_qos2.len() >= usize::from(cfg.max_inflight) {
                 return Err(Close::error(
                     ReasonCode::RECEIVE_MAXIMUM_EXCEEDED,
                     "receive maximum exceeded",
@@ -1009,7 +1023,6 @@ where
         let v5 = self.version.is_v5();
         let still_owner = self.session.state.lock().owner == self.generation;
         if close.notify && v5 {
-            self.wbuf.clear();
             let mut props = Properties::default();
             if self.problem_information {
                 props.reason_string = Some(close.why.to_string());
@@ -1018,14 +1031,15 @@ where
                 code: close.code,
                 properties: props,
             }));
-            let _ = tokio::time::timeout(Duration::from_secs(1), async {
-                let _ = self.stream.write_all(&self.wbuf).await;
-                let _ = self.stream.shutdown().await;
-            })
-            .await;
-        } else {
-            let _ = tokio::time::timeout(Duration::from_secs(1), self.stream.shutdown()).await;
         }
+        // Acknowledgements already in the buffer go out first, then the DISCONNECT (v5).
+        let _ = tokio::time::timeout(Duration::from_secs(1), async {
+            if !self.wbuf.is_empty() {
+                let _ = self.stream.write_all(&self.wbuf).await;
+            }
+            let _ = self.stream.shutdown().await;
+        })
+        .await;
         Metrics::add(&self.broker.metrics.clients_connected, u64::MAX); // wrapping -1
         let client_id = &self.client.client_id;
         info!(client_id = %client_id, listener = %self.ctx.name, peer = %self.client.peer_addr, reason = close.why, code = %close.code, "client disconnected");

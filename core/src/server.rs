@@ -103,7 +103,7 @@ impl Server {
     /// Stops accepting, closes every connection (v5 clients get 0x8B, wills are published) and
     /// waits up to `grace` for connections to finish.
     pub async fn shutdown(self, grace: Duration) {
-        self.broker.shutdown.cancel();
+        self.broker.begin_shutdown();
         self.tasks.close();
         let _ = tokio::time::timeout(grace, self.tasks.wait()).await;
     }

@@ -108,11 +108,20 @@ impl BoundListener {
             open.fetch_add(1, Ordering::Relaxed);
             let guard = OpenGuard(open.clone());
             let ctx = ctx.clone();
-            let me = shared.clone();
-            tasks.spawn(async move {
-                let _guard = guard;
-                me.handle(tcp, peer, ctx).await;
-            });
+            // Plain TCP, the common case, gets a task sized for plain TCP; TLS and WebSocket
+            // connections carry several KB of extra state and get their own (boxed) futures.
+            if shared.tls.is_none() && shared.config.kind == ListenerKind::Tcp {
+                tasks.spawn(async move {
+                    let _guard = guard;
+                    serve(tcp, peer, None, ctx).await;
+                });
+            } else {
+                let me = shared.clone();
+                tasks.spawn(async move {
+                    let _guard = guard;
+                    me.handle(tcp, peer, ctx).await;
+                });
+            }
         }
         info!(listener = %name, "listener stopped");
     }
@@ -121,7 +130,7 @@ impl BoundListener {
     /// inline match would size every plain TCP connection's task to the largest arm.
     async fn handle(&self, tcp: TcpStream, peer: SocketAddr, ctx: Arc<ListenerContext>) {
         match (&self.tls, self.config.kind) {
-            (None, ListenerKind::Tcp) => Box::pin(serve(tcp, peer, None, ctx)).await,
+            (None, ListenerKind::Tcp) => serve(tcp, peer, None, ctx).await,
             (None, ListenerKind::Ws) => Box::pin(self.serve_ws(tcp, peer, None, ctx)).await,
             (None, ListenerKind::WsJson) => Box::pin(self.serve_ws_json(tcp, peer, ctx)).await,
             (Some(acceptor), kind) => {
