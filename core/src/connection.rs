@@ -182,7 +182,9 @@ struct Connection<S> {
     send_window: usize,
     /// Largest packet the client accepts (v5 Maximum Packet Size).
     client_max_packet: usize,
-    /// Created on first use: most clients never send a topic alias.
+    /// Created on first use: most clients never send a topic alias. Boxed so an idle
+    /// connection pays one pointer, not an empty map's 48 bytes.
+    #[allow(clippy::box_collection)]
     topic_aliases: Option<Box<HashMap<u16, Arc<str>>>>,
     session_expiry: u32,
     /// Whether the client wants reason strings and user properties on errors (v5).
