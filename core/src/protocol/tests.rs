@@ -330,7 +330,10 @@ fn partial_input_waits_for_more() {
     for cut in 0..full.len() {
         let mut buf = BytesMut::from(&full[..cut]);
         let mut n = 0;
-        while let Some(_) = decode_packet(&mut buf, Some(ProtocolVersion::V311), 1 << 20).unwrap() {
+        while decode_packet(&mut buf, Some(ProtocolVersion::V311), 1 << 20)
+            .unwrap()
+            .is_some()
+        {
             n += 1;
         }
         assert!(n <= 1);
