@@ -5,7 +5,9 @@ mod common;
 use bytes::Bytes;
 use common::*;
 use std::time::Duration;
-use switchyard_core::protocol::{Packet, Properties, ProtocolVersion, Publish, QoS, ReasonCode};
+use switchyard_core::protocol::{
+    Packet, Properties, Props, ProtocolVersion, Publish, QoS, ReasonCode,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publish_properties_travel_end_to_end() {
@@ -109,7 +111,8 @@ async fn topic_aliases_from_clients_are_resolved_and_bounded() {
             properties: Properties {
                 topic_alias: Some(alias),
                 ..Default::default()
-            },
+            }
+            .into(),
             payload: Bytes::from_static(payload),
         })
     };
@@ -179,7 +182,7 @@ async fn maximum_packet_size_is_enforced_both_ways() {
         retain: false,
         topic: "size/c".into(),
         packet_id: 0,
-        properties: Properties::default(),
+        properties: Props::default(),
         payload: Bytes::from(vec![0u8; 2000]),
     }))
     .await;
@@ -276,7 +279,7 @@ async fn enhanced_authentication_is_refused_cleanly() {
     raw.handshake(ProtocolVersion::V5, "auth-later").await;
     raw.send(&Packet::Auth(switchyard_core::protocol::Auth {
         code: ReasonCode::RE_AUTHENTICATE,
-        properties: Properties::default(),
+        properties: Props::default(),
     }))
     .await;
     assert_eq!(
@@ -311,7 +314,7 @@ async fn connack_advertises_limits() {
         retain: true,
         topic: "r".into(),
         packet_id: 0,
-        properties: Properties::default(),
+        properties: Props::default(),
         payload: Bytes::from_static(b"x"),
     }))
     .await;

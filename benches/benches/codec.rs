@@ -18,7 +18,7 @@ fn publish(v5: bool) -> Packet {
         retain: false,
         topic: "sensors/building-7/floor-3/room-12/temperature".into(),
         packet_id: 4711,
-        properties,
+        properties: properties.into(),
         payload: Bytes::from(vec![0x5Au8; 64]),
     })
 }
@@ -42,7 +42,7 @@ fn bench(c: &mut Criterion) {
             ),
             ("alerts/#".into(), SubscriptionOptions::default()),
         ],
-        properties: Properties::default(),
+        properties: Props::default(),
     });
     let puback = Packet::PubAck(PubResponse::new(7, ReasonCode::SUCCESS));
     let cases: Vec<(&str, Packet, ProtocolVersion)> = vec![

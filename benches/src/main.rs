@@ -74,6 +74,32 @@ struct Args {
     /// Stop waiting for messages after this long without progress.
     #[arg(long, default_value_t = 3)]
     idle_timeout_s: u64,
+    /// Spread client sockets over 127.0.0.1..=127.0.0.N: one source address has only ~28,000
+    /// ephemeral ports towards one broker port.
+    #[arg(long, default_value_t = 1)]
+    source_ips: u8,
+}
+
+static NEXT_SOURCE: AtomicU64 = AtomicU64::new(0);
+
+async fn open_socket(args: &Args) -> Result<TcpStream> {
+    let target = format!("{}:{}", args.host, args.port);
+    if args.source_ips <= 1 {
+        return TcpStream::connect(&target)
+            .await
+            .with_context(|| format!("connect to {target}"));
+    }
+    let addr: std::net::SocketAddr = tokio::net::lookup_host(&target)
+        .await?
+        .next()
+        .context("broker address")?;
+    let k = NEXT_SOURCE.fetch_add(1, Ordering::Relaxed) % u64::from(args.source_ips);
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind(std::net::SocketAddr::from(([127, 0, 0, 1 + k as u8], 0)))?;
+    socket
+        .connect(addr)
+        .await
+        .with_context(|| format!("connect to {target} from 127.0.0.{}", 1 + k))
 }
 
 /// Per-payload header: publisher id, sequence, send time (ns since the run's epoch).
@@ -145,9 +171,7 @@ fn version(v: u8) -> ProtocolVersion {
 }
 
 async fn connect(args: &Args, id: &str) -> Result<(OwnedReadHalf, OwnedWriteHalf, BytesMut)> {
-    let stream = TcpStream::connect((args.host.as_str(), args.port))
-        .await
-        .with_context(|| format!("connect to {}:{}", args.host, args.port))?;
+    let stream = open_socket(args).await?;
     stream.set_nodelay(true)?;
     let (mut r, mut w) = stream.into_split();
     let v = version(args.version);
@@ -163,7 +187,7 @@ async fn connect(args: &Args, id: &str) -> Result<(OwnedReadHalf, OwnedWriteHalf
         will: None,
         username: None,
         password: None,
-        properties: props,
+        properties: props.into(),
     };
     let mut out = BytesMut::new();
     protocol::encode_packet(&Packet::Connect(Box::new(c)), v, &mut out);
@@ -205,7 +229,7 @@ async fn subscriber(
                     ..Default::default()
                 },
             )],
-            properties: Properties::default(),
+            properties: Default::default(),
         }),
         v,
         &mut out,

@@ -118,7 +118,7 @@ where
             let ack = Packet::ConnAck(ConnAck {
                 session_present: false,
                 code: ReasonCode::UNSUPPORTED_PROTOCOL_VERSION,
-                properties: Properties::default(),
+                properties: Props::default(),
             });
             // A level we do not know gets the 3.1.1 answer (return code 0x01), which every
             // client generation can read.
@@ -219,7 +219,7 @@ where
             let ack = Packet::ConnAck(ConnAck {
                 session_present: false,
                 code,
-                properties: Properties::default(),
+                properties: Props::default(),
             });
             encode_packet(&ack, version, &mut out);
             out
@@ -344,7 +344,7 @@ where
             &Packet::ConnAck(ConnAck {
                 session_present: attached.session_present,
                 code: ReasonCode::SUCCESS,
-                properties: ack_props,
+                properties: ack_props.into(),
             }),
             version,
             &mut wbuf,
@@ -721,7 +721,7 @@ where
         self.send(&Packet::SubAck(SubAck {
             packet_id: s.packet_id,
             codes,
-            properties: Properties::default(),
+            properties: Props::default(),
         }));
         // Retained messages go out after the SUBACK, through the session queue.
         for (filter, options, existed) in granted {
@@ -798,7 +798,7 @@ where
         self.send(&Packet::UnsubAck(UnsubAck {
             packet_id: u.packet_id,
             codes,
-            properties: Properties::default(),
+            properties: Props::default(),
         }));
         Ok(())
     }
@@ -876,6 +876,15 @@ where
         let mut dropped_msgs = Vec::new();
         let low = crate::session::low_water(self.broker.config.max_queued_messages);
         let was_above = st.queue.len() > low;
+        if self.wbuf.capacity() - self.wbuf.len() < 1024 && st.queue.len() > 4 {
+            // One allocation for the whole batch instead of doubling up to it.
+            let estimate = st
+                .queue
+                .front()
+                .map_or(64, |d| d.msg.payload.len() + d.msg.topic.len() + 16);
+            self.wbuf
+                .reserve((estimate * st.queue.len()).min(WRITE_BATCH + 1024));
+        }
         while self.wbuf.len() < WRITE_BATCH {
             let Some(front) = st.queue.front() else { break };
             if front.qos != QoS::AtMostOnce && st.inflight.len() >= self.send_window {
@@ -1031,7 +1040,7 @@ where
             }
             self.send(&Packet::Disconnect(Disconnect {
                 code: close.code,
-                properties: props,
+                properties: props.into(),
             }));
         }
         // Acknowledgements already in the buffer go out first, then the DISCONNECT (v5).

@@ -1,6 +1,6 @@
 //! The application message as the router carries it: shared by every subscriber it goes to.
 
-use crate::protocol::{LastWill, Properties, Publish, QoS};
+use crate::protocol::{LastWill, Props, Publish, QoS};
 use bytes::Bytes;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
@@ -12,7 +12,7 @@ pub struct Message {
     pub qos: QoS,
     pub retain: bool,
     /// The publish properties that travel end to end (never topic alias or subscription ids).
-    pub properties: Properties,
+    pub properties: Props,
     /// When Message Expiry Interval runs out, measured from receipt.
     pub expires_at: Option<Instant>,
     /// The publishing client, for No Local; `None` for the broker's own messages.
@@ -32,7 +32,7 @@ impl Message {
             payload: payload.into(),
             qos,
             retain,
-            properties: Properties::default(),
+            properties: Props::default(),
             expires_at: None,
             publisher: None,
             received_at: SystemTime::now(),
@@ -41,8 +41,10 @@ impl Message {
 
     pub fn from_publish(p: Publish, publisher: Arc<str>) -> Self {
         let mut properties = p.properties;
-        properties.topic_alias = None;
-        properties.subscription_identifiers.clear();
+        if let Some(props) = properties.get_mut() {
+            props.topic_alias = None;
+            props.subscription_identifiers.clear();
+        }
         Self {
             topic: p.topic,
             payload: p.payload,
@@ -57,7 +59,9 @@ impl Message {
 
     pub fn from_will(w: &LastWill, publisher: Arc<str>) -> Self {
         let mut properties = w.properties.clone();
-        properties.will_delay_interval = None;
+        if let Some(props) = properties.get_mut() {
+            props.will_delay_interval = None;
+        }
         Self {
             topic: w.topic.clone(),
             payload: w.payload.clone(),
@@ -84,7 +88,7 @@ impl Message {
     }
 }
 
-fn expiry_deadline(p: &Properties) -> Option<Instant> {
+fn expiry_deadline(p: &Props) -> Option<Instant> {
     p.message_expiry_interval
         .map(|s| Instant::now() + std::time::Duration::from_secs(u64::from(s)))
 }

@@ -131,15 +131,9 @@ impl Reader {
         let n = self.u16()? as usize;
         self.bytes(n)
     }
-    pub(crate) fn str_bytes(&mut self) -> Result<Bytes, DecodeError> {
-        let raw = self.binary()?;
-        check_utf8(&raw)?;
-        Ok(raw)
-    }
     pub(crate) fn string(&mut self) -> Result<String, DecodeError> {
         let raw = self.binary()?;
-        check_utf8(&raw)?;
-        Ok(String::from_utf8_lossy(&raw).into_owned())
+        Ok(checked_str(&raw)?.to_owned())
     }
     pub(crate) fn sub(&mut self, n: usize) -> Result<Reader, DecodeError> {
         Ok(Reader {
@@ -164,11 +158,12 @@ impl Reader {
     }
 }
 
-fn check_utf8(raw: &[u8]) -> Result<(), DecodeError> {
-    match std::str::from_utf8(raw) {
-        Ok(s) if !s.contains('\0') => Ok(()),
-        _ => Err(DecodeError::InvalidUtf8),
+/// UTF-8 validated once; U+0000 is not allowed in MQTT strings.
+fn checked_str(raw: &[u8]) -> Result<&str, DecodeError> {
+    if raw.contains(&0) {
+        return Err(DecodeError::InvalidUtf8);
     }
+    std::str::from_utf8(raw).map_err(|_| DecodeError::InvalidUtf8)
 }
 
 /// Decodes one packet from the front of `buf`.
@@ -335,7 +330,7 @@ pub fn decode_packet(
             check_flags(kind, flags, 0)?;
             let mut d = Disconnect {
                 code: ReasonCode::SUCCESS,
-                properties: Properties::default(),
+                properties: Props::default(),
             };
             if v5 && r.remaining() > 0 {
                 d.code = ReasonCode(r.u8()?);
@@ -352,7 +347,7 @@ pub fn decode_packet(
             check_flags(kind, flags, 0)?;
             let mut a = Auth {
                 code: ReasonCode::SUCCESS,
-                properties: Properties::default(),
+                properties: Props::default(),
             };
             if r.remaining() > 0 {
                 a.code = ReasonCode(r.u8()?);
@@ -376,11 +371,11 @@ fn check_flags(kind: u8, flags: u8, expected: u8) -> Result<(), DecodeError> {
     }
 }
 
-fn props(r: &mut Reader, v5: bool, ctx: PropertyContext) -> Result<Properties, DecodeError> {
+fn props(r: &mut Reader, v5: bool, ctx: PropertyContext) -> Result<Props, DecodeError> {
     if v5 {
         Properties::decode(r, ctx)
     } else {
-        Ok(Properties::default())
+        Ok(Props::default())
     }
 }
 
@@ -493,8 +488,8 @@ fn decode_publish(r: &mut Reader, flags: u8, v5: bool) -> Result<Publish, Decode
     if dup && qos == QoS::AtMostOnce {
         return Err(DecodeError::DupOnQos0);
     }
-    let raw_topic = r.str_bytes()?;
-    let topic = std::str::from_utf8(&raw_topic).map_err(|_| DecodeError::InvalidUtf8)?;
+    let raw_topic = r.binary()?;
+    let topic = checked_str(&raw_topic)?;
     if !topic.is_empty() && !crate::topic::valid_topic_name(topic) {
         return Err(DecodeError::InvalidTopicName);
     }

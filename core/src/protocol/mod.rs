@@ -10,7 +10,7 @@ mod reason;
 
 pub use decode::{decode_packet, DecodeError};
 pub use encode::{encode_packet, encode_publish, publish_size, OutgoingPublish};
-pub use properties::Properties;
+pub use properties::{Properties, Props};
 pub use reason::ReasonCode;
 
 use bytes::Bytes;
@@ -65,7 +65,7 @@ pub struct LastWill {
     pub payload: Bytes,
     pub qos: QoS,
     pub retain: bool,
-    pub properties: Properties,
+    pub properties: Props,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -77,7 +77,7 @@ pub struct Connect {
     pub will: Option<LastWill>,
     pub username: Option<String>,
     pub password: Option<Bytes>,
-    pub properties: Properties,
+    pub properties: Props,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -85,7 +85,7 @@ pub struct ConnAck {
     pub session_present: bool,
     /// A v5 reason code; encoded as the matching v3 return code for older clients.
     pub code: ReasonCode,
-    pub properties: Properties,
+    pub properties: Props,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -97,7 +97,7 @@ pub struct Publish {
     pub topic: Arc<str>,
     /// Zero for QoS 0.
     pub packet_id: u16,
-    pub properties: Properties,
+    pub properties: Props,
     pub payload: Bytes,
 }
 
@@ -106,7 +106,7 @@ pub struct Publish {
 pub struct PubResponse {
     pub packet_id: u16,
     pub code: ReasonCode,
-    pub properties: Properties,
+    pub properties: Props,
 }
 
 impl PubResponse {
@@ -114,7 +114,7 @@ impl PubResponse {
         Self {
             packet_id,
             code,
-            properties: Properties::default(),
+            properties: Props::default(),
         }
     }
 }
@@ -142,7 +142,7 @@ pub struct SubscriptionOptions {
 pub struct Subscribe {
     pub packet_id: u16,
     pub filters: Vec<(String, SubscriptionOptions)>,
-    pub properties: Properties,
+    pub properties: Props,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -150,14 +150,14 @@ pub struct SubAck {
     pub packet_id: u16,
     /// One per filter: granted QoS (0..=2) or an error reason (v3: 0x80).
     pub codes: Vec<ReasonCode>,
-    pub properties: Properties,
+    pub properties: Props,
 }
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Unsubscribe {
     pub packet_id: u16,
     pub filters: Vec<String>,
-    pub properties: Properties,
+    pub properties: Props,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -165,19 +165,19 @@ pub struct UnsubAck {
     pub packet_id: u16,
     /// v5 only; empty for v3.
     pub codes: Vec<ReasonCode>,
-    pub properties: Properties,
+    pub properties: Props,
 }
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Disconnect {
     pub code: ReasonCode,
-    pub properties: Properties,
+    pub properties: Props,
 }
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Auth {
     pub code: ReasonCode,
-    pub properties: Properties,
+    pub properties: Props,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -90,6 +90,73 @@ pub struct Properties {
     pub shared_subscription_available: Option<u8>,
 }
 
+/// The properties of one packet, allocated only when there are any: most packets (every v3
+/// packet) have none, and a `Properties` inline would make every packet and message ~350 bytes
+/// larger and cost a copy of that at each move.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Props(Option<Box<Properties>>);
+
+static NO_PROPERTIES: Properties = Properties {
+    payload_format_indicator: None,
+    message_expiry_interval: None,
+    content_type: None,
+    response_topic: None,
+    correlation_data: None,
+    subscription_identifiers: Vec::new(),
+    session_expiry_interval: None,
+    assigned_client_identifier: None,
+    server_keep_alive: None,
+    authentication_method: None,
+    authentication_data: None,
+    request_problem_information: None,
+    will_delay_interval: None,
+    request_response_information: None,
+    response_information: None,
+    server_reference: None,
+    reason_string: None,
+    receive_maximum: None,
+    topic_alias_maximum: None,
+    topic_alias: None,
+    maximum_qos: None,
+    retain_available: None,
+    user_properties: Vec::new(),
+    maximum_packet_size: None,
+    wildcard_subscription_available: None,
+    subscription_identifier_available: None,
+    shared_subscription_available: None,
+};
+
+impl Props {
+    /// Mutable access without allocating when there is nothing to change.
+    pub fn get_mut(&mut self) -> Option<&mut Properties> {
+        self.0.as_deref_mut()
+    }
+}
+
+impl std::ops::Deref for Props {
+    type Target = Properties;
+    fn deref(&self) -> &Properties {
+        self.0.as_deref().unwrap_or(&NO_PROPERTIES)
+    }
+}
+
+impl std::ops::DerefMut for Props {
+    /// Allocates on first write.
+    fn deref_mut(&mut self) -> &mut Properties {
+        self.0.get_or_insert_with(Default::default)
+    }
+}
+
+impl From<Properties> for Props {
+    fn from(p: Properties) -> Self {
+        if p == NO_PROPERTIES {
+            Props(None)
+        } else {
+            Props(Some(Box::new(p)))
+        }
+    }
+}
+
 fn set_once<T>(slot: &mut Option<T>, id: u8, value: T) -> Result<(), DecodeError> {
     if slot.is_some() {
         return Err(DecodeError::DuplicateProperty(id));
@@ -111,8 +178,11 @@ impl Properties {
         *self == Properties::default()
     }
 
-    pub(crate) fn decode(r: &mut Reader, ctx: PropertyContext) -> Result<Self, DecodeError> {
+    pub(crate) fn decode(r: &mut Reader, ctx: PropertyContext) -> Result<Props, DecodeError> {
         let len = r.varint()? as usize;
+        if len == 0 {
+            return Ok(Props::default());
+        }
         let mut r = r.sub(len)?;
         let mut p = Properties::default();
         while r.remaining() > 0 {
@@ -185,7 +255,7 @@ impl Properties {
                 _ => return Err(DecodeError::InvalidProperty(id)),
             }
         }
-        Ok(p)
+        Ok(p.into())
     }
 
     /// Bytes of the property block without its length prefix.

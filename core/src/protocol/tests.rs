@@ -36,7 +36,13 @@ fn props() -> Properties {
 fn every_packet_round_trips_in_v311_and_v5() {
     for v in [ProtocolVersion::V311, ProtocolVersion::V5] {
         let v5 = v.is_v5();
-        let p = |x: Properties| if v5 { x } else { Properties::default() };
+        let p = |x: Properties| -> Props {
+            if v5 {
+                x.into()
+            } else {
+                Props::default()
+            }
+        };
         round_trip(
             Packet::Connect(Box::new(Connect {
                 protocol: v,
@@ -94,7 +100,7 @@ fn every_packet_round_trips_in_v311_and_v5() {
                 retain: false,
                 topic: "a".into(),
                 packet_id: 0,
-                properties: Properties::default(),
+                properties: Props::default(),
                 payload: Bytes::new(),
             }),
             v,
@@ -144,7 +150,7 @@ fn every_packet_round_trips_in_v311_and_v5() {
             Packet::SubAck(SubAck {
                 packet_id: 5,
                 codes: vec![ReasonCode(1), ReasonCode(0x80)],
-                properties: Properties::default(),
+                properties: Props::default(),
             }),
             v,
         );
@@ -152,7 +158,7 @@ fn every_packet_round_trips_in_v311_and_v5() {
             Packet::Unsubscribe(Unsubscribe {
                 packet_id: 6,
                 filters: vec!["a/+".into()],
-                properties: Properties::default(),
+                properties: Props::default(),
             }),
             v,
         );
@@ -164,7 +170,7 @@ fn every_packet_round_trips_in_v311_and_v5() {
                 } else {
                     vec![]
                 },
-                properties: Properties::default(),
+                properties: Props::default(),
             }),
             v,
         );
@@ -173,7 +179,7 @@ fn every_packet_round_trips_in_v311_and_v5() {
         round_trip(
             Packet::Disconnect(Disconnect {
                 code: ReasonCode::SUCCESS,
-                properties: Properties::default(),
+                properties: Props::default(),
             }),
             v,
         );
@@ -184,7 +190,8 @@ fn every_packet_round_trips_in_v311_and_v5() {
             properties: Properties {
                 reason_string: Some("bye".into()),
                 ..Default::default()
-            },
+            }
+            .into(),
         }),
         ProtocolVersion::V5,
     );
@@ -194,7 +201,8 @@ fn every_packet_round_trips_in_v311_and_v5() {
             properties: Properties {
                 authentication_method: Some("SCRAM".into()),
                 ..Default::default()
-            },
+            }
+            .into(),
         }),
         ProtocolVersion::V5,
     );
@@ -206,7 +214,7 @@ fn v3_connack_uses_return_codes() {
     let ack = ConnAck {
         session_present: false,
         code: ReasonCode::BAD_USER_NAME_OR_PASSWORD,
-        properties: Properties::default(),
+        properties: Props::default(),
     };
     encode_packet(&Packet::ConnAck(ack), ProtocolVersion::V311, &mut buf);
     assert_eq!(&buf[..], &[0x20, 0x02, 0x00, 0x04]);
@@ -320,7 +328,7 @@ fn partial_input_waits_for_more() {
             retain: false,
             topic: "t".into(),
             packet_id: 1,
-            properties: Properties::default(),
+            properties: Props::default(),
             payload: Bytes::from(vec![7u8; 300]),
         }),
         ProtocolVersion::V311,

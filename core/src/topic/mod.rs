@@ -36,7 +36,7 @@ pub fn has_wildcard(filter: &str) -> bool {
 }
 
 pub fn level_count(topic: &str) -> usize {
-    topic.split('/').count()
+    topic.bytes().filter(|b| *b == b'/').count() + 1
 }
 
 /// Splits `$share/{group}/{filter}` into the group and the filter.
