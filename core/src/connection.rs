@@ -2,7 +2,7 @@
 //! keep-alive, all in one task (`select!`), and writes every ready packet with one syscall.
 
 use crate::broker::Broker;
-use crate::hooks::{Access, AclDecision, AuthDecision, ClientInfo, ConnectInfo, Event, HookSet};
+use crate::hooks::{Access, AclDecision, ClientInfo, ConnectInfo, Event, HookSet};
 use crate::message::Message;
 use crate::metrics::Metrics;
 use crate::protocol::*;
@@ -262,33 +262,17 @@ where
             attributes: Vec::new(),
         };
 
-        let decision = if broker.hooks.wants(HookSet::AUTHENTICATE) {
-            let req = ConnectInfo {
-                client: info.clone(),
-                password: connect.password.clone(),
-                clean_start: connect.clean_start,
-                keep_alive: connect.keep_alive,
-                auth_method: None,
-            };
-            broker.hooks.authenticate(&req).await
-        } else {
-            AuthDecision::Ignore
+        let req = ConnectInfo {
+            client: info.clone(),
+            password: connect.password.clone(),
+            clean_start: connect.clean_start,
+            keep_alive: connect.keep_alive,
+            auth_method: None,
         };
-        match decision {
-            AuthDecision::Allow(attrs) => info.attributes = attrs,
-            AuthDecision::Deny(code) => {
-                info!(client_id = %info.client_id, listener = %ctx.name, %peer, reason = %code, "connection refused by authentication");
-                let _ = stream.write_all(&refuse(code)).await;
-                return None;
-            }
-            AuthDecision::Ignore if ctx.allow_anonymous => {}
-            AuthDecision::Ignore => {
-                let code = if connect.username.is_some() {
-                    ReasonCode::BAD_USER_NAME_OR_PASSWORD
-                } else {
-                    ReasonCode::NOT_AUTHORIZED
-                };
-                info!(client_id = %info.client_id, listener = %ctx.name, %peer, reason = %code, "anonymous connection refused");
+        match broker.hooks.admit(req, ctx.allow_anonymous).await {
+            Ok(attrs) => info.attributes = attrs,
+            Err(code) => {
+                info!(client_id = %info.client_id, listener = %ctx.name, %peer, reason = %code, "connection refused");
                 let _ = stream.write_all(&refuse(code)).await;
                 return None;
             }

@@ -151,6 +151,15 @@ struct ChainInner {
     interests: HookSet,
 }
 
+impl ChainInner {
+    fn new(hooks: Vec<(i32, Arc<dyn Hook>)>) -> Arc<Self> {
+        let interests = hooks
+            .iter()
+            .fold(HookSet::NONE, |acc, (_, h)| acc | h.interests());
+        Arc::new(Self { hooks, interests })
+    }
+}
+
 /// Hooks in priority order (lower first), swapped atomically on reload.
 pub struct HookChain {
     inner: ArcSwap<ChainInner>,
@@ -178,12 +187,7 @@ impl HookChain {
             let mut hooks = cur.hooks.clone();
             hooks.push((priority, hook.clone()));
             hooks.sort_by_key(|(p, _)| *p);
-            Arc::new(ChainInner {
-                interests: hooks
-                    .iter()
-                    .fold(HookSet::NONE, |acc, (_, h)| acc | h.interests()),
-                hooks,
-            })
+            ChainInner::new(hooks)
         });
         self.publish_interests();
     }
@@ -191,18 +195,13 @@ impl HookChain {
     /// Removes every hook called `name`.
     pub fn unregister(&self, name: &str) {
         self.inner.rcu(|cur| {
-            let hooks: Vec<_> = cur
+            let hooks = cur
                 .hooks
                 .iter()
                 .filter(|(_, h)| h.name() != name)
                 .cloned()
                 .collect();
-            Arc::new(ChainInner {
-                interests: hooks
-                    .iter()
-                    .fold(HookSet::NONE, |acc, (_, h)| acc | h.interests()),
-                hooks,
-            })
+            ChainInner::new(hooks)
         });
         self.publish_interests();
     }
@@ -227,6 +226,29 @@ impl HookChain {
             }
         }
         AuthDecision::Ignore
+    }
+
+    /// The whole CONNECT-time decision: the chain's answer, or the listener's anonymous policy
+    /// when every hook ignores. Returns the client's attributes, or the refusal reason.
+    pub async fn admit(
+        &self,
+        req: ConnectInfo,
+        allow_anonymous: bool,
+    ) -> Result<Vec<(String, String)>, ReasonCode> {
+        let decision = if self.wants(HookSet::AUTHENTICATE) {
+            self.authenticate(&req).await
+        } else {
+            AuthDecision::Ignore
+        };
+        match decision {
+            AuthDecision::Allow(attrs) => Ok(attrs),
+            AuthDecision::Deny(code) => Err(code),
+            AuthDecision::Ignore if allow_anonymous => Ok(Vec::new()),
+            AuthDecision::Ignore if req.client.username.is_some() => {
+                Err(ReasonCode::BAD_USER_NAME_OR_PASSWORD)
+            }
+            AuthDecision::Ignore => Err(ReasonCode::NOT_AUTHORIZED),
+        }
     }
 
     pub async fn authorize(&self, c: &ClientInfo, a: Access, topic: &str, q: QoS) -> AclDecision {

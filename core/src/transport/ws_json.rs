@@ -7,7 +7,7 @@
 //! `{"type":"error","msg":...}` and `{"type":"message","topic":T,"data":D}`.
 
 use crate::connection::ListenerContext;
-use crate::hooks::{Access, AclDecision, AuthDecision, ClientInfo, ConnectInfo, Event, HookSet};
+use crate::hooks::{Access, AclDecision, ClientInfo, ConnectInfo, Event, HookSet};
 use crate::message::Message;
 use crate::metrics::Metrics;
 use crate::protocol::{ProtocolVersion, QoS, ReasonCode, RetainHandling, SubscriptionOptions};
@@ -232,27 +232,17 @@ async fn authenticate(
         cert_common_name: None,
         attributes: Vec::new(),
     };
-    let decision = if broker.hooks.wants(HookSet::AUTHENTICATE) {
-        let req = ConnectInfo {
-            client: info.clone(),
-            password: creds
-                .password
-                .as_ref()
-                .map(|p| Bytes::from(p.clone().into_bytes())),
-            clean_start: true,
-            keep_alive: 0,
-            auth_method: None,
-        };
-        broker.hooks.authenticate(&req).await
-    } else {
-        AuthDecision::Ignore
+    let req = ConnectInfo {
+        client: info.clone(),
+        password: creds
+            .password
+            .as_ref()
+            .map(|p| Bytes::from(p.clone().into_bytes())),
+        clean_start: true,
+        keep_alive: 0,
+        auth_method: None,
     };
-    match decision {
-        AuthDecision::Allow(attrs) => info.attributes = attrs,
-        AuthDecision::Deny(code) => return Err(code),
-        AuthDecision::Ignore if ctx.allow_anonymous => {}
-        AuthDecision::Ignore => return Err(ReasonCode::NOT_AUTHORIZED),
-    }
+    info.attributes = broker.hooks.admit(req, ctx.allow_anonymous).await?;
     Ok(Arc::new(info))
 }
 
