@@ -24,7 +24,7 @@ const WRITE_BATCH: usize = 64 * 1024;
 /// Buffers above this are given back when the connection goes idle.
 const IDLE_BUFFER_KEEP: usize = 1024;
 /// Smallest read: enough for control packets and small publishes, cheap to hold while idle.
-const READ_MIN: usize = 128;
+const READ_MIN: usize = 64;
 /// Largest read, reached by doubling while reads keep filling the buffer.
 const READ_MAX: usize = 64 * 1024;
 /// Scratch size for reads done while a write is blocked.
