@@ -136,6 +136,9 @@ fn main() -> Result<()> {
         for (kind, addr) in &server.listeners {
             println!("switchyard listening: {} {}", kind.as_str(), addr);
         }
+        if let Some(addr) = server.http_addr {
+            println!("switchyard listening: http {addr} (/health, /metrics)");
+        }
         info!(version = switchyard_core::sys::VERSION, "broker started");
         let signal = wait_for_signal().await?;
         info!(signal, "shutting down");

@@ -106,7 +106,7 @@ impl Drop for Broker {
     }
 }
 
-const TWO_LISTENERS: &str = "[[listener]]\nkind = \"tcp\"\nbind = \"127.0.0.1:0\"\n\n[[listener]]\nkind = \"ws\"\nbind = \"127.0.0.1:0\"\n";
+const TWO_LISTENERS: &str = "[[listener]]\nkind = \"tcp\"\nbind = \"127.0.0.1:0\"\n\n[[listener]]\nkind = \"ws\"\nbind = \"127.0.0.1:0\"\n\n[http]\nbind = \"127.0.0.1:0\"\n";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn binary_serves_and_shuts_down_gracefully_on_sigterm() {
@@ -156,7 +156,7 @@ async fn passwd_writes_a_hashed_user_the_broker_accepts() {
     assert!(text.starts_with("carol:$pbkdf2-sha512$") && !text.contains("correct horse"));
 
     let config = format!(
-        "[[listener]]\nkind = \"tcp\"\nbind = \"127.0.0.1:0\"\n\n[mqtt]\nallow_anonymous = false\n\n[auth]\npassword_file = {:?}\n",
+        "[[listener]]\nkind = \"tcp\"\nbind = \"127.0.0.1:0\"\n\n[http]\nenabled = false\n\n[mqtt]\nallow_anonymous = false\n\n[auth]\npassword_file = {:?}\n",
         pw.to_str().unwrap()
     );
     let broker = Broker::start(&config);

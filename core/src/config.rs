@@ -179,6 +179,25 @@ pub struct CoreConfig {
     pub auth: AuthConfig,
     #[serde(default, rename = "acl")]
     pub acl: Vec<AclRule>,
+    #[serde(default)]
+    pub http: HttpConfig,
+}
+
+/// The operators' HTTP endpoint: `/health` and `/metrics`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    pub enabled: bool,
+    pub bind: SocketAddr,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            bind: SocketAddr::from(([0, 0, 0, 0], 18083)),
+        }
+    }
 }
 
 impl Default for CoreConfig {
@@ -188,6 +207,7 @@ impl Default for CoreConfig {
             mqtt: MqttConfig::default(),
             auth: AuthConfig::default(),
             acl: Vec::new(),
+            http: HttpConfig::default(),
         }
     }
 }

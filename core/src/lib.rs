@@ -11,12 +11,14 @@
 //! - [`config`]: the core's part of the TOML configuration.
 //! - [`server`]: start and stop a whole broker from a config.
 //! - [`sys`], [`metrics`]: counters and the `$SYS` topics.
+//! - [`http`]: `/health` and Prometheus `/metrics` for operators.
 
 pub mod auth;
 pub mod broker;
 pub mod config;
 pub mod connection;
 pub mod hooks;
+pub mod http;
 pub mod message;
 pub mod metrics;
 pub mod protocol;

@@ -23,6 +23,11 @@ pub enum StartError {
     Password(#[from] PasswordError),
     #[error("cannot read ACL file {path}: {message}")]
     AclFile { path: PathBuf, message: String },
+    #[error("cannot listen on {addr} (http): {source}")]
+    Http {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 #[derive(serde::Deserialize)]
@@ -37,6 +42,8 @@ pub struct Server {
     pub broker: Arc<Broker>,
     /// Where each listener ended up (ports resolved when bound to 0).
     pub listeners: Vec<(ListenerKind, SocketAddr)>,
+    /// The `/health` and `/metrics` endpoint, when enabled.
+    pub http_addr: Option<SocketAddr>,
     tasks: TaskTracker,
 }
 
@@ -77,6 +84,15 @@ impl Server {
         for l in config.listeners {
             bound.push(BoundListener::bind(l).await?);
         }
+        let http = if config.http.enabled {
+            let addr = config.http.bind;
+            let l = crate::http::bind(addr)
+                .await
+                .map_err(|source| StartError::Http { addr, source })?;
+            Some(l)
+        } else {
+            None
+        };
         let tasks = TaskTracker::new();
         let mut listeners = Vec::new();
         for l in bound {
@@ -85,9 +101,18 @@ impl Server {
             tokio::spawn(l.run(broker.clone(), tasks.clone()));
         }
         tokio::spawn(crate::sys::run(broker.clone()));
+        let http_addr = match http {
+            Some(l) => {
+                let addr = l.local_addr().ok();
+                tokio::spawn(crate::http::run(l, broker.clone()));
+                addr
+            }
+            None => None,
+        };
         Ok(Server {
             broker,
             listeners,
+            http_addr,
             tasks,
         })
     }

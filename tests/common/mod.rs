@@ -26,6 +26,7 @@ pub fn test_config() -> CoreConfig {
         ..CoreConfig::default()
     };
     c.mqtt.sys_interval_s = 0;
+    c.http.bind = "127.0.0.1:0".parse().unwrap();
     c
 }
 

@@ -1,0 +1,201 @@
+//! The HTTP endpoint for operators (DESIGN: port 18083): `GET /health` for load balancers and
+//! orchestrators, `GET /metrics` in the Prometheus text format. Deliberately tiny: one request
+//! per connection, no keep-alive, no bodies accepted.
+
+use crate::broker::Broker;
+use crate::metrics::Metrics;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tracing::{debug, info};
+
+/// Longest request head we read; anything larger is refused.
+const MAX_HEAD: usize = 8 * 1024;
+
+pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr).await
+}
+
+/// Serves until shutdown.
+pub async fn run(listener: TcpListener, broker: Arc<Broker>) {
+    if let Ok(addr) = listener.local_addr() {
+        info!(listener = %format!("http:{addr}"), "listening");
+    }
+    loop {
+        let accepted = tokio::select! {
+            _ = broker.shutdown.cancelled() => return,
+            a = listener.accept() => a,
+        };
+        let Ok((stream, peer)) = accepted else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let broker = broker.clone();
+        tokio::spawn(async move {
+            let served =
+                tokio::time::timeout(Duration::from_secs(10), serve(stream, &broker)).await;
+            if !matches!(served, Ok(Ok(()))) {
+                debug!(%peer, "http request failed or timed out");
+            }
+        });
+    }
+}
+
+async fn serve(mut stream: TcpStream, broker: &Broker) -> std::io::Result<()> {
+    let mut head = Vec::with_capacity(512);
+    let mut chunk = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        if head.len() > MAX_HEAD {
+            return respond(
+                &mut stream,
+                "431 Request Header Fields Too Large",
+                "text/plain",
+                "too large\n",
+            )
+            .await;
+        }
+        let n = stream.read(&mut chunk).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        head.extend_from_slice(&chunk[..n]);
+    }
+    let line = head.split(|b| *b == b'\r').next().unwrap_or_default();
+    let line = String::from_utf8_lossy(line);
+    let mut parts = line.split(' ');
+    let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    match (method, path.split('?').next().unwrap_or("")) {
+        ("GET", "/health") => {
+            let body = format!(
+                "{{\"status\":\"ok\",\"uptime_s\":{},\"clients_connected\":{}}}\n",
+                broker.started.elapsed().as_secs(),
+                Metrics::get(&broker.metrics.clients_connected)
+            );
+            respond(&mut stream, "200 OK", "application/json", &body).await
+        }
+        ("GET", "/metrics") => {
+            respond(
+                &mut stream,
+                "200 OK",
+                "text/plain; version=0.0.4",
+                &prometheus(broker),
+            )
+            .await
+        }
+        ("GET", _) => respond(&mut stream, "404 Not Found", "text/plain", "not found\n").await,
+        _ => {
+            respond(
+                &mut stream,
+                "405 Method Not Allowed",
+                "text/plain",
+                "GET only\n",
+            )
+            .await
+        }
+    }
+}
+
+async fn respond(
+    stream: &mut TcpStream,
+    status: &str,
+    content_type: &str,
+    body: &str,
+) -> std::io::Result<()> {
+    let head = format!(
+        "HTTP/1.1 {status}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await?;
+    stream.write_all(body.as_bytes()).await?;
+    stream.shutdown().await
+}
+
+/// The broker's counters in the Prometheus text exposition format.
+pub fn prometheus(broker: &Broker) -> String {
+    let m = &broker.metrics;
+    let rows: [(&str, &str, &str, u64); 12] = [
+        (
+            "switchyard_clients_connected",
+            "gauge",
+            "Clients connected now.",
+            Metrics::get(&m.clients_connected),
+        ),
+        (
+            "switchyard_connections_total",
+            "counter",
+            "Connections accepted since start.",
+            Metrics::get(&m.connections_total),
+        ),
+        (
+            "switchyard_sessions",
+            "gauge",
+            "Sessions, online and offline.",
+            broker.session_count() as u64,
+        ),
+        (
+            "switchyard_subscriptions",
+            "gauge",
+            "Subscriptions.",
+            broker.subscription_count() as u64,
+        ),
+        (
+            "switchyard_retained_messages",
+            "gauge",
+            "Retained messages.",
+            broker.retained_count() as u64,
+        ),
+        (
+            "switchyard_messages_received_total",
+            "counter",
+            "PUBLISH packets received.",
+            Metrics::get(&m.messages_received),
+        ),
+        (
+            "switchyard_messages_sent_total",
+            "counter",
+            "PUBLISH packets sent.",
+            Metrics::get(&m.messages_sent),
+        ),
+        (
+            "switchyard_messages_dropped_total",
+            "counter",
+            "Messages not delivered: queue full, expired or too large.",
+            Metrics::get(&m.messages_dropped),
+        ),
+        (
+            "switchyard_publishes_denied_total",
+            "counter",
+            "Publishes refused by authorization or dropped by a hook.",
+            Metrics::get(&m.publishes_denied),
+        ),
+        (
+            "switchyard_bytes_received_total",
+            "counter",
+            "Bytes received from clients.",
+            Metrics::get(&m.bytes_received),
+        ),
+        (
+            "switchyard_bytes_sent_total",
+            "counter",
+            "Bytes sent to clients.",
+            Metrics::get(&m.bytes_sent),
+        ),
+        (
+            "switchyard_uptime_seconds",
+            "gauge",
+            "Seconds since start.",
+            broker.started.elapsed().as_secs(),
+        ),
+    ];
+    let mut out = String::with_capacity(2048);
+    for (name, kind, help, value) in rows {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+        );
+    }
+    out
+}
