@@ -81,17 +81,6 @@ impl Recorder {
     }
 }
 
-async fn wait_until(f: impl Fn() -> bool) {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while !f() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "condition not reached in time"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_hook_point_is_called_and_decides() {
     let mut cfg = test_config();
@@ -152,13 +141,15 @@ async fn every_hook_point_is_called_and_decides() {
     );
 
     // events: delivered and acked for the watcher, unsubscribed, disconnected.
-    wait_until(|| rec.has("delivered:watcher:rewritten/x") && rec.has("acked:watcher:rewritten/x"))
-        .await;
+    wait_until("the hook saw it", || {
+        rec.has("delivered:watcher:rewritten/x") && rec.has("acked:watcher:rewritten/x")
+    })
+    .await;
     sub.client.unsubscribe("drop/#").await.unwrap();
     sub.expect(|p| matches!(p, v5::Packet::UnsubAck(_)).then_some(()))
         .await;
     publisher.client.disconnect().await.unwrap();
-    wait_until(|| rec.has("disconnected:writer")).await;
+    wait_until("the hook saw it", || rec.has("disconnected:writer")).await;
     assert!(rec.has("connected:watcher") && rec.has("subscribed:watcher:rewritten/#"));
     assert!(rec.has("unsubscribed:watcher:drop/#"));
     assert!(!rec.has("connected:blocked"));
@@ -178,7 +169,10 @@ async fn every_hook_point_is_called_and_decides() {
             .await
             .unwrap();
     }
-    wait_until(|| rec.has("dropped:offline:rewritten/y:queue full")).await;
+    wait_until("the hook saw it", || {
+        rec.has("dropped:offline:rewritten/y:queue full")
+    })
+    .await;
 }
 
 /// Allows clients whose id starts with `prefix`, ignores everyone else.

@@ -19,17 +19,6 @@ fn require(program: &str, probe: &[&str], how: &str) {
     );
 }
 
-async fn wait_for_subscriptions(server: &switchyard_core::Server, n: usize) {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while server.broker.subscription_count() < n {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "subscription never arrived"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mosquitto_clients_publish_and_subscribe_v311_and_v5() {
     require(
@@ -60,7 +49,10 @@ async fn mosquitto_clients_publish_and_subscribe_v311_and_v5() {
             .kill_on_drop(true)
             .spawn()
             .unwrap();
-        wait_for_subscriptions(&server, 1).await;
+        wait_until("mosquitto_sub subscribed", || {
+            server.broker.subscription_count() == 1
+        })
+        .await;
         for qos in ["0", "1", "2"] {
             let st = tokio::process::Command::new("mosquitto_pub")
                 .args([
@@ -93,11 +85,10 @@ async fn mosquitto_clients_publish_and_subscribe_v311_and_v5() {
             "{version}"
         );
         // The v3 subscriber's clean session ended; wait until it is gone before the next round.
-        let deadline = tokio::time::Instant::now() + WAIT;
-        while server.broker.subscription_count() > 0 {
-            assert!(tokio::time::Instant::now() < deadline);
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        wait_until("mosquitto_sub's session ended", || {
+            server.broker.subscription_count() == 0
+        })
+        .await;
     }
     // Retained message set with mosquitto_pub, read back with mosquitto_sub.
     let st = tokio::process::Command::new("mosquitto_pub")

@@ -15,6 +15,19 @@ use tokio::sync::mpsc;
 /// How long any single expected event may take before a test fails.
 pub const WAIT: Duration = Duration::from_secs(10);
 
+/// Waits until `condition` holds (broker state the clients cannot observe directly), failing
+/// the test after `WAIT`.
+pub async fn wait_until(what: &str, condition: impl Fn() -> bool) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !condition() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting until {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 pub fn local(kind: ListenerKind) -> ListenerConfig {
     ListenerConfig::new(kind, "127.0.0.1:0".parse().unwrap())
 }
