@@ -2,7 +2,7 @@
 //! a wildcard-heavy tree. `cargo bench -p switchyard-bench --bench topic_match`
 
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion};
-use switchyard_core::topic::{TopicTree, TreeEntry};
+use switchyard_core::topic::{RetainedTree, TopicTree, TreeEntry};
 
 struct Sub(String);
 
@@ -63,6 +63,24 @@ fn bench(c: &mut Criterion) {
                 let mut hits = 0;
                 t.for_each_match(black_box(topic), |_| true, |_, _| hits += 1);
                 black_box(hits)
+            })
+        });
+    }
+    g.finish();
+
+    // A device subscribing to its own state among 100k retained device states.
+    let mut retained = RetainedTree::default();
+    for i in 0..100_000u32 {
+        retained.insert(&format!("state/{}/{i}", i % 100), i);
+    }
+    let mut g = c.benchmark_group("retained_lookup_100k");
+    for filter in ["state/42/4242", "state/42/+", "state/+/4242"] {
+        g.bench_with_input(BenchmarkId::from_parameter(filter), filter, |b, f| {
+            let mut out = Vec::new();
+            b.iter(|| {
+                out.clear();
+                retained.matching(black_box(f), &mut out);
+                black_box(out.len())
             })
         });
     }

@@ -9,7 +9,7 @@ use crate::message::Message;
 use crate::metrics::Metrics;
 use crate::protocol::{QoS, RetainHandling, SubscriptionOptions};
 use crate::session::{Delivery, Enqueued, Session, StoredSubscription};
-use crate::topic::{self, TopicTree, TreeEntry};
+use crate::topic::{self, RetainedTree, TopicTree, TreeEntry};
 use parking_lot::{Mutex, RwLock};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -60,7 +60,7 @@ pub struct Broker {
     pub started: Instant,
     sessions: Mutex<HashMap<Arc<str>, Arc<Session>>>,
     subscriptions: RwLock<TopicTree<Subscriber>>,
-    retained: RwLock<HashMap<Arc<str>, Arc<Message>>>,
+    retained: RwLock<RetainedTree<Arc<Message>>>,
     next_generation: AtomicU64,
 }
 
@@ -74,7 +74,7 @@ impl Broker {
             started: Instant::now(),
             sessions: Mutex::new(HashMap::new()),
             subscriptions: RwLock::new(TopicTree::default()),
-            retained: RwLock::new(HashMap::new()),
+            retained: RwLock::new(RetainedTree::default()),
             next_generation: AtomicU64::new(1),
         })
     }
@@ -351,37 +351,29 @@ impl Broker {
         if msg.payload.is_empty() {
             retained.remove(&msg.topic);
         } else {
-            retained.insert(msg.topic.clone(), msg.clone());
+            retained.insert(&msg.topic, msg.clone());
         }
     }
 
-    /// Retained messages matching `filter` that have not expired.
+    /// Retained messages matching `filter` that have not expired; expired ones are removed.
     pub fn retained_matching(&self, filter: &str) -> Vec<Arc<Message>> {
         let now = Instant::now();
-        let mut expired = Vec::new();
-        let out: Vec<Arc<Message>> = {
-            let retained = self.retained.read();
-            retained
-                .values()
-                .filter(|m| {
-                    if m.is_expired(now) {
-                        expired.push(m.topic.clone());
-                        return false;
-                    }
-                    topic::matches(filter, &m.topic)
-                })
-                .cloned()
-                .collect()
-        };
-        if !expired.is_empty() {
+        let mut found = Vec::new();
+        self.retained.read().matching(filter, &mut found);
+        if found.iter().any(|m| m.is_expired(now)) {
             let mut retained = self.retained.write();
-            for t in expired {
-                if retained.get(&t).is_some_and(|m| m.is_expired(now)) {
-                    retained.remove(&t);
+            for m in found.iter().filter(|m| m.is_expired(now)) {
+                // Only if a newer message has not replaced it meanwhile.
+                if retained
+                    .get(&m.topic)
+                    .is_some_and(|cur| Arc::ptr_eq(cur, m))
+                {
+                    retained.remove(&m.topic);
                 }
             }
+            found.retain(|m| !m.is_expired(now));
         }
-        out
+        found
     }
 
     /// Queues the retained messages a new subscription should get, per its Retain Handling.

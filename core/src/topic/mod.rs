@@ -1,8 +1,10 @@
 //! Topic names and filters: validation, matching, shared-subscription parsing, and the
 //! subscription tree the router matches every publish against.
 
+mod retained;
 mod tree;
 
+pub use retained::RetainedTree;
 pub use tree::{TopicTree, TreeEntry};
 
 /// Longest topic the protocol can carry (a two-byte length prefix).
