@@ -323,3 +323,18 @@ async fn connack_advertises_limits() {
         Some(ReasonCode::RETAIN_NOT_SUPPORTED)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn control_packets_shed_properties_to_fit_the_clients_maximum() {
+    let server = start(test_config()).await;
+    let mut raw = Raw::connect(tcp_addr(&server)).await;
+    let mut c = connect_packet(ProtocolVersion::V5, "tiny");
+    // Room for a DISCONNECT with a reason code but not with a reason string.
+    c.properties.maximum_packet_size = Some(4);
+    let ack = raw.handshake_with(c).await;
+    assert!(ack.properties.is_empty(), "CONNACK shed its properties too");
+    raw.send_bytes(&[0xC0, 0x01, 0x00]).await; // malformed PINGREQ
+    let d = raw.expect_close().await.expect("DISCONNECT still sent");
+    assert_eq!(d.code, ReasonCode::MALFORMED_PACKET);
+    assert!(d.properties.reason_string.is_none());
+}

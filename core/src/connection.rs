@@ -323,16 +323,11 @@ where
             // Attached after `begin_shutdown` woke everyone: wake ourselves to close with 0x8B.
             attached.session.wake.notify_one();
         }
-        let mut wbuf = BytesMut::new();
-        encode_packet(
-            &Packet::ConnAck(ConnAck {
-                session_present: attached.session_present,
-                code: ReasonCode::SUCCESS,
-                properties: ack_props.into(),
-            }),
-            version,
-            &mut wbuf,
-        );
+        let connack = Packet::ConnAck(ConnAck {
+            session_present: attached.session_present,
+            code: ReasonCode::SUCCESS,
+            properties: ack_props.into(),
+        });
         let send_window = if v5 {
             usize::from(
                 connect
@@ -365,7 +360,7 @@ where
             generation: attached.generation,
             epoch: attached.epoch,
             rbuf,
-            wbuf,
+            wbuf: BytesMut::new(),
             will: connect.will.map(Box::new),
             keep_alive,
             last_read: Instant::now(),
@@ -380,6 +375,8 @@ where
             unprocessed_input: false,
             read_size: READ_MIN,
         };
+        // Through `send`, so that it too respects the client's Maximum Packet Size.
+        conn.send(&connack);
         if attached.session_present {
             conn.resend_inflight();
         }
@@ -811,8 +808,21 @@ where
         let start = self.wbuf.len();
         encode_packet(packet, self.version, &mut self.wbuf);
         if self.wbuf.len() - start > self.client_max_packet {
-            // Only reason strings/properties could make a control packet this large; send it bare.
+            // Over the client's Maximum Packet Size: the spec lets us drop the reason string and
+            // user properties (3.1.2.11.4), so send the packet without its properties.
             self.wbuf.truncate(start);
+            let mut bare = packet.clone();
+            match &mut bare {
+                Packet::ConnAck(p) => p.properties = Props::default(),
+                Packet::PubAck(p) | Packet::PubRec(p) | Packet::PubRel(p) | Packet::PubComp(p) => {
+                    p.properties = Props::default()
+                }
+                Packet::SubAck(p) => p.properties = Props::default(),
+                Packet::UnsubAck(p) => p.properties = Props::default(),
+                Packet::Disconnect(p) => p.properties = Props::default(),
+                _ => {}
+            }
+            encode_packet(&bare, self.version, &mut self.wbuf);
         }
     }
 
