@@ -1,1 +1,17 @@
-//! placeholder
+//! Switchyard's WebAssembly plugin host.
+//!
+//! A plugin is a component implementing the `switchyard:plugin` WIT world (`sdk/wit`). Each
+//! loaded plugin becomes a [`switchyard_core::hooks::Hook`]:
+//! - compiled once, pre-instantiated (`MqttPluginPre`), instances from the pooling allocator;
+//! - a bounded pool of warm instances, so calls do not pay instantiation and do not serialise;
+//! - every call runs on tokio's blocking pool under an epoch deadline and a memory cap, with an
+//!   empty WASI context (no files, environment, sockets or clocks beyond the host's);
+//! - a trap, timeout or out-of-memory fails that call only: it follows the plugin's `on_error`
+//!   policy (deny by default for authenticate/authorize), is logged and counted, and the
+//!   instance is thrown away; after repeated failures the plugin is disabled (its calls follow
+//!   `on_error` without running it).
+
+mod host;
+mod plugin;
+
+pub use plugin::{LoadError, OnError, PluginHook, PluginSettings, WasmPlugin};

@@ -1,0 +1,153 @@
+//! ACL plugin: first matching rule wins, for publish and subscribe.
+//!
+//! ```toml
+//! [[plugin]]
+//! path = "target/plugins/acl.wasm"
+//! config = { default = "deny", rules = [
+//!   { permission = "allow", action = "all", topic = "users/%u/#" },
+//!   { permission = "allow", action = "subscribe", topic = "public/#", role = "viewer" },
+//! ] }
+//! ```
+//! `%u` is the user name, `%c` the client id; `role` matches the client attribute `role`
+//! (set by an authenticating plugin such as jwt-auth). A rule may also name a `user`.
+
+use serde::Deserialize;
+use std::sync::OnceLock;
+use switchyard_sdk::*;
+
+#[derive(Deserialize, Clone, Copy, PartialEq)]
+#[serde(rename_all = "lowercase")]
+enum Permission {
+    Allow,
+    Deny,
+}
+
+#[derive(Deserialize, Clone, Copy, PartialEq)]
+#[serde(rename_all = "lowercase")]
+enum Action {
+    Publish,
+    Subscribe,
+    All,
+}
+
+#[derive(Deserialize)]
+struct Rule {
+    permission: Permission,
+    action: Action,
+    topic: String,
+    #[serde(default)]
+    user: Option<String>,
+    #[serde(default)]
+    role: Option<String>,
+}
+
+#[derive(Deserialize, Clone, Copy, PartialEq)]
+#[serde(rename_all = "lowercase")]
+enum Default {
+    Allow,
+    Deny,
+    Ignore,
+}
+
+#[derive(Deserialize)]
+struct Config {
+    #[serde(default)]
+    rules: Vec<Rule>,
+    #[serde(default = "ignore")]
+    default: Default,
+}
+
+fn ignore() -> Default {
+    Default::Ignore
+}
+
+static CONFIG: OnceLock<Config> = OnceLock::new();
+
+/// Whether `topic` (or, for subscribe, every topic of the filter) is within `filter`.
+fn covers(filter: &str, topic: &str) -> bool {
+    let mut f = filter.split('/');
+    let mut t = topic.split('/');
+    loop {
+        match (f.next(), t.next()) {
+            (Some("#"), _) => return true,
+            (Some("+"), Some(l)) if l != "#" => {}
+            (Some(a), Some(b)) if a == b => {}
+            (None, None) => return true,
+            _ => return false,
+        }
+    }
+}
+
+fn substitute(pattern: &str, client: &ClientInfo) -> Option<String> {
+    let safe = |s: &str| !s.is_empty() && !s.contains(['+', '#', '/']);
+    let mut out = pattern.to_string();
+    if out.contains("%u") {
+        let user = client.username.as_deref().filter(|u| safe(u))?;
+        out = out.replace("%u", user);
+    }
+    if out.contains("%c") {
+        if !safe(&client.client_id) {
+            return None;
+        }
+        out = out.replace("%c", &client.client_id);
+    }
+    Some(out)
+}
+
+struct Acl;
+
+impl Plugin for Acl {
+    fn init(config: String) -> Result<Registration, String> {
+        let parsed: Config =
+            serde_json::from_str(&config).map_err(|e| format!("acl config: {e}"))?;
+        let _ = CONFIG.set(parsed);
+        Ok(Registration {
+            hooks: HookSet::AUTHORIZE,
+            topic_filters: Vec::new(),
+        })
+    }
+
+    fn authorize(client: ClientInfo, op: Access, topic: String, _qos: Qos) -> AclResult {
+        let Some(cfg) = CONFIG.get() else {
+            return AclResult::Deny(DenyReason::Unspecified);
+        };
+        let role = client
+            .attributes
+            .iter()
+            .find(|(k, _)| k == "role")
+            .map(|(_, v)| v.as_str());
+        for rule in &cfg.rules {
+            let action = matches!(
+                (rule.action, op),
+                (Action::All, _)
+                    | (Action::Publish, Access::Publish)
+                    | (Action::Subscribe, Access::Subscribe)
+            );
+            if !action
+                || rule
+                    .user
+                    .as_deref()
+                    .is_some_and(|u| client.username.as_deref() != Some(u))
+                || rule.role.as_deref().is_some_and(|r| role != Some(r))
+            {
+                continue;
+            }
+            let Some(filter) = substitute(&rule.topic, &client) else {
+                continue;
+            };
+            if covers(&filter, &topic) {
+                return match rule.permission {
+                    Permission::Allow => AclResult::Allow,
+                    Permission::Deny => AclResult::Deny(DenyReason::NotAuthorized),
+                };
+            }
+        }
+        match cfg.default {
+            Default::Allow => AclResult::Allow,
+            Default::Deny => AclResult::Deny(DenyReason::NotAuthorized),
+            Default::Ignore => AclResult::Ignore,
+        }
+    }
+}
+
+export_plugin!(Acl);

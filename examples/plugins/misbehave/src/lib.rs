@@ -1,0 +1,57 @@
+//! Test plugin: `config = { mode = "loop" | "alloc" | "trap" | "allow" }` decides what
+//! `authenticate` and `authorize` do. Used by the host's sandbox tests; never deploy it.
+
+use std::sync::OnceLock;
+use switchyard_sdk::*;
+
+static MODE: OnceLock<String> = OnceLock::new();
+
+fn misbehave() {
+    match MODE.get().map(String::as_str) {
+        Some("loop") => {
+            let mut n: u64 = 0;
+            loop {
+                n = std::hint::black_box(n.wrapping_add(1));
+            }
+        }
+        Some("alloc") => {
+            let mut hoard: Vec<Vec<u8>> = Vec::new();
+            loop {
+                hoard.push(vec![1u8; 1 << 20]);
+                std::hint::black_box(&hoard);
+            }
+        }
+        Some("trap") => panic!("misbehave: trapping on purpose"),
+        _ => {}
+    }
+}
+
+struct Misbehave;
+
+impl Plugin for Misbehave {
+    fn init(config: String) -> Result<Registration, String> {
+        let v: serde_json::Value = serde_json::from_str(&config).map_err(|e| e.to_string())?;
+        let mode = v
+            .get("mode")
+            .and_then(|m| m.as_str())
+            .unwrap_or("allow")
+            .to_string();
+        let _ = MODE.set(mode);
+        Ok(Registration {
+            hooks: HookSet::AUTHENTICATE | HookSet::AUTHORIZE,
+            topic_filters: vec![],
+        })
+    }
+
+    fn authenticate(_req: ConnectRequest) -> AuthResult {
+        misbehave();
+        AuthResult::Allow(vec![("role".into(), "tester".into())])
+    }
+
+    fn authorize(_c: ClientInfo, _op: Access, _topic: String, _q: Qos) -> AclResult {
+        misbehave();
+        AclResult::Allow
+    }
+}
+
+export_plugin!(Misbehave);

@@ -1,0 +1,98 @@
+//! The store state of one plugin instance and the host functions the WIT world imports.
+
+use parking_lot::Mutex;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use wasmtime::component::ResourceTable;
+use wasmtime::StoreLimits;
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+wasmtime::component::bindgen!({
+    path: "../sdk/wit",
+    world: "mqtt-plugin",
+});
+
+pub use switchyard::plugin::types as wit;
+
+/// Entries a plugin may keep in its key-value store, and their size limit.
+const KV_MAX_ENTRIES: usize = 1024;
+const KV_MAX_VALUE: usize = 64 * 1024;
+
+/// A value and when it expires.
+type KvEntry = (Vec<u8>, Option<Instant>);
+
+/// A plugin's key-value store: shared by its instances, kept across calls.
+#[derive(Default)]
+pub struct KvStore {
+    entries: Mutex<HashMap<String, KvEntry>>,
+}
+
+pub struct State {
+    pub wasi: WasiCtx,
+    pub table: ResourceTable,
+    pub limits: StoreLimits,
+    pub plugin: Arc<str>,
+    pub kv: Arc<KvStore>,
+}
+
+impl WasiView for State {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl wit::Host for State {}
+
+impl switchyard::plugin::host::Host for State {
+    fn log(&mut self, level: switchyard::plugin::host::Level, msg: String) {
+        use switchyard::plugin::host::Level;
+        let plugin = &*self.plugin;
+        match level {
+            Level::Trace => tracing::trace!(plugin, "{msg}"),
+            Level::Debug => tracing::debug!(plugin, "{msg}"),
+            Level::Info => tracing::info!(plugin, "{msg}"),
+            Level::Warn => tracing::warn!(plugin, "{msg}"),
+            Level::Error => tracing::error!(plugin, "{msg}"),
+        }
+    }
+
+    fn now_ms(&mut self) -> u64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64)
+    }
+
+    fn kv_get(&mut self, key: String) -> Option<Vec<u8>> {
+        let mut entries = self.kv.entries.lock();
+        match entries.get(&key) {
+            Some((_, Some(expires))) if *expires <= Instant::now() => {
+                entries.remove(&key);
+                None
+            }
+            Some((value, _)) => Some(value.clone()),
+            None => None,
+        }
+    }
+
+    fn kv_set(&mut self, key: String, value: Vec<u8>, ttl_ms: Option<u32>) {
+        if value.len() > KV_MAX_VALUE || key.len() > 1024 {
+            tracing::warn!(plugin = &*self.plugin, "kv-set refused: entry too large");
+            return;
+        }
+        let mut entries = self.kv.entries.lock();
+        if entries.len() >= KV_MAX_ENTRIES && !entries.contains_key(&key) {
+            let now = Instant::now();
+            entries.retain(|_, (_, exp)| exp.is_none_or(|e| e > now));
+            if entries.len() >= KV_MAX_ENTRIES {
+                tracing::warn!(plugin = &*self.plugin, "kv-set refused: store full");
+                return;
+            }
+        }
+        let expires = ttl_ms.map(|ms| Instant::now() + Duration::from_millis(u64::from(ms)));
+        entries.insert(key, (value, expires));
+    }
+}

@@ -1,0 +1,174 @@
+//! WASM plugins in the running broker: the example ACL plugin over real clients, and the
+//! sandbox: a looping, an allocating and a trapping plugin fail closed, are reported and
+//! disabled, and the broker keeps serving. `scripts/build-plugins` (run by `scripts/test`)
+//! builds the components into target/plugins/.
+
+mod common;
+use common::*;
+use serde_json::json;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use switchyard_core::protocol::{ProtocolVersion, ReasonCode};
+use switchyard_plugins::{LoadError, OnError, PluginSettings, WasmPlugin};
+
+fn plugin_path(name: &str) -> PathBuf {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("target/plugins/{name}.wasm"));
+    assert!(
+        p.exists(),
+        "{} missing: run scripts/build-plugins (scripts/test does)",
+        p.display()
+    );
+    p
+}
+
+fn settings(name: &str, config: serde_json::Value) -> PluginSettings {
+    PluginSettings {
+        path: plugin_path(name),
+        priority: 0,
+        config,
+        timeout_ms: 50,
+        memory_mb: 16,
+        on_error: OnError::Deny,
+        instances: 4,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acl_plugin_allows_and_denies_publish_and_subscribe() {
+    let server = start(test_config()).await;
+    let acl = WasmPlugin::load(settings(
+        "acl",
+        json!({"default": "deny", "rules": [
+            {"permission": "allow", "action": "all", "topic": "users/%u/#"},
+            {"permission": "allow", "action": "subscribe", "topic": "public/#"}
+        ]}),
+    ))
+    .unwrap();
+    server.broker.hooks.register(acl.priority(), acl.hook());
+    let addr = tcp_addr(&server);
+
+    let mut o = v5::options(addr, "alice5");
+    o.set_credentials("alice", "");
+    let mut alice = v5::connect(o).await;
+    assert_eq!(
+        alice.subscribe("users/alice/#", v5::QoS::AtLeastOnce).await,
+        vec![v5::SubscribeReasonCode::Success(v5::QoS::AtLeastOnce)]
+    );
+    assert_eq!(
+        alice.subscribe("users/bob/#", v5::QoS::AtLeastOnce).await,
+        vec![v5::SubscribeReasonCode::NotAuthorized]
+    );
+    alice
+        .client
+        .publish("users/bob/inbox", v5::QoS::AtLeastOnce, false, "x")
+        .await
+        .unwrap();
+    let reason = alice
+        .expect(|p| match p {
+            v5::Packet::PubAck(a) => Some(a.reason),
+            _ => None,
+        })
+        .await;
+    assert_eq!(
+        reason,
+        rumqttc::v5::mqttbytes::v5::PubAckReason::NotAuthorized
+    );
+    alice
+        .client
+        .publish("users/alice/inbox", v5::QoS::AtLeastOnce, false, "mine")
+        .await
+        .unwrap();
+    assert_eq!(&alice.next_publish().await.payload[..], b"mine");
+
+    let mut o = v4::options(addr, "bob3");
+    o.set_credentials("bob", "");
+    let mut bob = v4::connect(o).await;
+    assert_eq!(
+        bob.subscribe("users/alice/#", v4::QoS::AtMostOnce).await,
+        vec![rumqttc::SubscribeReasonCode::Failure]
+    );
+    assert_eq!(
+        bob.subscribe("public/news", v4::QoS::AtMostOnce).await,
+        vec![rumqttc::SubscribeReasonCode::Success(v4::QoS::AtMostOnce)]
+    );
+}
+
+/// A plugin that misbehaves on every call: connecting through it fails closed, the failure is
+/// counted, the plugin is disabled, and a client connected before keeps working.
+async fn misbehaving_plugin_fails_closed(mode: &str) {
+    let server = start(test_config()).await;
+    let addr = tcp_addr(&server);
+    let mut bystander = v4::connect(v4::options(addr, "bystander")).await;
+    bystander.subscribe("by/#", v4::QoS::AtLeastOnce).await;
+
+    let plugin = WasmPlugin::load(settings("misbehave", json!({ "mode": mode }))).unwrap();
+    server.broker.hooks.register(0, plugin.hook());
+    for i in 0..6 {
+        let mut raw = Raw::connect(addr).await;
+        let started = Instant::now();
+        let ack = raw
+            .handshake(ProtocolVersion::V5, &format!("victim-{i}"))
+            .await;
+        assert_eq!(ack.code, ReasonCode::NOT_AUTHORIZED, "{mode}: fails closed");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{mode}: took {:?}",
+            started.elapsed()
+        );
+    }
+    assert!(plugin.failures() >= 5, "{mode}: failures counted");
+    assert!(
+        plugin.is_disabled(),
+        "{mode}: disabled after repeated failures"
+    );
+    // New clients still go through the disabled plugin, which now fails closed at once.
+    let started = Instant::now();
+    assert!(v4::connect_any(v4::options(addr, "late")).await.is_err());
+    assert!(
+        started.elapsed() < Duration::from_millis(500),
+        "{mode}: disabled plugin answers at once"
+    );
+    // The client connected before keeps being served at normal speed (its authorization goes
+    // through the same fail-closed plugin, so its new subscription is refused, promptly).
+    let started = Instant::now();
+    assert_eq!(
+        bystander.subscribe("by/more", v4::QoS::AtLeastOnce).await,
+        vec![rumqttc::SubscribeReasonCode::Failure]
+    );
+    assert!(started.elapsed() < Duration::from_millis(500));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn looping_plugin_is_interrupted_and_fails_closed() {
+    misbehaving_plugin_fails_closed("loop").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn allocating_plugin_hits_its_memory_cap_and_fails_closed() {
+    misbehaving_plugin_fails_closed("alloc").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trapping_plugin_fails_closed() {
+    misbehaving_plugin_fails_closed("trap").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_components_and_failing_init_are_load_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let junk = dir.path().join("junk.wasm");
+    std::fs::write(&junk, b"\0asm not really").unwrap();
+    let mut s = settings("acl", json!({}));
+    s.path = junk;
+    assert!(matches!(
+        WasmPlugin::load(s),
+        Err(LoadError::Compile { .. })
+    ));
+    // The ACL plugin refuses a config it cannot parse: init fails, nothing is loaded.
+    let err = WasmPlugin::load(settings("acl", json!({"rules": "not a list"})))
+        .err()
+        .unwrap();
+    assert!(matches!(err, LoadError::Init { .. }), "{err}");
+    let _ = Arc::new(());
+}
