@@ -1,12 +1,14 @@
 //! The `switchyard` binary: command line, configuration loading, logging, start-up and graceful
 //! shut-down of the broker.
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
+use serde::Deserialize;
 use std::io::{BufRead, IsTerminal};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use switchyard_core::{CoreConfig, Server};
+use switchyard_plugins::{PluginManager, PluginSettings};
 use tracing::info;
 use tracing_subscriber::EnvFilter;
 
@@ -43,19 +45,42 @@ enum Command {
     CheckConfig { file: PathBuf },
 }
 
-fn load_config(path: &Path) -> Result<CoreConfig> {
+/// The whole configuration file: the core's tables plus the plugin host's.
+#[derive(Debug)]
+struct Config {
+    core: CoreConfig,
+    plugins: Vec<PluginSettings>,
+    plugins_dir: Option<PathBuf>,
+}
+
+fn load_config(path: &Path) -> Result<Config> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read config file {}", path.display()))?;
     parse_config(&text, &path.display().to_string())
 }
 
-fn parse_config(text: &str, name: &str) -> Result<CoreConfig> {
-    let config: CoreConfig = match toml::from_str(text) {
-        Ok(c) => c,
-        Err(e) => bail!("{name}: {e}"),
+fn parse_config(text: &str, name: &str) -> Result<Config> {
+    // Each crate owns its tables: take out the plugin host's, the core rejects anything else.
+    let mut table: toml::Table = toml::from_str(text).map_err(|e| anyhow!("{name}: {e}"))?;
+    let plugins = match table.remove("plugin") {
+        Some(v) => {
+            Vec::<PluginSettings>::deserialize(v).map_err(|e| anyhow!("{name}: plugin: {e}"))?
+        }
+        None => Vec::new(),
     };
-    config.validate(name)?;
-    Ok(config)
+    let plugins_dir = match table.remove("plugins_dir") {
+        Some(toml::Value::String(s)) if !s.is_empty() => Some(PathBuf::from(s)),
+        Some(toml::Value::String(_)) | None => None,
+        Some(_) => bail!("{name}: plugins_dir: expected a folder path"),
+    };
+    let core =
+        CoreConfig::deserialize(toml::Value::Table(table)).map_err(|e| anyhow!("{name}: {e}"))?;
+    core.validate(name)?;
+    Ok(Config {
+        core,
+        plugins,
+        plugins_dir,
+    })
 }
 
 fn read_password() -> Result<String> {
@@ -99,6 +124,22 @@ async fn wait_for_signal() -> Result<&'static str> {
     }
 }
 
+/// SIGHUP reloads plugins whose files changed (the watcher does it too; this is for setups
+/// where file events do not arrive, such as some network file systems).
+fn reload_on_sighup(plugins: std::sync::Arc<PluginManager>) {
+    #[cfg(unix)]
+    tokio::spawn(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            return;
+        };
+        while hup.recv().await.is_some() {
+            info!("SIGHUP: reloading plugins");
+            plugins.reload().await;
+        }
+    });
+}
+
 fn main() -> Result<()> {
     let cli = Cli::parse();
     if cli.print_default_config {
@@ -124,7 +165,11 @@ fn main() -> Result<()> {
     }
     let config = match &cli.config {
         Some(path) => load_config(path)?,
-        None => CoreConfig::default(),
+        None => Config {
+            core: CoreConfig::default(),
+            plugins: Vec::new(),
+            plugins_dir: None,
+        },
     };
     init_logging(cli.log_format);
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -132,7 +177,11 @@ fn main() -> Result<()> {
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async move {
-        let server = Server::start(config).await?;
+        let server = Server::start(config.core).await?;
+        let plugins = PluginManager::new(server.broker.clone(), config.plugins, config.plugins_dir);
+        plugins.start().await?;
+        let _watcher = plugins.watch();
+        reload_on_sighup(plugins.clone());
         for (kind, addr) in &server.listeners {
             println!("switchyard listening: {} {}", kind.as_str(), addr);
         }
@@ -154,7 +203,7 @@ mod tests {
 
     #[test]
     fn default_config_file_parses_to_the_defaults() {
-        let parsed = parse_config(DEFAULT_CONFIG, "default").unwrap();
+        let parsed = parse_config(DEFAULT_CONFIG, "default").unwrap().core;
         let defaults = CoreConfig::default();
         assert_eq!(
             toml::to_string(&parsed).unwrap(),
@@ -171,6 +220,23 @@ mod tests {
             err.contains("my.toml") && err.contains("max_inflite"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn plugin_tables_are_parsed_apart_from_the_core() {
+        let c = parse_config(
+            "plugins_dir = \"plugins\"\n[[plugin]]\npath = \"a.wasm\"\non_error = \"ignore\"\nconfig = { secret = \"s\" }\n",
+            "p.toml",
+        )
+        .unwrap();
+        assert_eq!(c.plugins.len(), 1);
+        assert_eq!(c.plugins[0].config["secret"], "s");
+        assert_eq!(c.plugins_dir.as_deref(), Some(Path::new("plugins")));
+        let err = parse_config("[[plugin]]\npath = \"a.wasm\"\ntimeout = 3\n", "p.toml")
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("p.toml") && err.contains("timeout"), "{err}");
     }
 
     #[test]

@@ -168,3 +168,33 @@ async fn passwd_writes_a_hashed_user_the_broker_accepts() {
     o.set_credentials("carol", "wrong");
     assert!(v4::connect_any(o).await.is_err());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plugins_from_the_config_file_take_part_and_bad_ones_stop_start_up() {
+    let acl = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/plugins/acl.wasm");
+    assert!(
+        acl.exists(),
+        "run scripts/build-plugins (scripts/test does)"
+    );
+    let config = format!(
+        "[[plugin]]\npath = {:?}\nconfig = {{ default = \"deny\", rules = [ {{ permission = \"allow\", action = \"all\", topic = \"open/#\" }} ] }}\n\n[[listener]]\nkind = \"tcp\"\nbind = \"127.0.0.1:0\"\n\n[http]\nenabled = false\n",
+        acl.to_str().unwrap()
+    );
+    let broker = Broker::start(&config);
+    let mut c = v5::connect(v5::options(broker.addr("tcp"), "plugged")).await;
+    assert_eq!(
+        c.subscribe("closed/x", v5::QoS::AtMostOnce).await,
+        vec![v5::SubscribeReasonCode::NotAuthorized]
+    );
+    assert_eq!(
+        c.subscribe("open/x", v5::QoS::AtMostOnce).await,
+        vec![v5::SubscribeReasonCode::Success(v5::QoS::AtMostOnce)]
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(&path, "[[plugin]]\npath = \"/nonexistent/plugin.wasm\"\n\n[http]\nenabled = false\n[[listener]]\nkind = \"tcp\"\nbind = \"127.0.0.1:0\"\n").unwrap();
+    let out = run(&["--config", path.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/plugin.wasm"));
+}

@@ -172,3 +172,99 @@ async fn invalid_components_and_failing_init_are_load_errors() {
     assert!(matches!(err, LoadError::Init { .. }), "{err}");
     let _ = Arc::new(());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hot_swap_under_a_stream_of_connections_neither_refuses_nor_admits_wrongly() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use switchyard_plugins::PluginManager;
+    let mut cfg = test_config();
+    // Without the plugin nobody gets in: a moment without it would show as a refusal.
+    cfg.mqtt.allow_anonymous = false;
+    let server = start(cfg).await;
+    let addr = tcp_addr(&server);
+    let dir = tempfile::tempdir().unwrap();
+    let gate = dir.path().join("gate.wasm");
+    std::fs::copy(plugin_path("misbehave"), &gate).unwrap();
+    let mut entry = PluginSettings::for_path(gate.clone());
+    entry.config = json!({"mode": "gate"});
+    let manager = PluginManager::new(
+        server.broker.clone(),
+        vec![entry],
+        Some(dir.path().to_path_buf()),
+    );
+    manager.start().await.unwrap();
+    let _watcher = manager.watch();
+    assert_eq!(manager.version(&gate), 1);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, wrong) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let stream = {
+        let (stop, ok, wrong) = (stop.clone(), ok.clone(), wrong.clone());
+        tokio::spawn(async move {
+            let mut i = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                // Every other client must be refused by the gate.
+                let welcome = i.is_multiple_of(2);
+                let id = if welcome {
+                    format!("ok-{i}")
+                } else {
+                    format!("bad-{i}")
+                };
+                let mut raw = Raw::connect(addr).await;
+                let admitted =
+                    raw.handshake(ProtocolVersion::V5, &id).await.code == ReasonCode::SUCCESS;
+                if admitted != welcome {
+                    wrong.fetch_add(1, Ordering::Relaxed);
+                } else if admitted {
+                    ok.fetch_add(1, Ordering::Relaxed);
+                }
+                i += 1;
+            }
+        })
+    };
+    for round in 2..=4u64 {
+        // A new version of the file (same plugin, new bytes on disk): picked up by the watcher.
+        std::fs::copy(plugin_path("misbehave"), &gate).unwrap();
+        wait_until("the new version is live", || {
+            manager.version(&gate) >= round
+        })
+        .await;
+    }
+    // A broken version is refused and the running one keeps serving.
+    std::fs::write(&gate, b"\0asm broken").unwrap();
+    let before = ok.load(Ordering::Relaxed);
+    wait_until("connections keep succeeding", || {
+        ok.load(Ordering::Relaxed) > before + 10
+    })
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    stream.await.unwrap();
+    assert_eq!(
+        wrong.load(Ordering::Relaxed),
+        0,
+        "no client refused or admitted wrongly during the swaps"
+    );
+    assert!(ok.load(Ordering::Relaxed) > 25);
+    assert!(manager.version(&gate) >= 4);
+    // A second plugin dropped into the folder is picked up; deleting it removes it.
+    let extra = dir.path().join("extra-acl.wasm");
+    std::fs::copy(plugin_path("acl"), &extra).unwrap();
+    wait_until("the dropped-in plugin is loaded", || {
+        manager.version(&extra) == 1
+    })
+    .await;
+    assert!(server
+        .broker
+        .hooks
+        .names()
+        .contains(&"extra-acl".to_string()));
+    std::fs::remove_file(&extra).unwrap();
+    wait_until("the deleted plugin is gone", || {
+        !server
+            .broker
+            .hooks
+            .names()
+            .contains(&"extra-acl".to_string())
+    })
+    .await;
+}

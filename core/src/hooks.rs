@@ -192,6 +192,34 @@ impl HookChain {
         self.publish_interests();
     }
 
+    /// Puts `hook` in place of every hook with the same name, in one atomic swap: calls in
+    /// flight finish on the old hook and no call ever sees neither (hot reload).
+    pub fn replace(&self, priority: i32, hook: Arc<dyn Hook>) {
+        let name = hook.name().to_string();
+        self.inner.rcu(|cur| {
+            let mut hooks: Vec<_> = cur
+                .hooks
+                .iter()
+                .filter(|(_, h)| h.name() != name)
+                .cloned()
+                .collect();
+            hooks.push((priority, hook.clone()));
+            hooks.sort_by_key(|(p, _)| *p);
+            ChainInner::new(hooks)
+        });
+        self.publish_interests();
+    }
+
+    /// Names of the registered hooks, in call order.
+    pub fn names(&self) -> Vec<String> {
+        self.inner
+            .load()
+            .hooks
+            .iter()
+            .map(|(_, h)| h.name().to_string())
+            .collect()
+    }
+
     /// Removes every hook called `name`.
     pub fn unregister(&self, name: &str) {
         self.inner.rcu(|cur| {

@@ -12,6 +12,8 @@
 //!   `on_error` without running it).
 
 mod host;
+mod manager;
 mod plugin;
 
+pub use manager::PluginManager;
 pub use plugin::{LoadError, OnError, PluginHook, PluginSettings, WasmPlugin};

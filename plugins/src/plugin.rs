@@ -59,6 +59,21 @@ pub struct PluginSettings {
     pub instances: usize,
 }
 
+impl PluginSettings {
+    /// Defaults for a plugin found in `plugins_dir` without a `[[plugin]]` entry.
+    pub fn for_path(path: PathBuf) -> Self {
+        Self {
+            path,
+            priority: 0,
+            config: empty_object(),
+            timeout_ms: default_timeout_ms(),
+            memory_mb: default_memory_mb(),
+            on_error: OnError::default(),
+            instances: default_instances(),
+        }
+    }
+}
+
 fn empty_object() -> serde_json::Value {
     serde_json::Value::Object(Default::default())
 }

@@ -1,5 +1,6 @@
-//! Test plugin: `config = { mode = "loop" | "alloc" | "trap" | "allow" }` decides what
-//! `authenticate` and `authorize` do. Used by the host's sandbox tests; never deploy it.
+//! Test plugin: `config = { mode = "loop" | "alloc" | "trap" | "allow" | "gate" }` decides
+//! what `authenticate` and `authorize` do ("gate" admits client ids starting with "ok-" and
+//! refuses the rest). Used by the host's sandbox and hot-swap tests; never deploy it.
 
 use std::sync::OnceLock;
 use switchyard_sdk::*;
@@ -43,7 +44,10 @@ impl Plugin for Misbehave {
         })
     }
 
-    fn authenticate(_req: ConnectRequest) -> AuthResult {
+    fn authenticate(req: ConnectRequest) -> AuthResult {
+        if MODE.get().map(String::as_str) == Some("gate") && !req.client.client_id.starts_with("ok-") {
+            return AuthResult::Deny(DenyReason::NotAuthorized);
+        }
         misbehave();
         AuthResult::Allow(vec![("role".into(), "tester".into())])
     }
