@@ -10,6 +10,8 @@
 //! ```
 //! `%u` is the user name, `%c` the client id; `role` matches the client attribute `role`
 //! (set by an authenticating plugin such as jwt-auth). A rule may also name a `user`.
+//! A client carrying `pub_topics` / `sub_topics` attributes (JSON lists of filters, from
+//! jwt-auth's claims) is held to those lists first: outside them it is denied.
 
 use serde::Deserialize;
 use std::sync::OnceLock;
@@ -111,6 +113,16 @@ impl Plugin for Acl {
         let Some(cfg) = CONFIG.get() else {
             return AclResult::Deny(DenyReason::Unspecified);
         };
+        let claim = match op {
+            Access::Publish => "pub_topics",
+            Access::Subscribe => "sub_topics",
+        };
+        if let Some((_, list)) = client.attributes.iter().find(|(k, _)| k == claim) {
+            let filters: Vec<String> = serde_json::from_str(list).unwrap_or_default();
+            if !filters.iter().any(|f| covers(f, &topic)) {
+                return AclResult::Deny(DenyReason::NotAuthorized);
+            }
+        }
         let role = client
             .attributes
             .iter()

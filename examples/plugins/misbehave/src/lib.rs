@@ -45,7 +45,9 @@ impl Plugin for Misbehave {
     }
 
     fn authenticate(req: ConnectRequest) -> AuthResult {
-        if MODE.get().map(String::as_str) == Some("gate") && !req.client.client_id.starts_with("ok-") {
+        if MODE.get().map(String::as_str) == Some("gate")
+            && !req.client.client_id.starts_with("ok-")
+        {
             return AuthResult::Deny(DenyReason::NotAuthorized);
         }
         misbehave();
