@@ -268,3 +268,54 @@ async fn hot_swap_under_a_stream_of_connections_neither_refuses_nor_admits_wrong
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enrich_plugin_modifies_matching_messages_and_drops_oversized_ones() {
+    let server = start(test_config()).await;
+    let enrich = WasmPlugin::load(settings(
+        "enrich",
+        json!({"topics": ["sensors/#"], "max_payload": 16}),
+    ))
+    .unwrap();
+    server.broker.hooks.register(0, enrich.hook());
+    let addr = tcp_addr(&server);
+    let mut sub = v5::connect(v5::options(addr, "reader")).await;
+    sub.subscribe("#", v5::QoS::AtLeastOnce).await;
+    let p = v5::connect(v5::options(addr, "sensor-7")).await;
+    let props = v5::PublishProperties {
+        user_properties: vec![("unit".into(), "C".into())],
+        ..Default::default()
+    };
+    p.client
+        .publish_with_properties("sensors/7/temp", v5::QoS::AtLeastOnce, false, "21.5", props)
+        .await
+        .unwrap();
+    p.client
+        .publish("sensors/7/blob", v5::QoS::AtLeastOnce, false, vec![0u8; 64])
+        .await
+        .unwrap();
+    p.client
+        .publish("other/topic", v5::QoS::AtLeastOnce, false, vec![1u8; 64])
+        .await
+        .unwrap();
+
+    let m = sub.next_publish().await;
+    assert_eq!(&m.topic[..], b"sensors/7/temp");
+    let user = m.properties.unwrap().user_properties;
+    assert_eq!(
+        user[0],
+        ("unit".to_string(), "C".to_string()),
+        "existing properties kept, in order"
+    );
+    assert_eq!(user[2], ("client_id".to_string(), "sensor-7".to_string()));
+    let at: u64 = user[1].1.parse().unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    assert!(user[1].0 == "received_at" && at <= now && now - at < 10_000);
+    // The oversized sensor payload was dropped; other topics are not touched.
+    let m = sub.next_publish().await;
+    assert_eq!(&m.topic[..], b"other/topic");
+    assert!(m.properties.is_none_or(|p| p.user_properties.is_empty()));
+}
