@@ -44,6 +44,7 @@ async fn acl_plugin_allows_and_denies_publish_and_subscribe() {
             {"permission": "allow", "action": "subscribe", "topic": "public/#"}
         ]}),
     ))
+    .await
     .unwrap();
     server.broker.hooks.register(acl.priority(), acl.hook());
     let addr = tcp_addr(&server);
@@ -102,7 +103,9 @@ async fn misbehaving_plugin_fails_closed(mode: &str) {
     let mut bystander = v4::connect(v4::options(addr, "bystander")).await;
     bystander.subscribe("by/#", v4::QoS::AtLeastOnce).await;
 
-    let plugin = WasmPlugin::load(settings("misbehave", json!({ "mode": mode }))).unwrap();
+    let plugin = WasmPlugin::load(settings("misbehave", json!({ "mode": mode })))
+        .await
+        .unwrap();
     server.broker.hooks.register(0, plugin.hook());
     for i in 0..6 {
         let mut raw = Raw::connect(addr).await;
@@ -162,11 +165,12 @@ async fn invalid_components_and_failing_init_are_load_errors() {
     let mut s = settings("acl", json!({}));
     s.path = junk;
     assert!(matches!(
-        WasmPlugin::load(s),
+        WasmPlugin::load(s).await,
         Err(LoadError::Compile { .. })
     ));
     // The ACL plugin refuses a config it cannot parse: init fails, nothing is loaded.
     let err = WasmPlugin::load(settings("acl", json!({"rules": "not a list"})))
+        .await
         .err()
         .unwrap();
     assert!(matches!(err, LoadError::Init { .. }), "{err}");
@@ -276,6 +280,7 @@ async fn enrich_plugin_modifies_matching_messages_and_drops_oversized_ones() {
         "enrich",
         json!({"topics": ["sensors/#"], "max_payload": 16}),
     ))
+    .await
     .unwrap();
     server.broker.hooks.register(0, enrich.hook());
     let addr = tcp_addr(&server);

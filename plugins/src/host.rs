@@ -11,6 +11,9 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 wasmtime::component::bindgen!({
     path: "../sdk/wit",
     world: "mqtt-plugin",
+    // Guest calls are async so a long-running guest yields to the executor at every epoch tick
+    // instead of holding a runtime thread; host functions stay plain and quick.
+    exports: { default: async },
 });
 
 pub use switchyard::plugin::types as wit;

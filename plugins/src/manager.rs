@@ -208,15 +208,7 @@ fn same_file(a: &Path, b: &Path) -> bool {
     a == b || (a.canonicalize().ok().is_some() && a.canonicalize().ok() == b.canonicalize().ok())
 }
 
-/// Compiles and initialises off the async threads (compiling takes tens of milliseconds).
+/// Compiles (on the blocking pool) and initialises a plugin.
 async fn load(settings: PluginSettings) -> Result<Arc<WasmPlugin>, LoadError> {
-    let path = settings.path.clone();
-    tokio::task::spawn_blocking(move || WasmPlugin::load(settings))
-        .await
-        .unwrap_or_else(|e| {
-            Err(LoadError::Init {
-                path,
-                message: format!("loader task failed: {e}"),
-            })
-        })
+    WasmPlugin::load(settings).await
 }

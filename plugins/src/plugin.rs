@@ -20,8 +20,8 @@ use wasmtime::{
     Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, StoreLimitsBuilder,
 };
 
-/// How often the epoch advances: the granularity of call deadlines.
-const EPOCH_TICK: Duration = Duration::from_millis(2);
+/// How often the epoch advances: how long a busy guest runs before it yields to the executor.
+const EPOCH_TICK: Duration = Duration::from_millis(1);
 /// Consecutive failed calls after which a plugin is disabled.
 const DISABLE_AFTER: u32 = 5;
 
@@ -135,6 +135,30 @@ fn engine() -> Result<&'static Engine, String> {
         .map_err(Clone::clone)
 }
 
+/// Reads, compiles and links a component against the host's imports.
+fn compile(path: &std::path::Path) -> Result<MqttPluginPre<State>, LoadError> {
+    let engine = engine().map_err(|message| LoadError::Link {
+        path: path.to_path_buf(),
+        message,
+    })?;
+    let bytes = std::fs::read(path).map_err(|source| LoadError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let component = Component::from_binary(engine, &bytes).map_err(|e| LoadError::Compile {
+        path: path.to_path_buf(),
+        message: format!("{e:#}"),
+    })?;
+    let link = |e: wasmtime::Error| LoadError::Link {
+        path: path.to_path_buf(),
+        message: format!("{e:#}"),
+    };
+    let mut linker: Linker<State> = Linker::new(engine);
+    wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(link)?;
+    MqttPlugin::add_to_linker::<State, HasSelf<State>>(&mut linker, |s| s).map_err(link)?;
+    MqttPluginPre::new(linker.instantiate_pre(&component).map_err(link)?).map_err(link)
+}
+
 struct Warm {
     store: Store<State>,
     bindings: MqttPlugin,
@@ -155,30 +179,19 @@ pub struct WasmPlugin {
 }
 
 impl WasmPlugin {
-    /// Compiles and validates a plugin (its `init` must succeed) without registering it.
-    pub fn load(settings: PluginSettings) -> Result<Arc<Self>, LoadError> {
+    /// Compiles (on the blocking pool: it takes tens of milliseconds) and validates a plugin
+    /// (its `init` must succeed) without registering it.
+    pub async fn load(settings: PluginSettings) -> Result<Arc<Self>, LoadError> {
         let path = settings.path.clone();
-        let engine = engine().map_err(|message| LoadError::Link {
-            path: path.clone(),
-            message,
-        })?;
-        let bytes = std::fs::read(&path).map_err(|source| LoadError::Read {
-            path: path.clone(),
-            source,
-        })?;
-        let component = Component::from_binary(engine, &bytes).map_err(|e| LoadError::Compile {
-            path: path.clone(),
-            message: format!("{e:#}"),
-        })?;
-        let link = |e: wasmtime::Error| LoadError::Link {
-            path: path.clone(),
-            message: format!("{e:#}"),
+        let compiled = {
+            let path = path.clone();
+            tokio::task::spawn_blocking(move || compile(&path))
+                .await
+                .map_err(|e| LoadError::Link {
+                    path: settings.path.clone(),
+                    message: format!("compiler task failed: {e}"),
+                })??
         };
-        let mut linker: Linker<State> = Linker::new(engine);
-        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(link)?;
-        MqttPlugin::add_to_linker::<State, HasSelf<State>>(&mut linker, |s| s).map_err(link)?;
-        let pre =
-            MqttPluginPre::new(linker.instantiate_pre(&component).map_err(link)?).map_err(link)?;
         let name: Arc<str> = Arc::from(
             path.file_stem()
                 .map(|s| s.to_string_lossy().into_owned())
@@ -189,7 +202,7 @@ impl WasmPlugin {
             name,
             settings,
             config_json,
-            pre,
+            pre: compiled,
             kv: Arc::new(KvStore::default()),
             pool: Mutex::new(Vec::new()),
             interests: HookSet::NONE,
@@ -198,10 +211,14 @@ impl WasmPlugin {
             failures: AtomicU64::new(0),
             disabled: AtomicBool::new(false),
         };
-        let (warm, registration) = plugin.instantiate().map_err(|message| LoadError::Init {
-            path: path.clone(),
-            message,
-        })?;
+        let (warm, registration) =
+            plugin
+                .instantiate()
+                .await
+                .map_err(|message| LoadError::Init {
+                    path: path.clone(),
+                    message,
+                })?;
         plugin.interests = interests_of(registration.hooks);
         plugin.topic_filters = registration.topic_filters;
         plugin.pool.lock().push(warm);
@@ -225,12 +242,12 @@ impl WasmPlugin {
         self.disabled.load(Ordering::Relaxed)
     }
 
-    fn deadline_ticks(&self) -> u64 {
-        (self.settings.timeout_ms / EPOCH_TICK.as_millis() as u64).max(1)
+    fn deadline(&self) -> Duration {
+        Duration::from_millis(self.settings.timeout_ms.max(1))
     }
 
     /// A fresh instance with its `init` done.
-    fn instantiate(&self) -> Result<(Warm, wit::Registration), String> {
+    async fn instantiate(&self) -> Result<(Warm, wit::Registration), String> {
         let engine = self.pre.engine();
         let limits = StoreLimitsBuilder::new()
             .memory_size((self.settings.memory_mb as usize) << 20)
@@ -246,30 +263,38 @@ impl WasmPlugin {
         };
         let mut store = Store::new(engine, state);
         store.limiter(|s| &mut s.limits);
-        store.set_epoch_deadline(self.deadline_ticks());
-        let bindings = self
-            .pre
-            .instantiate(&mut store)
-            .map_err(|e| format!("{e:#}"))?;
-        store.set_epoch_deadline(self.deadline_ticks());
-        let registration = bindings
-            .call_init(&mut store, &self.config_json)
-            .map_err(|e| format!("{e:#}"))??;
+        // Yield to the executor at every epoch tick: a busy guest never holds a runtime
+        // thread for longer than a tick, and the timeout below can cancel it.
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_async_yield_and_update(1);
+        let started = async {
+            let bindings = self
+                .pre
+                .instantiate_async(&mut store)
+                .await
+                .map_err(|e| format!("{e:#}"))?;
+            let registration = bindings
+                .call_init(&mut store, &self.config_json)
+                .await
+                .map_err(|e| format!("{e:#}"))??;
+            Ok::<_, String>((bindings, registration))
+        };
+        let (bindings, registration) = tokio::time::timeout(self.deadline() * 10, started)
+            .await
+            .map_err(|_| "init timed out".to_string())??;
         Ok((Warm { store, bindings }, registration))
     }
 
-    /// Runs one guest call on a warm instance; any error throws the instance away.
-    fn call<R>(
-        &self,
-        f: impl FnOnce(&MqttPlugin, &mut Store<State>) -> wasmtime::Result<R>,
-    ) -> Option<R> {
+    /// Runs one guest call on a warm instance under the deadline; any error or timeout throws
+    /// the instance away (a trapped or interrupted instance cannot be entered again).
+    async fn run(&self, call: Call) -> Option<Reply> {
         if self.is_disabled() {
             return None;
         }
         let warm = self.pool.lock().pop();
         let mut warm = match warm {
             Some(w) => w,
-            None => match self.instantiate() {
+            None => match self.instantiate().await {
                 Ok((w, _)) => w,
                 Err(e) => {
                     self.failed(&e);
@@ -277,9 +302,12 @@ impl WasmPlugin {
                 }
             },
         };
-        warm.store.set_epoch_deadline(self.deadline_ticks());
-        match f(&warm.bindings, &mut warm.store) {
-            Ok(r) => {
+        let outcome = {
+            let Warm { store, bindings } = &mut warm;
+            tokio::time::timeout(self.deadline(), invoke(bindings, store, &call)).await
+        };
+        match outcome {
+            Ok(Ok(r)) => {
                 self.consecutive_failures.store(0, Ordering::Relaxed);
                 let mut pool = self.pool.lock();
                 if pool.len() < self.settings.instances.max(1) {
@@ -287,9 +315,12 @@ impl WasmPlugin {
                 }
                 Some(r)
             }
-            Err(e) => {
-                // A trapped instance cannot be entered again; it is dropped here.
+            Ok(Err(e)) => {
                 self.failed(&format!("{e:#}"));
+                None
+            }
+            Err(_) => {
+                self.failed(&format!("timed out after {} ms", self.settings.timeout_ms));
                 None
             }
         }
@@ -304,21 +335,34 @@ impl WasmPlugin {
         }
     }
 
-    /// Runs `f` on the blocking pool: a guest may run up to its deadline.
-    async fn run<R: Send + 'static>(
-        self: &Arc<Self>,
-        f: impl FnOnce(&MqttPlugin, &mut Store<State>) -> wasmtime::Result<R> + Send + 'static,
-    ) -> Option<R> {
-        let this = self.clone();
-        tokio::task::spawn_blocking(move || this.call(f))
-            .await
-            .ok()
-            .flatten()
-    }
-
     fn wants_topic(&self, t: &str) -> bool {
         self.topic_filters.is_empty() || self.topic_filters.iter().any(|f| topic::matches(f, t))
     }
+}
+
+/// One guest call, with its arguments.
+enum Call {
+    Authenticate(wit::ConnectRequest),
+    Authorize(wit::ClientInfo, wit::Access, String, wit::Qos),
+    Publish(wit::ClientInfo, wit::Message),
+}
+
+enum Reply {
+    Auth(wit::AuthResult),
+    Acl(wit::AclResult),
+    Message(wit::MessageResult),
+}
+
+async fn invoke(b: &MqttPlugin, s: &mut Store<State>, call: &Call) -> wasmtime::Result<Reply> {
+    Ok(match call {
+        Call::Authenticate(req) => Reply::Auth(b.call_authenticate(s, req).await?),
+        Call::Authorize(client, op, topic, qos) => {
+            Reply::Acl(b.call_authorize(s, client, *op, topic, *qos).await?)
+        }
+        Call::Publish(client, msg) => {
+            Reply::Message(b.call_on_message_publish(s, client, msg).await?)
+        }
+    })
 }
 
 fn interests_of(hooks: wit::HookSet) -> HookSet {
@@ -419,11 +463,11 @@ impl Hook for PluginHook {
             clean_start: c.clean_start,
             keep_alive: c.keep_alive,
         };
-        match self.0.run(move |b, s| b.call_authenticate(s, &req)).await {
-            Some(wit::AuthResult::Allow(attrs)) => AuthDecision::Allow(attrs),
-            Some(wit::AuthResult::Deny(r)) => AuthDecision::Deny(reason_of(r)),
-            Some(wit::AuthResult::Ignore) => AuthDecision::Ignore,
-            None => match self.0.settings.on_error {
+        match self.0.run(Call::Authenticate(req)).await {
+            Some(Reply::Auth(wit::AuthResult::Allow(attrs))) => AuthDecision::Allow(attrs),
+            Some(Reply::Auth(wit::AuthResult::Deny(r))) => AuthDecision::Deny(reason_of(r)),
+            Some(Reply::Auth(wit::AuthResult::Ignore)) => AuthDecision::Ignore,
+            _ => match self.0.settings.on_error {
                 OnError::Deny => AuthDecision::Deny(ReasonCode::NOT_AUTHORIZED),
                 OnError::Allow => AuthDecision::Allow(Vec::new()),
                 OnError::Ignore => AuthDecision::Ignore,
@@ -439,15 +483,11 @@ impl Hook for PluginHook {
         };
         let topic = t.to_string();
         let qos = qos_of(q);
-        match self
-            .0
-            .run(move |b, s| b.call_authorize(s, &client, op, &topic, qos))
-            .await
-        {
-            Some(wit::AclResult::Allow) => AclDecision::Allow,
-            Some(wit::AclResult::Deny(r)) => AclDecision::Deny(reason_of(r)),
-            Some(wit::AclResult::Ignore) => AclDecision::Ignore,
-            None => match self.0.settings.on_error {
+        match self.0.run(Call::Authorize(client, op, topic, qos)).await {
+            Some(Reply::Acl(wit::AclResult::Allow)) => AclDecision::Allow,
+            Some(Reply::Acl(wit::AclResult::Deny(r))) => AclDecision::Deny(reason_of(r)),
+            Some(Reply::Acl(wit::AclResult::Ignore)) => AclDecision::Ignore,
+            _ => match self.0.settings.on_error {
                 OnError::Deny => AclDecision::Deny(ReasonCode::NOT_AUTHORIZED),
                 OnError::Allow => AclDecision::Allow,
                 OnError::Ignore => AclDecision::Ignore,
@@ -462,13 +502,9 @@ impl Hook for PluginHook {
         let client = client_of(c);
         let msg = message_of(m);
         // A failing message hook never loses the message: it passes unchanged.
-        match self
-            .0
-            .run(move |b, s| b.call_on_message_publish(s, &client, &msg))
-            .await
-        {
-            Some(wit::MessageResult::Drop) => MessageDecision::Drop,
-            Some(wit::MessageResult::Modify(patch)) => {
+        match self.0.run(Call::Publish(client, msg)).await {
+            Some(Reply::Message(wit::MessageResult::Drop)) => MessageDecision::Drop,
+            Some(Reply::Message(wit::MessageResult::Modify(patch))) => {
                 let mut changed = m.clone();
                 if let Some(t) = patch.topic.filter(|t| topic::valid_topic_name(t)) {
                     changed.topic = t.into();
