@@ -324,3 +324,26 @@ async fn enrich_plugin_modifies_matching_messages_and_drops_oversized_ones() {
     assert_eq!(&m.topic[..], b"other/topic");
     assert!(m.properties.is_none_or(|p| p.user_properties.is_empty()));
 }
+
+/// A guest written in C against the WIT file alone (no SDK): the WIT world is the whole contract.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_in_c_built_from_the_wit_file_alone_works() {
+    let server = start(test_config()).await;
+    let c = WasmPlugin::load(settings("c_deny", json!({})))
+        .await
+        .unwrap();
+    server.broker.hooks.register(0, c.hook());
+    let mut client = v5::connect(v5::options(tcp_addr(&server), "c-user")).await;
+    for _ in 0..3 {
+        // Repeated calls on the same warm instance (its allocator restarts per call).
+        assert_eq!(
+            client.subscribe("c-denied/x", v5::QoS::AtMostOnce).await,
+            vec![v5::SubscribeReasonCode::NotAuthorized]
+        );
+        assert_eq!(
+            client.subscribe("c-allowed/x", v5::QoS::AtMostOnce).await,
+            vec![v5::SubscribeReasonCode::Success(v5::QoS::AtMostOnce)]
+        );
+    }
+    assert_eq!(c.failures(), 0);
+}
