@@ -31,6 +31,7 @@ fn settings(name: &str, config: serde_json::Value) -> PluginSettings {
         memory_mb: 16,
         on_error: OnError::Deny,
         instances: 4,
+        authorize_cache_ms: 0,
     }
 }
 
@@ -346,4 +347,35 @@ async fn a_plugin_in_c_built_from_the_wit_file_alone_works() {
         );
     }
     assert_eq!(c.failures(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authorize_answers_are_cached_per_client_when_configured() {
+    let server = start(test_config()).await;
+    let mut s = settings(
+        "acl",
+        json!({"default": "deny", "rules": [{"permission": "allow", "action": "all", "topic": "ok/#"}]}),
+    );
+    s.authorize_cache_ms = 60_000;
+    let acl = WasmPlugin::load(s).await.unwrap();
+    server.broker.hooks.register(0, acl.hook());
+    let mut c = v5::connect(v5::options(tcp_addr(&server), "cached")).await;
+    for _ in 0..5 {
+        c.client
+            .publish("ok/t", v5::QoS::AtLeastOnce, false, "x")
+            .await
+            .unwrap();
+        c.expect(|p| matches!(p, v5::Packet::PubAck(_)).then_some(()))
+            .await;
+    }
+    assert_eq!(
+        acl.calls(),
+        1,
+        "one guest call, four answers from the cache"
+    );
+    assert_eq!(
+        c.subscribe("no/t", v5::QoS::AtMostOnce).await,
+        vec![v5::SubscribeReasonCode::NotAuthorized]
+    );
+    assert_eq!(acl.calls(), 2, "another topic is asked");
 }

@@ -260,6 +260,7 @@ where
             listener: ctx.name.clone(),
             cert_common_name: cert_cn,
             attributes: Vec::new(),
+            extension: Default::default(),
         };
 
         let req = ConnectInfo {

@@ -63,6 +63,9 @@ pub struct ClientInfo {
     pub cert_common_name: Option<Arc<str>>,
     /// Set by the authenticating hook (tenant, roles, allowed topics…).
     pub attributes: Vec<(String, String)>,
+    /// A slot where a hook may cache its own form of this client (the WASM host keeps the
+    /// client as the guest sees it), so it is built once per connection, not once per call.
+    pub extension: std::sync::OnceLock<Arc<dyn std::any::Any + Send + Sync>>,
 }
 
 impl ClientInfo {

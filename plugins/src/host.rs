@@ -32,6 +32,10 @@ pub struct KvStore {
 }
 
 pub struct State {
+    /// When the current guest call started and how long it may run: checked at every epoch
+    /// tick, where the guest also yields to the executor.
+    pub call_started: Instant,
+    pub budget: Duration,
     pub wasi: WasiCtx,
     pub table: ResourceTable,
     pub limits: StoreLimits,

@@ -5,6 +5,7 @@ use crate::host::{wit, KvStore, MqttPlugin, MqttPluginPre, State};
 use async_trait::async_trait;
 use parking_lot::Mutex;
 use serde::Deserialize;
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -57,6 +58,9 @@ pub struct PluginSettings {
     /// Warm instances kept for concurrent calls.
     #[serde(default = "default_instances")]
     pub instances: usize,
+    /// Remember each client's authorize answers for this long (0: ask the plugin every time).
+    #[serde(default)]
+    pub authorize_cache_ms: u64,
 }
 
 impl PluginSettings {
@@ -70,6 +74,7 @@ impl PluginSettings {
             memory_mb: default_memory_mb(),
             on_error: OnError::default(),
             instances: default_instances(),
+            authorize_cache_ms: 0,
         }
     }
 }
@@ -175,6 +180,7 @@ pub struct WasmPlugin {
     topic_filters: Vec<String>,
     consecutive_failures: AtomicU32,
     failures: AtomicU64,
+    calls: AtomicU64,
     disabled: AtomicBool,
 }
 
@@ -209,6 +215,7 @@ impl WasmPlugin {
             topic_filters: Vec::new(),
             consecutive_failures: AtomicU32::new(0),
             failures: AtomicU64::new(0),
+            calls: AtomicU64::new(0),
             disabled: AtomicBool::new(false),
         };
         let (warm, registration) =
@@ -233,6 +240,11 @@ impl WasmPlugin {
         self.settings.priority
     }
 
+    /// Guest calls since load (hook calls answered from a cache are not counted).
+    pub fn calls(&self) -> u64 {
+        self.calls.load(Ordering::Relaxed)
+    }
+
     /// Failed calls since load.
     pub fn failures(&self) -> u64 {
         self.failures.load(Ordering::Relaxed)
@@ -255,6 +267,9 @@ impl WasmPlugin {
             .trap_on_grow_failure(true)
             .build();
         let state = State {
+            call_started: std::time::Instant::now(),
+            // Instantiation and init may take longer than a hook call.
+            budget: self.deadline() * 10,
             wasi: wasmtime_wasi::WasiCtx::builder().build(),
             table: ResourceTable::new(),
             limits,
@@ -263,10 +278,17 @@ impl WasmPlugin {
         };
         let mut store = Store::new(engine, state);
         store.limiter(|s| &mut s.limits);
-        // Yield to the executor at every epoch tick: a busy guest never holds a runtime
-        // thread for longer than a tick, and the timeout below can cancel it.
+        // At every epoch tick a running guest yields to the executor (it never holds a runtime
+        // thread for longer than a tick) or, past its budget, is interrupted.
         store.set_epoch_deadline(1);
-        store.epoch_deadline_async_yield_and_update(1);
+        store.epoch_deadline_callback(|ctx| {
+            let s = ctx.data();
+            if s.call_started.elapsed() > s.budget {
+                Ok(wasmtime::UpdateDeadline::Interrupt)
+            } else {
+                Ok(wasmtime::UpdateDeadline::Yield(1))
+            }
+        });
         let started = async {
             let bindings = self
                 .pre
@@ -279,9 +301,8 @@ impl WasmPlugin {
                 .map_err(|e| format!("{e:#}"))??;
             Ok::<_, String>((bindings, registration))
         };
-        let (bindings, registration) = tokio::time::timeout(self.deadline() * 10, started)
-            .await
-            .map_err(|_| "init timed out".to_string())??;
+        let (bindings, registration) = started.await?;
+        store.data_mut().budget = self.deadline();
         Ok((Warm { store, bindings }, registration))
     }
 
@@ -291,6 +312,7 @@ impl WasmPlugin {
         if self.is_disabled() {
             return None;
         }
+        self.calls.fetch_add(1, Ordering::Relaxed);
         let warm = self.pool.lock().pop();
         let mut warm = match warm {
             Some(w) => w,
@@ -304,10 +326,12 @@ impl WasmPlugin {
         };
         let outcome = {
             let Warm { store, bindings } = &mut warm;
-            tokio::time::timeout(self.deadline(), invoke(bindings, store, &call)).await
+            store.data_mut().call_started = std::time::Instant::now();
+            store.set_epoch_deadline(1);
+            invoke(bindings, store, &call).await
         };
         match outcome {
-            Ok(Ok(r)) => {
+            Ok(r) => {
                 self.consecutive_failures.store(0, Ordering::Relaxed);
                 let mut pool = self.pool.lock();
                 if pool.len() < self.settings.instances.max(1) {
@@ -315,12 +339,19 @@ impl WasmPlugin {
                 }
                 Some(r)
             }
-            Ok(Err(e)) => {
-                self.failed(&format!("{e:#}"));
-                None
-            }
-            Err(_) => {
-                self.failed(&format!("timed out after {} ms", self.settings.timeout_ms));
+            Err(e) => {
+                let interrupted = matches!(
+                    e.downcast_ref::<wasmtime::Trap>(),
+                    Some(wasmtime::Trap::Interrupt)
+                );
+                if interrupted {
+                    self.failed(&format!(
+                        "interrupted after {} ms",
+                        self.settings.timeout_ms
+                    ));
+                } else {
+                    self.failed(&format!("{e:#}"));
+                }
                 None
             }
         }
@@ -343,8 +374,8 @@ impl WasmPlugin {
 /// One guest call, with its arguments.
 enum Call {
     Authenticate(wit::ConnectRequest),
-    Authorize(wit::ClientInfo, wit::Access, String, wit::Qos),
-    Publish(wit::ClientInfo, wit::Message),
+    Authorize(Arc<wit::ClientInfo>, wit::Access, String, wit::Qos),
+    Publish(Arc<wit::ClientInfo>, wit::Message),
 }
 
 enum Reply {
@@ -377,6 +408,37 @@ fn interests_of(hooks: wit::HookSet) -> HookSet {
         set = set | HookSet::MESSAGE_PUBLISH;
     }
     set
+}
+
+/// Authorize answers remembered per connection and plugin, at most this many.
+const DECISION_CACHE_ENTRIES: usize = 256;
+
+/// (plugin, publish?, topic or filter)
+type DecisionKey = (Arc<str>, bool, String);
+
+/// What the host keeps per connection: the client as guests see it (built once, not per
+/// call) and, when enabled, recent authorize answers.
+struct GuestClient {
+    info: Arc<wit::ClientInfo>,
+    decisions: Mutex<HashMap<DecisionKey, (AclDecision, std::time::Instant)>>,
+}
+
+fn guest_client(c: &ClientInfo) -> Arc<GuestClient> {
+    if let Some(any) = c.extension.get() {
+        if let Ok(g) = any.clone().downcast::<GuestClient>() {
+            return g;
+        }
+    }
+    let g = Arc::new(GuestClient {
+        info: Arc::new(client_of(c)),
+        decisions: Mutex::new(HashMap::new()),
+    });
+    let _ = c.extension.set(g.clone());
+    g
+}
+
+fn cached_client(c: &ClientInfo) -> Arc<wit::ClientInfo> {
+    guest_client(c).info.clone()
 }
 
 fn client_of(c: &ClientInfo) -> wit::ClientInfo {
@@ -439,6 +501,33 @@ fn message_of(m: &Message) -> wit::Message {
 /// A loaded plugin as a link of the hook chain.
 pub struct PluginHook(pub Arc<WasmPlugin>);
 
+impl PluginHook {
+    async fn authorize_uncached(
+        &self,
+        client: Arc<wit::ClientInfo>,
+        a: Access,
+        t: &str,
+        q: QoS,
+    ) -> AclDecision {
+        let op = match a {
+            Access::Publish => wit::Access::Publish,
+            Access::Subscribe => wit::Access::Subscribe,
+        };
+        let topic = t.to_string();
+        let qos = qos_of(q);
+        match self.0.run(Call::Authorize(client, op, topic, qos)).await {
+            Some(Reply::Acl(wit::AclResult::Allow)) => AclDecision::Allow,
+            Some(Reply::Acl(wit::AclResult::Deny(r))) => AclDecision::Deny(reason_of(r)),
+            Some(Reply::Acl(wit::AclResult::Ignore)) => AclDecision::Ignore,
+            _ => match self.0.settings.on_error {
+                OnError::Deny => AclDecision::Deny(ReasonCode::NOT_AUTHORIZED),
+                OnError::Allow => AclDecision::Allow,
+                OnError::Ignore => AclDecision::Ignore,
+            },
+        }
+    }
+}
+
 impl WasmPlugin {
     /// This plugin as a hook for `HookChain::register`.
     pub fn hook(self: &Arc<Self>) -> Arc<dyn Hook> {
@@ -476,30 +565,32 @@ impl Hook for PluginHook {
     }
 
     async fn authorize(&self, c: &ClientInfo, a: Access, t: &str, q: QoS) -> AclDecision {
-        let client = client_of(c);
-        let op = match a {
-            Access::Publish => wit::Access::Publish,
-            Access::Subscribe => wit::Access::Subscribe,
-        };
-        let topic = t.to_string();
-        let qos = qos_of(q);
-        match self.0.run(Call::Authorize(client, op, topic, qos)).await {
-            Some(Reply::Acl(wit::AclResult::Allow)) => AclDecision::Allow,
-            Some(Reply::Acl(wit::AclResult::Deny(r))) => AclDecision::Deny(reason_of(r)),
-            Some(Reply::Acl(wit::AclResult::Ignore)) => AclDecision::Ignore,
-            _ => match self.0.settings.on_error {
-                OnError::Deny => AclDecision::Deny(ReasonCode::NOT_AUTHORIZED),
-                OnError::Allow => AclDecision::Allow,
-                OnError::Ignore => AclDecision::Ignore,
-            },
+        let ttl = self.0.settings.authorize_cache_ms;
+        let guest = guest_client(c);
+        if ttl == 0 {
+            return self.authorize_uncached(guest.info.clone(), a, t, q).await;
         }
+        let key = (self.0.name.clone(), a == Access::Publish, t.to_string());
+        if let Some((d, at)) = guest.decisions.lock().get(&key) {
+            if at.elapsed() < Duration::from_millis(ttl) {
+                return *d;
+            }
+        }
+        let decision = self.authorize_uncached(guest.info.clone(), a, t, q).await;
+        {
+            let mut cache = guest.decisions.lock();
+            if cache.len() >= DECISION_CACHE_ENTRIES {
+                cache.clear();
+            }
+            cache.insert(key, (decision, std::time::Instant::now()));
+        }
+        decision
     }
-
     async fn on_publish(&self, c: &ClientInfo, m: &Message) -> MessageDecision {
         if !self.0.wants_topic(&m.topic) {
             return MessageDecision::Pass;
         }
-        let client = client_of(c);
+        let client = cached_client(c);
         let msg = message_of(m);
         // A failing message hook never loses the message: it passes unchanged.
         match self.0.run(Call::Publish(client, msg)).await {

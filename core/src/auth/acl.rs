@@ -119,6 +119,7 @@ mod tests {
             listener: Arc::from("tcp"),
             cert_common_name: None,
             attributes: vec![],
+            extension: Default::default(),
         }
     }
 

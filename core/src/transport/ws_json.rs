@@ -231,6 +231,7 @@ async fn authenticate(
         listener: ctx.name.clone(),
         cert_common_name: None,
         attributes: Vec::new(),
+        extension: Default::default(),
     };
     let req = ConnectInfo {
         client: info.clone(),
