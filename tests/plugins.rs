@@ -379,3 +379,37 @@ async fn authorize_answers_are_cached_per_client_when_configured() {
     );
     assert_eq!(acl.calls(), 2, "another topic is asked");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_plugin_with_on_error_ignore_passes_the_decision_to_the_next_one() {
+    let server = start(test_config()).await;
+    let mut broken = settings("misbehave", json!({"mode": "trap"}));
+    broken.on_error = OnError::Ignore;
+    let broken = WasmPlugin::load(broken).await.unwrap();
+    let mut acl = settings(
+        "acl",
+        json!({"default": "deny", "rules": [{"permission": "allow", "action": "all", "topic": "fine/#"}]}),
+    );
+    acl.priority = 10;
+    let acl = WasmPlugin::load(acl).await.unwrap();
+    // Registered in reverse: the chain orders by priority, so the broken plugin asks first.
+    server.broker.hooks.register(acl.priority(), acl.hook());
+    server.broker.hooks.register(0, broken.hook());
+    assert_eq!(
+        server.broker.hooks.names()[..2],
+        ["misbehave".to_string(), "acl".to_string()]
+    );
+    let mut c = v5::connect(v5::options(tcp_addr(&server), "chained")).await;
+    assert_eq!(
+        c.subscribe("fine/x", v5::QoS::AtMostOnce).await,
+        vec![v5::SubscribeReasonCode::Success(v5::QoS::AtMostOnce)]
+    );
+    assert_eq!(
+        c.subscribe("other/x", v5::QoS::AtMostOnce).await,
+        vec![v5::SubscribeReasonCode::NotAuthorized]
+    );
+    assert!(
+        broken.failures() >= 2,
+        "the broken plugin was asked first and failed"
+    );
+}
