@@ -156,13 +156,15 @@ impl PluginManager {
         let mut watcher =
             match notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
                 if let Ok(ev) = res {
-                    // inotify reports opens and reads too; only changes matter.
-                    if !matches!(ev.kind, EventKind::Access(_))
-                        || ev.kind
-                            == EventKind::Access(notify::event::AccessKind::Close(
-                                notify::event::AccessMode::Write,
-                            ))
-                    {
+                    // inotify reports opens and reads too (our own loads among them): only
+                    // changes, and a close after writing, mean a new version.
+                    use notify::event::{AccessKind, AccessMode};
+                    let relevant = match ev.kind {
+                        EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+                        EventKind::Access(_) => false,
+                        _ => true,
+                    };
+                    if relevant {
                         let _ = tx.send(());
                     }
                 }
