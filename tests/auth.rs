@@ -141,12 +141,7 @@ async fn acl_denied_publish_is_dropped_v3_and_refused_0x87_v5() {
         )
         .await
         .unwrap();
-    let reason = bob5
-        .expect(|p| match p {
-            v5::Packet::PubAck(a) => Some(a.reason),
-            _ => None,
-        })
-        .await;
+    let reason = bob5.next_puback_reason().await;
     assert_eq!(
         reason,
         rumqttc::v5::mqttbytes::v5::PubAckReason::NotAuthorized

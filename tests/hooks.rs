@@ -109,12 +109,7 @@ async fn every_hook_point_is_called_and_decides() {
         .publish("forbidden/x", v5::QoS::AtLeastOnce, false, "no")
         .await
         .unwrap();
-    let reason = publisher
-        .expect(|p| match p {
-            v5::Packet::PubAck(a) => Some(a.reason),
-            _ => None,
-        })
-        .await;
+    let reason = publisher.next_puback_reason().await;
     assert_eq!(
         reason,
         rumqttc::v5::mqttbytes::v5::PubAckReason::NotAuthorized

@@ -210,12 +210,7 @@ async fn topic_claims_are_enforced_by_the_acl_plugin() {
         .publish("elsewhere/x", v5::QoS::AtLeastOnce, false, "no")
         .await
         .unwrap();
-    let reason = c
-        .expect(|p| match p {
-            v5::Packet::PubAck(a) => Some(a.reason),
-            _ => None,
-        })
-        .await;
+    let reason = c.next_puback_reason().await;
     assert_eq!(
         reason,
         rumqttc::v5::mqttbytes::v5::PubAckReason::NotAuthorized
@@ -224,11 +219,6 @@ async fn topic_claims_are_enforced_by_the_acl_plugin() {
         .publish("devices/dev2/t", v5::QoS::AtLeastOnce, false, "yes")
         .await
         .unwrap();
-    let reason = c
-        .expect(|p| match p {
-            v5::Packet::PubAck(a) => Some(a.reason),
-            _ => None,
-        })
-        .await;
+    let reason = c.next_puback_reason().await;
     assert_eq!(reason, rumqttc::v5::mqttbytes::v5::PubAckReason::Success);
 }

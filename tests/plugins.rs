@@ -66,12 +66,7 @@ async fn acl_plugin_allows_and_denies_publish_and_subscribe() {
         .publish("users/bob/inbox", v5::QoS::AtLeastOnce, false, "x")
         .await
         .unwrap();
-    let reason = alice
-        .expect(|p| match p {
-            v5::Packet::PubAck(a) => Some(a.reason),
-            _ => None,
-        })
-        .await;
+    let reason = alice.next_puback_reason().await;
     assert_eq!(
         reason,
         rumqttc::v5::mqttbytes::v5::PubAckReason::NotAuthorized

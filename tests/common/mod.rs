@@ -290,6 +290,15 @@ pub mod v5 {
             .await
         }
 
+        /// The reason code of the next PUBACK.
+        pub async fn next_puback_reason(&mut self) -> rumqttc::v5::mqttbytes::v5::PubAckReason {
+            self.expect(|p| match p {
+                Packet::PubAck(a) => Some(a.reason),
+                _ => None,
+            })
+            .await
+        }
+
         pub async fn subscribe_with(
             &mut self,
             filter: Filter,
