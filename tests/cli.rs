@@ -70,11 +70,32 @@ struct Broker {
 
 impl Broker {
     fn start(config: &str) -> Broker {
+        Self::start_limited(config, None)
+    }
+
+    /// Starts the binary, optionally under `ulimit -v KB` (address-space limit).
+    fn start_limited(config: &str, address_space_kb: Option<u64>) -> Broker {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("switchyard.toml");
         std::fs::write(&path, config).unwrap();
-        let mut child = Command::new(BIN)
-            .args(["--config", path.to_str().unwrap()])
+        let mut command = match address_space_kb {
+            None => {
+                let mut c = Command::new(BIN);
+                c.args(["--config", path.to_str().unwrap()]);
+                c
+            }
+            Some(kb) => {
+                let mut c = Command::new("sh");
+                c.args([
+                    "-c",
+                    &format!("ulimit -v {kb} && exec \"$0\" --config \"$1\""),
+                    BIN,
+                    path.to_str().unwrap(),
+                ]);
+                c
+            }
+        };
+        let mut child = command
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
             .spawn()
@@ -197,4 +218,24 @@ async fn plugins_from_the_config_file_take_part_and_bad_ones_stop_start_up() {
     let out = run(&["--config", path.to_str().unwrap()]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/plugin.wasm"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plugins_still_run_where_the_instance_pool_cannot_reserve_its_address_space() {
+    let acl = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/plugins/acl.wasm");
+    assert!(
+        acl.exists(),
+        "run scripts/build-plugins (scripts/test does)"
+    );
+    let config = format!(
+        "[[plugin]]\npath = {:?}\ninstances = 1\nconfig = {{ default = \"deny\", rules = [ {{ permission = \"allow\", action = \"all\", topic = \"open/#\" }} ] }}\n\n[[listener]]\nkind = \"tcp\"\nbind = \"127.0.0.1:0\"\n\n[http]\nenabled = false\n",
+        acl.to_str().unwrap()
+    );
+    // 12 GB of address space: far less than the pool's reservation, enough for one instance.
+    let broker = Broker::start_limited(&config, Some(12_000_000));
+    let mut c = v5::connect(v5::options(broker.addr("tcp"), "limited")).await;
+    assert_eq!(
+        c.subscribe("closed/x", v5::QoS::AtMostOnce).await,
+        vec![v5::SubscribeReasonCode::NotAuthorized]
+    );
 }

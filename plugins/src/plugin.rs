@@ -113,16 +113,25 @@ fn engine() -> Result<&'static Engine, String> {
     ENGINE
         .get_or_init(|| {
             let mut pool = PoolingAllocationConfig::default();
-            pool.total_component_instances(512)
-                .total_core_instances(4096)
-                .total_memories(512)
-                .total_tables(1024)
+            pool.total_component_instances(256)
+                .total_core_instances(2048)
+                .total_memories(256)
+                .total_tables(512)
                 .max_memory_size(256 << 20);
             let mut config = Config::new();
             config
                 .epoch_interruption(true)
                 .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
-            let engine = Engine::new(&config).map_err(|e| e.to_string())?;
+            // The pool reserves its address space up front; where that is refused (a low
+            // `ulimit -v`, some sandboxes, valgrind) plugins still run, allocated on demand.
+            let engine = match Engine::new(&config) {
+                Ok(engine) => engine,
+                Err(e) => {
+                    warn!(error = %format!("{e:#}"), "plugin instance pool unavailable; allocating instances on demand");
+                    config.allocation_strategy(InstanceAllocationStrategy::OnDemand);
+                    Engine::new(&config).map_err(|e| e.to_string())?
+                }
+            };
             let ticker = engine.weak();
             std::thread::Builder::new()
                 .name("plugin-epoch".into())
