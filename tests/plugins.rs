@@ -408,3 +408,39 @@ async fn a_failing_plugin_with_on_error_ignore_passes_the_decision_to_the_next_o
         "the broken plugin was asked first and failed"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_events_reach_plugins_that_ask_for_them() {
+    let server = start(test_config()).await;
+    let plugin = WasmPlugin::load(settings("misbehave", json!({"mode": "events"})))
+        .await
+        .unwrap();
+    server.broker.hooks.register(0, plugin.hook());
+    let mut c = v5::connect(v5::options(tcp_addr(&server), "watched")).await;
+    c.subscribe("ev/t", v5::QoS::AtMostOnce).await;
+    c.client.unsubscribe("ev/t").await.unwrap();
+    c.expect(|p| matches!(p, v5::Packet::UnsubAck(_)).then_some(()))
+        .await;
+    c.client.disconnect().await.unwrap();
+    c.expect_closed().await;
+    let log = || String::from_utf8(plugin.kv_get("events").unwrap_or_default()).unwrap_or_default();
+    wait_until("the plugin saw the disconnect", || {
+        log().contains("watched=disconnected:")
+    })
+    .await;
+    let log = log();
+    let order: Vec<usize> = [
+        "watched=connected;",
+        "watched=subscribed:ev/t;",
+        "watched=unsubscribed:ev/t;",
+        "watched=disconnected:",
+    ]
+    .iter()
+    .map(|e| {
+        log.find(e)
+            .unwrap_or_else(|| panic!("{e} missing in {log}"))
+    })
+    .collect();
+    assert!(order.windows(2).all(|w| w[0] < w[1]), "in order: {log}");
+    assert_eq!(plugin.events_dropped(), 0);
+}

@@ -31,6 +31,18 @@ pub struct KvStore {
     entries: Mutex<HashMap<String, KvEntry>>,
 }
 
+impl KvStore {
+    /// A value as the plugin last stored it (for the host's own inspection).
+    pub fn get(&self, key: &str) -> Option<Vec<u8>> {
+        let entries = self.entries.lock();
+        let (value, expires) = entries.get(key)?;
+        if expires.is_some_and(|e| e <= Instant::now()) {
+            return None;
+        }
+        Some(value.clone())
+    }
+}
+
 pub struct State {
     /// When the current guest call started and how long it may run: checked at every epoch
     /// tick, where the guest also yields to the executor.

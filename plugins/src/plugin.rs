@@ -11,7 +11,8 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use switchyard_core::hooks::{
-    Access, AclDecision, AuthDecision, ClientInfo, ConnectInfo, Hook, HookSet, MessageDecision,
+    Access, AclDecision, AuthDecision, ClientInfo, ConnectInfo, Event, Hook, HookSet,
+    MessageDecision,
 };
 use switchyard_core::protocol::{ProtocolVersion, QoS, ReasonCode};
 use switchyard_core::{topic, Message};
@@ -191,6 +192,9 @@ pub struct WasmPlugin {
     failures: AtomicU64,
     calls: AtomicU64,
     disabled: AtomicBool,
+    /// Client events on their way to the guest (bounded; see `EVENT_QUEUE`).
+    events: OnceLock<tokio::sync::mpsc::Sender<(Arc<wit::ClientInfo>, String)>>,
+    events_dropped: AtomicU64,
 }
 
 impl WasmPlugin {
@@ -226,6 +230,8 @@ impl WasmPlugin {
             failures: AtomicU64::new(0),
             calls: AtomicU64::new(0),
             disabled: AtomicBool::new(false),
+            events: OnceLock::new(),
+            events_dropped: AtomicU64::new(0),
         };
         let (warm, registration) =
             plugin
@@ -238,7 +244,30 @@ impl WasmPlugin {
         plugin.interests = interests_of(registration.hooks);
         plugin.topic_filters = registration.topic_filters;
         plugin.pool.lock().push(warm);
-        Ok(Arc::new(plugin))
+        let plugin = Arc::new(plugin);
+        if plugin.interests.contains(HookSet::CLIENT_EVENTS) {
+            // Events are observed, never awaited by the routing path: a queue and one worker.
+            let (tx, mut rx) = tokio::sync::mpsc::channel(EVENT_QUEUE);
+            let _ = plugin.events.set(tx);
+            let weak = Arc::downgrade(&plugin);
+            tokio::spawn(async move {
+                while let Some((client, event)) = rx.recv().await {
+                    let Some(plugin) = weak.upgrade() else { return };
+                    plugin.run(Call::ClientEvent(client, event)).await;
+                }
+            });
+        }
+        Ok(plugin)
+    }
+
+    /// A value from the plugin's key-value store.
+    pub fn kv_get(&self, key: &str) -> Option<Vec<u8>> {
+        self.kv.get(key)
+    }
+
+    /// Client events dropped because the plugin's queue was full.
+    pub fn events_dropped(&self) -> u64 {
+        self.events_dropped.load(Ordering::Relaxed)
     }
 
     pub fn name(&self) -> &str {
@@ -382,12 +411,14 @@ impl WasmPlugin {
 
 /// One guest call, with its arguments.
 enum Call {
+    ClientEvent(Arc<wit::ClientInfo>, String),
     Authenticate(wit::ConnectRequest),
     Authorize(Arc<wit::ClientInfo>, wit::Access, String, wit::Qos),
     Publish(Arc<wit::ClientInfo>, wit::Message),
 }
 
 enum Reply {
+    Done,
     Auth(wit::AuthResult),
     Acl(wit::AclResult),
     Message(wit::MessageResult),
@@ -395,6 +426,10 @@ enum Reply {
 
 async fn invoke(b: &MqttPlugin, s: &mut Store<State>, call: &Call) -> wasmtime::Result<Reply> {
     Ok(match call {
+        Call::ClientEvent(client, event) => {
+            b.call_on_client_event(s, client, event).await?;
+            Reply::Done
+        }
         Call::Authenticate(req) => Reply::Auth(b.call_authenticate(s, req).await?),
         Call::Authorize(client, op, topic, qos) => {
             Reply::Acl(b.call_authorize(s, client, *op, topic, *qos).await?)
@@ -416,8 +451,14 @@ fn interests_of(hooks: wit::HookSet) -> HookSet {
     if hooks.contains(wit::HookSet::MESSAGE_PUBLISH) {
         set = set | HookSet::MESSAGE_PUBLISH;
     }
+    if hooks.contains(wit::HookSet::CLIENT_EVENTS) {
+        set = set | HookSet::CLIENT_EVENTS;
+    }
     set
 }
+
+/// Client events waiting for a plugin, at most this many; more are counted and dropped.
+const EVENT_QUEUE: usize = 1024;
 
 /// Authorize answers remembered per connection and plugin, at most this many.
 const DECISION_CACHE_ENTRIES: usize = 256;
@@ -595,6 +636,22 @@ impl Hook for PluginHook {
         }
         decision
     }
+    fn on_event(&self, e: &Event) {
+        let Some(tx) = self.0.events.get() else {
+            return;
+        };
+        let (client, event) = match e {
+            Event::ClientConnected(c) => (c, "connected".to_string()),
+            Event::ClientDisconnected(c, why) => (c, format!("disconnected:{why}")),
+            Event::SessionSubscribed(c, f, _) => (c, format!("subscribed:{f}")),
+            Event::SessionUnsubscribed(c, f) => (c, format!("unsubscribed:{f}")),
+            _ => return,
+        };
+        if tx.try_send((cached_client(client), event)).is_err() {
+            self.0.events_dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
     async fn on_publish(&self, c: &ClientInfo, m: &Message) -> MessageDecision {
         if !self.0.wants_topic(&m.topic) {
             return MessageDecision::Pass;

@@ -1,6 +1,7 @@
-//! Test plugin: `config = { mode = "loop" | "alloc" | "trap" | "allow" | "gate" }` decides
-//! what `authenticate` and `authorize` do ("gate" admits client ids starting with "ok-" and
-//! refuses the rest). Used by the host's sandbox and hot-swap tests; never deploy it.
+//! Test plugin: `config = { mode = "loop" | "alloc" | "trap" | "allow" | "gate" | "events" }`
+//! decides what `authenticate` and `authorize` do ("gate" admits client ids starting with "ok-"
+//! and refuses the rest; "events" also records client events in the kv store under "events").
+//! Used by the host's sandbox, hot-swap and event tests; never deploy it.
 
 use std::sync::OnceLock;
 use switchyard_sdk::*;
@@ -37,9 +38,13 @@ impl Plugin for Misbehave {
             .and_then(|m| m.as_str())
             .unwrap_or("allow")
             .to_string();
+        let mut hooks = HookSet::AUTHENTICATE | HookSet::AUTHORIZE;
+        if mode == "events" {
+            hooks |= HookSet::CLIENT_EVENTS;
+        }
         let _ = MODE.set(mode);
         Ok(Registration {
-            hooks: HookSet::AUTHENTICATE | HookSet::AUTHORIZE,
+            hooks,
             topic_filters: vec![],
         })
     }
@@ -57,6 +62,18 @@ impl Plugin for Misbehave {
     fn authorize(_c: ClientInfo, _op: Access, _topic: String, _q: Qos) -> AclResult {
         misbehave();
         AclResult::Allow
+    }
+
+    fn on_client_event(client: ClientInfo, event: String) {
+        Self::record(&client, &event);
+    }
+}
+
+impl Misbehave {
+    fn record(client: &ClientInfo, event: &str) {
+        let mut log = host::kv_get("events").unwrap_or_default();
+        log.extend_from_slice(format!("{}={};", client.client_id, event).as_bytes());
+        host::kv_set("events", &log, None);
     }
 }
 
