@@ -65,8 +65,6 @@ pub struct SessionState {
     pub expiry_interval: u32,
     /// The session was discarded (clean start, expiry): nothing may be added to it any more.
     pub ended: bool,
-    /// Messages dropped because the queue was full.
-    pub dropped: u64,
     /// The client did not drain its queue within the backpressure timeout: publishers stop
     /// waiting for it (its overflow is dropped and counted) until it catches up.
     pub slow: bool,
@@ -116,7 +114,6 @@ impl Session {
                 epoch: 0,
                 expiry_interval,
                 ended: false,
-                dropped: 0,
                 slow: false,
             }),
             wake: Notify::new(),
@@ -145,12 +142,8 @@ impl Session {
                     st.queue.remove(i);
                     outcome = Enqueued::DroppedOther;
                 }
-                None => {
-                    st.dropped += 1;
-                    return (Enqueued::Refused, false);
-                }
+                None => return (Enqueued::Refused, false),
             }
-            st.dropped += 1;
         }
         st.queue.push_back(d);
         let online = st.owner != 0;

@@ -143,11 +143,6 @@ impl PluginManager {
         self.loaded.lock().get(path).map_or(0, |l| l.version)
     }
 
-    /// The loaded plugin at `path`.
-    pub fn plugin(&self, path: &Path) -> Option<Arc<WasmPlugin>> {
-        self.loaded.lock().get(path).map(|l| l.plugin.clone())
-    }
-
     /// Watches `plugins_dir` and the folders of `[[plugin]]` files; reloads after changes.
     /// The watcher lives as long as the returned guard.
     pub fn watch(self: &Arc<Self>) -> Option<notify::RecommendedWatcher> {

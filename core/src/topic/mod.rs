@@ -33,10 +33,6 @@ pub fn valid_topic_filter(filter: &str) -> bool {
     true
 }
 
-pub fn has_wildcard(filter: &str) -> bool {
-    filter.contains(['+', '#'])
-}
-
 pub fn level_count(topic: &str) -> usize {
     topic.bytes().filter(|b| *b == b'/').count() + 1
 }
