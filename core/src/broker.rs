@@ -272,7 +272,9 @@ impl Broker {
         if msg.retain {
             self.store_retained(&msg);
         }
-        let mut targets: Vec<(Arc<Session>, QoS, bool, Option<u32>)> = Vec::new();
+        // Most topics have a handful of subscribers: keep them on the stack.
+        let mut targets: smallvec::SmallVec<[(Arc<Session>, QoS, bool, Option<u32>); 4]> =
+            smallvec::SmallVec::new();
         {
             let tree = self.subscriptions.read();
             tree.for_each_match(
