@@ -31,6 +31,9 @@ impl TreeEntry for Subscriber {
     }
 }
 
+/// A matched subscription: session, granted QoS, RETAIN flag to send, subscription id.
+type Target = (Arc<Session>, QoS, bool, Option<u32>);
+
 /// Where a publish went.
 #[derive(Default)]
 pub struct Routed {
@@ -273,8 +276,7 @@ impl Broker {
             self.store_retained(&msg);
         }
         // Most topics have a handful of subscribers: keep them on the stack.
-        let mut targets: smallvec::SmallVec<[(Arc<Session>, QoS, bool, Option<u32>); 4]> =
-            smallvec::SmallVec::new();
+        let mut targets: smallvec::SmallVec<[Target; 4]> = smallvec::SmallVec::new();
         {
             let tree = self.subscriptions.read();
             tree.for_each_match(
