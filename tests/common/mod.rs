@@ -53,6 +53,70 @@ pub fn tcp_addr(s: &Server) -> SocketAddr {
 
 // ---------- rumqttc v3.1.1 ----------
 
+/// The client methods both protocol versions share. Written once and expanded in each module,
+/// where `Event`, `Packet` and `Publish` name that version's rumqttc types.
+macro_rules! shared_client_methods {
+    () => {
+        /// Drops the connection without DISCONNECT (the broker sees a socket error/EOF).
+        pub async fn kill(self) {
+            self.task.abort();
+            let _ = self.task.await;
+        }
+        /// The next incoming packet matching `f`, skipping others.
+        pub async fn expect<T>(&mut self, mut f: impl FnMut(&Packet) -> Option<T>) -> T {
+            loop {
+                let e = tokio::time::timeout(WAIT, self.events.recv())
+                    .await
+                    .expect("expected event in time")
+                    .expect("event loop alive");
+                match e {
+                    Ok(Event::Incoming(p)) => {
+                        if let Some(t) = f(&p) {
+                            return t;
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => panic!("connection error while waiting: {e}"),
+                }
+            }
+        }
+        pub async fn next_publish(&mut self) -> Publish {
+            self.expect(|p| match p {
+                Packet::Publish(p) => Some(p.clone()),
+                _ => None,
+            })
+            .await
+        }
+        /// Waits until the event loop reports an error (the connection ended).
+        pub async fn expect_closed(&mut self) -> String {
+            loop {
+                match tokio::time::timeout(WAIT, self.events.recv())
+                    .await
+                    .expect("close in time")
+                {
+                    Some(Ok(_)) => continue,
+                    Some(Err(e)) => return e,
+                    None => return "ended".into(),
+                }
+            }
+        }
+        /// No publish arrives within `d` (used only after a positive event proved delivery works).
+        pub async fn assert_no_publish(&mut self, d: Duration) {
+            let deadline = tokio::time::Instant::now() + d;
+            loop {
+                match tokio::time::timeout_at(deadline, self.events.recv()).await {
+                    Err(_) => return,
+                    Ok(Some(Ok(Event::Incoming(Packet::Publish(p))))) => {
+                        panic!("unexpected publish {p:?}")
+                    }
+                    Ok(Some(Ok(_))) => continue,
+                    Ok(other) => panic!("connection ended: {other:?}"),
+                }
+            }
+        }
+    };
+}
+
 pub mod v4 {
     use super::*;
     pub use rumqttc::{AsyncClient, Event, EventLoop, Incoming, MqttOptions, Packet, Publish, QoS};
@@ -114,38 +178,7 @@ pub mod v4 {
     }
 
     impl Client {
-        /// Drops the connection without DISCONNECT (the broker sees a socket error/EOF).
-        pub async fn kill(self) {
-            self.task.abort();
-            let _ = self.task.await;
-        }
-
-        /// The next incoming packet matching `f`, skipping others.
-        pub async fn expect<T>(&mut self, mut f: impl FnMut(&Packet) -> Option<T>) -> T {
-            loop {
-                let e = tokio::time::timeout(WAIT, self.events.recv())
-                    .await
-                    .expect("expected event in time")
-                    .expect("event loop alive");
-                match e {
-                    Ok(Event::Incoming(p)) => {
-                        if let Some(t) = f(&p) {
-                            return t;
-                        }
-                    }
-                    Ok(_) => {}
-                    Err(e) => panic!("connection error while waiting: {e}"),
-                }
-            }
-        }
-
-        pub async fn next_publish(&mut self) -> Publish {
-            self.expect(|p| match p {
-                Packet::Publish(p) => Some(p.clone()),
-                _ => None,
-            })
-            .await
-        }
+        shared_client_methods!();
 
         pub async fn subscribe(
             &mut self,
@@ -158,35 +191,6 @@ pub mod v4 {
                 _ => None,
             })
             .await
-        }
-
-        /// Waits until the event loop reports an error (the connection ended).
-        pub async fn expect_closed(&mut self) -> String {
-            loop {
-                match tokio::time::timeout(WAIT, self.events.recv())
-                    .await
-                    .expect("close in time")
-                {
-                    Some(Ok(_)) => continue,
-                    Some(Err(e)) => return e,
-                    None => return "ended".into(),
-                }
-            }
-        }
-
-        /// No publish arrives within `d` (used only after a positive event proved delivery works).
-        pub async fn assert_no_publish(&mut self, d: Duration) {
-            let deadline = tokio::time::Instant::now() + d;
-            loop {
-                match tokio::time::timeout_at(deadline, self.events.recv()).await {
-                    Err(_) => return,
-                    Ok(Some(Ok(Event::Incoming(Packet::Publish(p))))) => {
-                        panic!("unexpected publish {p:?}")
-                    }
-                    Ok(Some(Ok(_))) => continue,
-                    Ok(other) => panic!("connection ended: {other:?}"),
-                }
-            }
         }
     }
 }
@@ -259,36 +263,7 @@ pub mod v5 {
     }
 
     impl Client {
-        pub async fn kill(self) {
-            self.task.abort();
-            let _ = self.task.await;
-        }
-
-        pub async fn expect<T>(&mut self, mut f: impl FnMut(&Packet) -> Option<T>) -> T {
-            loop {
-                let e = tokio::time::timeout(WAIT, self.events.recv())
-                    .await
-                    .expect("expected event in time")
-                    .expect("event loop alive");
-                match e {
-                    Ok(Event::Incoming(p)) => {
-                        if let Some(t) = f(&p) {
-                            return t;
-                        }
-                    }
-                    Ok(_) => {}
-                    Err(e) => panic!("connection error while waiting: {e}"),
-                }
-            }
-        }
-
-        pub async fn next_publish(&mut self) -> Publish {
-            self.expect(|p| match p {
-                Packet::Publish(p) => Some(p.clone()),
-                _ => None,
-            })
-            .await
-        }
+        shared_client_methods!();
 
         /// The reason code of the next PUBACK.
         pub async fn next_puback_reason(&mut self) -> rumqttc::v5::mqttbytes::v5::PubAckReason {
@@ -321,33 +296,6 @@ pub mod v5 {
 
         pub async fn subscribe(&mut self, filter: &str, qos: QoS) -> Vec<SubscribeReasonCode> {
             self.subscribe_with(Filter::new(filter, qos), None).await
-        }
-
-        pub async fn expect_closed(&mut self) -> String {
-            loop {
-                match tokio::time::timeout(WAIT, self.events.recv())
-                    .await
-                    .expect("close in time")
-                {
-                    Some(Ok(_)) => continue,
-                    Some(Err(e)) => return e,
-                    None => return "ended".into(),
-                }
-            }
-        }
-
-        pub async fn assert_no_publish(&mut self, d: Duration) {
-            let deadline = tokio::time::Instant::now() + d;
-            loop {
-                match tokio::time::timeout_at(deadline, self.events.recv()).await {
-                    Err(_) => return,
-                    Ok(Some(Ok(Event::Incoming(Packet::Publish(p))))) => {
-                        panic!("unexpected publish {p:?}")
-                    }
-                    Ok(Some(Ok(_))) => continue,
-                    Ok(other) => panic!("connection ended: {other:?}"),
-                }
-            }
         }
     }
 }
