@@ -4,11 +4,13 @@
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use serde::Deserialize;
+use std::collections::BTreeMap;
 use std::io::{BufRead, IsTerminal};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use switchyard_core::{CoreConfig, Server};
 use switchyard_plugins::{PluginManager, PluginSettings};
+use switchyard_rules::{RuleEngine, RulesConfig, SinkConfig};
 use tracing::info;
 use tracing_subscriber::EnvFilter;
 
@@ -51,6 +53,8 @@ struct Config {
     core: CoreConfig,
     plugins: Vec<PluginSettings>,
     plugins_dir: Option<PathBuf>,
+    rules: RulesConfig,
+    sinks: BTreeMap<String, SinkConfig>,
 }
 
 fn load_config(path: &Path) -> Result<Config> {
@@ -73,6 +77,21 @@ fn parse_config(text: &str, name: &str) -> Result<Config> {
         Some(toml::Value::String(_)) | None => None,
         Some(_) => bail!("{name}: plugins_dir: expected a folder path"),
     };
+    let rules = match table.remove("rules") {
+        Some(v) => RulesConfig::deserialize(v).map_err(|e| anyhow!("{name}: rules: {e}"))?,
+        None => RulesConfig::default(),
+    };
+    let mut sinks = BTreeMap::new();
+    if let Some(v) = table.remove("sink") {
+        let toml::Value::Table(t) = v else {
+            bail!("{name}: sink: expected [sink.NAME] tables");
+        };
+        for (sink, v) in t {
+            let cfg =
+                SinkConfig::deserialize(v).map_err(|e| anyhow!("{name}: sink.{sink}: {e}"))?;
+            sinks.insert(sink, cfg);
+        }
+    }
     let core =
         CoreConfig::deserialize(toml::Value::Table(table)).map_err(|e| anyhow!("{name}: {e}"))?;
     core.validate(name)?;
@@ -80,6 +99,8 @@ fn parse_config(text: &str, name: &str) -> Result<Config> {
         core,
         plugins,
         plugins_dir,
+        rules,
+        sinks,
     })
 }
 
@@ -124,9 +145,9 @@ async fn wait_for_signal() -> Result<&'static str> {
     }
 }
 
-/// SIGHUP reloads plugins whose files changed (the watcher does it too; this is for setups
-/// where file events do not arrive, such as some network file systems).
-fn reload_on_sighup(plugins: std::sync::Arc<PluginManager>) {
+/// SIGHUP reloads plugins whose files changed and the rule files (the watchers do it too;
+/// this is for setups where file events do not arrive, such as some network file systems).
+fn reload_on_sighup(plugins: std::sync::Arc<PluginManager>, rules: std::sync::Arc<RuleEngine>) {
     #[cfg(unix)]
     tokio::spawn(async move {
         use tokio::signal::unix::{signal, SignalKind};
@@ -134,8 +155,10 @@ fn reload_on_sighup(plugins: std::sync::Arc<PluginManager>) {
             return;
         };
         while hup.recv().await.is_some() {
-            info!("SIGHUP: reloading plugins");
+            info!("SIGHUP: reloading plugins and rules");
             plugins.reload().await;
+            let rules = rules.clone();
+            let _ = tokio::task::spawn_blocking(move || rules.reload()).await;
         }
     });
 }
@@ -169,6 +192,8 @@ fn main() -> Result<()> {
             core: CoreConfig::default(),
             plugins: Vec::new(),
             plugins_dir: None,
+            rules: RulesConfig::default(),
+            sinks: BTreeMap::new(),
         },
     };
     init_logging(cli.log_format);
@@ -181,7 +206,11 @@ fn main() -> Result<()> {
         let plugins = PluginManager::new(server.broker.clone(), config.plugins, config.plugins_dir);
         plugins.start().await?;
         let _watcher = plugins.watch();
-        reload_on_sighup(plugins.clone());
+        let rules = RuleEngine::start(config.rules, config.sinks, server.broker.clone()).await?;
+        if let Err(e) = rules.watch() {
+            tracing::warn!(error = %e, "rule files are not watched; reload with SIGHUP");
+        }
+        reload_on_sighup(plugins.clone(), rules.clone());
         for (kind, addr) in &server.listeners {
             println!("switchyard listening: {} {}", kind.as_str(), addr);
         }
@@ -192,6 +221,8 @@ fn main() -> Result<()> {
         let signal = wait_for_signal().await?;
         info!(signal, "shutting down");
         server.shutdown(Duration::from_secs(5)).await;
+        // After the listeners: every accepted message has been handed to the rules by now.
+        rules.shutdown().await;
         info!("stopped");
         Ok(())
     })

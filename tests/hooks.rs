@@ -70,6 +70,7 @@ impl Hook for Recorder {
             Event::MessageDropped(id, m, why) => {
                 format!("dropped:{}:{}:{why}", id.as_deref().unwrap_or("-"), m.topic)
             }
+            Event::MessageAccepted(c, m) => format!("accepted:{}:{}", c.client_id, m.topic),
         };
         self.events.lock().unwrap().push(name);
     }
@@ -147,6 +148,9 @@ async fn every_hook_point_is_called_and_decides() {
     wait_until("the hook saw it", || rec.has("disconnected:writer")).await;
     assert!(rec.has("connected:watcher") && rec.has("subscribed:watcher:rewritten/#"));
     assert!(rec.has("unsubscribed:watcher:drop/#"));
+    // Observers see the message as routed (after the rewrite), and not what a hook dropped.
+    assert!(rec.has("accepted:writer:rewritten/x"));
+    assert!(!rec.has("accepted:writer:drop/x"));
     assert!(!rec.has("connected:blocked"));
 
     // dropped: an offline persistent session with a one-message queue overflows.

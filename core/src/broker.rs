@@ -6,7 +6,7 @@
 use crate::config::MqttConfig;
 use crate::hooks::{Event, HookChain};
 use crate::message::Message;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, MetricsSource};
 use crate::protocol::{QoS, RetainHandling, SubscriptionOptions};
 use crate::session::{Delivery, Enqueued, Session, StoredSubscription};
 use crate::topic::{self, RetainedTree, TopicTree, TreeEntry};
@@ -65,6 +65,7 @@ pub struct Broker {
     subscriptions: RwLock<TopicTree<Subscriber>>,
     retained: RwLock<RetainedTree<Arc<Message>>>,
     next_generation: AtomicU64,
+    metrics_sources: RwLock<Vec<(String, Arc<dyn MetricsSource>)>>,
 }
 
 impl Broker {
@@ -79,7 +80,22 @@ impl Broker {
             subscriptions: RwLock::new(TopicTree::default()),
             retained: RwLock::new(RetainedTree::default()),
             next_generation: AtomicU64::new(1),
+            metrics_sources: RwLock::new(Vec::new()),
         })
+    }
+
+    /// Adds counters to `/metrics`, replacing an earlier source of the same name.
+    pub fn set_metrics_source(&self, name: &str, source: Arc<dyn MetricsSource>) {
+        let mut sources = self.metrics_sources.write();
+        sources.retain(|(n, _)| n != name);
+        sources.push((name.to_string(), source));
+    }
+
+    /// Renders every registered [`MetricsSource`] into `out`.
+    pub fn render_metrics_sources(&self, out: &mut String) {
+        for (_, source) in self.metrics_sources.read().iter() {
+            source.render(out);
+        }
     }
 
     /// Finds or creates the session for `client_id` and makes the caller its owner. A connection

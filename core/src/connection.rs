@@ -632,7 +632,12 @@ where
                 Some(msg)
             };
             if let Some(msg) = routed {
-                let routed = self.broker.publish(Arc::new(msg));
+                let msg = Arc::new(msg);
+                let routed = self.broker.publish(msg.clone());
+                let client = &self.client;
+                self.broker
+                    .hooks
+                    .emit(|| Event::MessageAccepted(client.clone(), msg));
                 if let Some(congested) = routed.congested {
                     self.wait_for_space(&congested).await;
                 }

@@ -22,7 +22,10 @@ impl HookSet {
     pub const MESSAGE_PUBLISH: Self = Self(4);
     pub const CLIENT_EVENTS: Self = Self(8);
     pub const MESSAGE_EVENTS: Self = Self(16);
-    pub const ALL: Self = Self(31);
+    /// Every message a client published and the broker routed, after all message hooks (what
+    /// subscribers received). Observed without blocking: the rule engine's input.
+    pub const MESSAGE_ACCEPTED: Self = Self(32);
+    pub const ALL: Self = Self(63);
 
     pub const fn union(self, other: Self) -> Self {
         Self(self.0 | other.0)
@@ -118,6 +121,8 @@ pub enum Event {
     MessageDelivered(Arc<str>, Arc<Message>),
     MessageAcked(Arc<str>, Arc<Message>),
     MessageDropped(Option<Arc<str>>, Arc<Message>, &'static str),
+    /// A client's publish, as routed (after authorization and message hooks).
+    MessageAccepted(Arc<ClientInfo>, Arc<Message>),
 }
 
 impl Event {
@@ -127,6 +132,7 @@ impl Event {
             | Event::ClientDisconnected(..)
             | Event::SessionSubscribed(..)
             | Event::SessionUnsubscribed(..) => HookSet::CLIENT_EVENTS,
+            Event::MessageAccepted(..) => HookSet::MESSAGE_ACCEPTED,
             _ => HookSet::MESSAGE_EVENTS,
         }
     }
@@ -313,7 +319,8 @@ impl HookChain {
 
     /// Builds the event only if some hook observes that kind.
     pub fn emit(&self, make: impl FnOnce() -> Event) {
-        let observed = HookSet::CLIENT_EVENTS.0 | HookSet::MESSAGE_EVENTS.0;
+        let observed =
+            HookSet::CLIENT_EVENTS.0 | HookSet::MESSAGE_EVENTS.0 | HookSet::MESSAGE_ACCEPTED.0;
         if self.interests.load(Ordering::Relaxed) & observed == 0 {
             return;
         }

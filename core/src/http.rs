@@ -197,5 +197,6 @@ pub fn prometheus(broker: &Broker) -> String {
             "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
         );
     }
+    broker.render_metrics_sources(&mut out);
     out
 }

@@ -16,6 +16,12 @@ pub struct Metrics {
     pub publishes_denied: AtomicU64,
 }
 
+/// Counters owned by another crate (plugin host, rule engine), rendered into `/metrics`.
+pub trait MetricsSource: Send + Sync {
+    /// Appends Prometheus text-format lines (with HELP and TYPE) to `out`.
+    fn render(&self, out: &mut String);
+}
+
 impl Metrics {
     pub fn add(counter: &AtomicU64, n: u64) {
         counter.fetch_add(n, Ordering::Relaxed);

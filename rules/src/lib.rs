@@ -1,1 +1,16 @@
-//! placeholder
+//! Switchyard's rule engine: Rhai rule files pick messages and client events, filter and
+//! reshape them, and forward them to sinks (webhook, Kafka, SQLite, PostgreSQL, MQTT). Rules
+//! run on worker threads fed by a bounded queue, never on the routing path.
+
+pub mod config;
+mod engine;
+pub mod script;
+pub mod sink;
+
+pub use config::{RulesConfig, SinkConfig};
+pub use engine::{EngineCounters, RuleEngine, RuleStats, RulesError};
+
+/// reqwest is built without a default TLS provider; ring is the one the broker uses.
+pub(crate) fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}

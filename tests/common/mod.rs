@@ -2,6 +2,8 @@
 //! v3.1.1 and v5 clients whose events arrive on a channel, and a raw-socket client.
 #![allow(dead_code, unused_imports)]
 
+pub mod receiver;
+
 use bytes::BytesMut;
 use std::net::SocketAddr;
 use std::time::Duration;

@@ -1,0 +1,327 @@
+//! The rule engine's tables of the broker's TOML: `[rules]` and `[sink.NAME]`.
+
+use serde::Deserialize;
+use serde_json::{Map, Value};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RulesConfig {
+    /// Folder of `*.rhai` files, watched; empty = no rules.
+    pub dir: Option<PathBuf>,
+    /// Threads that evaluate rules (off the routing path).
+    pub workers: usize,
+    /// Messages and events waiting for a worker; when full, new ones are counted and skipped.
+    pub queue_size: usize,
+    /// Wall-clock budget of one rule evaluation (`when` or `select`).
+    pub timeout_ms: u64,
+    pub max_operations: u64,
+    pub max_call_levels: usize,
+    pub max_expr_depth: usize,
+    pub max_string_size: usize,
+    pub max_array_size: usize,
+    pub max_map_size: usize,
+    /// File changes are collected for this long before a reload.
+    pub debounce_ms: u64,
+    /// How long a graceful shutdown waits for sinks to deliver what they hold.
+    pub flush_timeout_ms: u64,
+}
+
+impl Default for RulesConfig {
+    fn default() -> Self {
+        Self {
+            dir: None,
+            workers: 2,
+            queue_size: 65_536,
+            timeout_ms: 50,
+            max_operations: 1_000_000,
+            max_call_levels: 32,
+            max_expr_depth: 64,
+            max_string_size: 1 << 20,
+            max_array_size: 100_000,
+            max_map_size: 10_000,
+            debounce_ms: 200,
+            flush_timeout_ms: 5_000,
+        }
+    }
+}
+
+/// One `[sink.NAME]` table: settings every sink has, plus the kind's own.
+#[derive(Debug, Clone)]
+pub struct SinkConfig {
+    pub common: SinkCommon,
+    pub kind: SinkKind,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SinkCommon {
+    /// Records held while the destination is slow or down; beyond it records are dropped and
+    /// counted.
+    pub buffer_size: usize,
+    /// `memory`, or `disk` to keep undelivered records across restarts.
+    pub buffer: BufferKind,
+    /// Where `buffer = "disk"` keeps its file (default `data/sinks`).
+    pub buffer_dir: PathBuf,
+    pub batch_size: usize,
+    /// How long a partial batch waits for more records.
+    pub linger_ms: u64,
+    pub retry_initial_ms: u64,
+    pub retry_max_ms: u64,
+    /// 0 = retry transient failures until delivered (or the buffer overflows).
+    pub max_retries: u32,
+}
+
+impl Default for SinkCommon {
+    fn default() -> Self {
+        Self {
+            buffer_size: 100_000,
+            buffer: BufferKind::Memory,
+            buffer_dir: PathBuf::from("data/sinks"),
+            batch_size: 500,
+            linger_ms: 5,
+            retry_initial_ms: 100,
+            retry_max_ms: 10_000,
+            max_retries: 0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BufferKind {
+    Memory,
+    Disk,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+pub enum SinkKind {
+    Webhook(WebhookConfig),
+    Kafka(KafkaConfig),
+    Sqlite(SqlConfig),
+    Postgres(SqlConfig),
+    Mqtt(MqttSinkConfig),
+}
+
+impl SinkKind {
+    pub fn name(&self) -> &'static str {
+        match self {
+            SinkKind::Webhook(_) => "webhook",
+            SinkKind::Kafka(_) => "kafka",
+            SinkKind::Sqlite(_) => "sqlite",
+            SinkKind::Postgres(_) => "postgres",
+            SinkKind::Mqtt(_) => "mqtt",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    pub url: String,
+    #[serde(default = "default_method")]
+    pub method: String,
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// A template (`${field}` from the rule's output); default: the output as JSON.
+    #[serde(default)]
+    pub body: Option<String>,
+    #[serde(default = "default_http_timeout")]
+    pub timeout_ms: u64,
+    /// Requests in flight at once.
+    #[serde(default = "default_concurrency")]
+    pub concurrency: usize,
+}
+
+fn default_method() -> String {
+    "POST".into()
+}
+fn default_http_timeout() -> u64 {
+    5_000
+}
+fn default_concurrency() -> usize {
+    16
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaConfig {
+    pub brokers: String,
+    /// Topic template; a rule's output may also name it in a `topic` field when this is empty.
+    pub topic: String,
+    /// Key template, e.g. `${device}`.
+    #[serde(default)]
+    pub key: Option<String>,
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// none | gzip | snappy | lz4 | zstd
+    #[serde(default = "default_compression")]
+    pub compression: String,
+    #[serde(default = "default_kafka_linger")]
+    pub kafka_linger_ms: u64,
+    /// How long librdkafka keeps retrying one message before reporting it failed (we then retry
+    /// it ourselves with backoff).
+    #[serde(default = "default_message_timeout")]
+    pub message_timeout_ms: u64,
+    /// Extra librdkafka properties (`acks`, `security.protocol`, …).
+    #[serde(default)]
+    pub properties: BTreeMap<String, String>,
+}
+
+fn default_compression() -> String {
+    "none".into()
+}
+fn default_kafka_linger() -> u64 {
+    5
+}
+fn default_message_timeout() -> u64 {
+    30_000
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SqlConfig {
+    /// SQLite: the database file. Ignored for PostgreSQL.
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+    /// PostgreSQL connection string, e.g. `host=127.0.0.1 user=switchyard dbname=iot`.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// An INSERT with `:name` parameters filled from the rule's output fields.
+    pub statement: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MqttSinkConfig {
+    /// Topic template, e.g. `processed/${device}`.
+    pub topic: String,
+    #[serde(default)]
+    pub qos: u8,
+    #[serde(default)]
+    pub retain: bool,
+    /// Payload template; default: the output as JSON (a string output is sent as is).
+    #[serde(default)]
+    pub payload: Option<String>,
+}
+
+const COMMON_KEYS: &[&str] = &[
+    "buffer_size",
+    "buffer",
+    "buffer_dir",
+    "batch_size",
+    "linger_ms",
+    "retry_initial_ms",
+    "retry_max_ms",
+    "max_retries",
+];
+
+impl<'de> Deserialize<'de> for SinkConfig {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        // Common keys and kind keys live in one table; split them so each half can still
+        // reject unknown keys.
+        let mut table = Map::<String, Value>::deserialize(d)?;
+        let mut common = Map::new();
+        for key in COMMON_KEYS {
+            if let Some(v) = table.remove(*key) {
+                common.insert((*key).to_string(), v);
+            }
+        }
+        let common = SinkCommon::deserialize(Value::Object(common)).map_err(D::Error::custom)?;
+        let kind = SinkKind::deserialize(Value::Object(table)).map_err(D::Error::custom)?;
+        let config = SinkConfig { common, kind };
+        config.validate().map_err(D::Error::custom)?;
+        Ok(config)
+    }
+}
+
+impl SinkConfig {
+    fn validate(&self) -> Result<(), String> {
+        let c = &self.common;
+        if c.buffer_size == 0 || c.batch_size == 0 {
+            return Err("buffer_size and batch_size must be at least 1".into());
+        }
+        if c.retry_initial_ms == 0 || c.retry_max_ms < c.retry_initial_ms {
+            return Err("retry_initial_ms must be > 0 and <= retry_max_ms".into());
+        }
+        match &self.kind {
+            SinkKind::Webhook(w) => {
+                if !(w.url.starts_with("http://") || w.url.starts_with("https://")) {
+                    return Err(format!(
+                        "url: expected http:// or https://, got {:?}",
+                        w.url
+                    ));
+                }
+                if w.concurrency == 0 {
+                    return Err("concurrency must be at least 1".into());
+                }
+            }
+            SinkKind::Kafka(k) => {
+                if k.brokers.is_empty() {
+                    return Err("brokers: empty".into());
+                }
+                if !["none", "gzip", "snappy", "lz4", "zstd"].contains(&k.compression.as_str()) {
+                    return Err(format!(
+                        "compression: expected none, gzip, snappy, lz4 or zstd, got {:?}",
+                        k.compression
+                    ));
+                }
+            }
+            SinkKind::Sqlite(s) => {
+                if s.path.is_none() {
+                    return Err("path: required for a sqlite sink".into());
+                }
+            }
+            SinkKind::Postgres(s) => {
+                if s.url.is_none() {
+                    return Err("url: required for a postgres sink".into());
+                }
+            }
+            SinkKind::Mqtt(m) => {
+                if m.qos > 2 {
+                    return Err(format!("qos: expected 0, 1 or 2, got {}", m.qos));
+                }
+                if m.topic.is_empty() {
+                    return Err("topic: empty".into());
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sink_tables_split_common_and_kind_keys() {
+        let v =
+            serde_json::json!({"kind": "webhook", "url": "http://127.0.0.1:1/x", "batch_size": 7});
+        let s: SinkConfig = serde_json::from_value(v).unwrap();
+        assert_eq!(s.common.batch_size, 7);
+        assert!(matches!(s.kind, SinkKind::Webhook(_)));
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_named() {
+        let v = serde_json::json!({"kind": "webhook", "url": "http://x", "urll": 1});
+        let e = serde_json::from_value::<SinkConfig>(v)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("urll"), "{e}");
+        let v = serde_json::json!({"kind": "carrier-pigeon"});
+        let e = serde_json::from_value::<SinkConfig>(v)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("carrier-pigeon"), "{e}");
+        let v = serde_json::json!({"kind": "mqtt", "topic": "a", "qos": 3});
+        let e = serde_json::from_value::<SinkConfig>(v)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("qos"), "{e}");
+    }
+}

@@ -1,0 +1,386 @@
+//! Sinks: where rule outputs go. Every kind shares one driver: a bounded buffer filled by the
+//! rule workers without waiting, batching, retries with capped exponential backoff, counters,
+//! and a flush on shutdown. A kind only says how to deliver one batch.
+
+mod disk;
+mod kafka;
+mod mqtt;
+mod sql;
+pub mod template;
+mod webhook;
+
+use crate::config::{BufferKind, SinkCommon, SinkConfig, SinkKind};
+use async_trait::async_trait;
+use serde_json::Value;
+use std::collections::VecDeque;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use switchyard_core::broker::Broker;
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+use tracing::{info, warn};
+
+pub use disk::DiskQueue;
+
+/// One rule output on its way to a sink; shared by every sink the rule names.
+pub type Record = Arc<Value>;
+
+/// Why a record was not delivered.
+#[derive(Debug)]
+pub enum Failure {
+    /// The destination is down or overloaded: try again later.
+    Retry(String),
+    /// The destination refused this record (4xx, SQL constraint…): retrying will not help.
+    Permanent(String),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    #[error("sink {0}: {1}")]
+    Start(String, String),
+}
+
+/// How one kind of destination takes a batch.
+#[async_trait]
+pub(crate) trait Deliver: Send + 'static {
+    /// Delivers `batch`; returns the records that failed (by index into `batch`).
+    async fn deliver(&mut self, batch: &[Record]) -> Vec<(usize, Failure)>;
+}
+
+#[derive(Debug, Default)]
+pub struct SinkCounters {
+    /// Outputs offered to the sink by rules.
+    pub matched: AtomicU64,
+    /// Acknowledged by the destination.
+    pub sent: AtomicU64,
+    /// Refused by the destination, or out of retries.
+    pub failed: AtomicU64,
+    /// Delivery attempts repeated after a transient failure.
+    pub retried: AtomicU64,
+    /// Not accepted because the buffer was full (or the sink was closed).
+    pub dropped: AtomicU64,
+    /// Taken from the buffer and not yet settled (in a batch or waiting to retry).
+    pub in_flight: AtomicU64,
+}
+
+impl SinkCounters {
+    fn add(c: &AtomicU64, n: u64) {
+        c.fetch_add(n, Ordering::Relaxed);
+    }
+    pub fn get(c: &AtomicU64) -> u64 {
+        c.load(Ordering::Relaxed)
+    }
+}
+
+/// A running sink: what rules hold to send outputs.
+pub struct Sink {
+    pub name: String,
+    pub kind: &'static str,
+    tx: mpsc::Sender<Record>,
+    pub counters: Arc<SinkCounters>,
+    /// Set to the flush deadline when the broker shuts down.
+    shutdown: watch::Sender<Option<Instant>>,
+    finished: tokio::sync::Mutex<Option<tokio::task::JoinHandle<u64>>>,
+}
+
+impl Sink {
+    /// Starts the sink's delivery task on the current runtime. Fails when the configuration
+    /// cannot work at all (an SQLite statement naming a missing table, a bad template).
+    pub async fn start(
+        name: &str,
+        config: &SinkConfig,
+        broker: &Arc<Broker>,
+    ) -> Result<Arc<Sink>, SinkError> {
+        let start_err = |e: String| SinkError::Start(name.to_string(), e);
+        let deliver: Box<dyn Deliver> = match &config.kind {
+            SinkKind::Webhook(c) => Box::new(webhook::Webhook::new(c).map_err(start_err)?),
+            SinkKind::Kafka(c) => Box::new(kafka::Kafka::new(c).map_err(start_err)?),
+            SinkKind::Sqlite(c) => Box::new(sql::Sqlite::open(c).await.map_err(start_err)?),
+            SinkKind::Postgres(c) => Box::new(sql::Postgres::new(name, c).map_err(start_err)?),
+            SinkKind::Mqtt(c) => {
+                Box::new(mqtt::Republish::new(c, broker.clone()).map_err(start_err)?)
+            }
+        };
+        let disk = match config.common.buffer {
+            BufferKind::Memory => None,
+            BufferKind::Disk => Some(
+                DiskQueue::open(&config.common.buffer_dir, name)
+                    .await
+                    .map_err(start_err)?,
+            ),
+        };
+        let (tx, rx) = mpsc::channel(config.common.buffer_size);
+        let counters = Arc::new(SinkCounters::default());
+        let (shutdown, shutdown_rx) = watch::channel(None);
+        let driver = Driver {
+            name: name.to_string(),
+            common: config.common.clone(),
+            deliver,
+            counters: counters.clone(),
+            rx,
+            disk,
+            shutdown: shutdown_rx,
+            deadline: None,
+        };
+        let task = tokio::spawn(driver.run());
+        Ok(Arc::new(Sink {
+            name: name.to_string(),
+            kind: config.kind.name(),
+            tx,
+            counters,
+            shutdown,
+            finished: tokio::sync::Mutex::new(Some(task)),
+        }))
+    }
+
+    /// Offers a record without waiting; a full buffer drops it (counted).
+    pub fn offer(&self, record: Record) {
+        SinkCounters::add(&self.counters.matched, 1);
+        if self.tx.try_send(record).is_err() {
+            SinkCounters::add(&self.counters.dropped, 1);
+        }
+    }
+
+    /// Records held: in the buffer plus taken and not yet settled.
+    pub fn buffered(&self) -> u64 {
+        let queued = self.tx.max_capacity() - self.tx.capacity();
+        queued as u64 + SinkCounters::get(&self.counters.in_flight)
+    }
+
+    /// Stops taking records and delivers what is buffered until `grace` runs out; returns how
+    /// many records were left undelivered (kept on disk with `buffer = "disk"`).
+    pub async fn close(&self, grace: Duration) -> u64 {
+        let _ = self.shutdown.send(Some(Instant::now() + grace));
+        let Some(task) = self.finished.lock().await.take() else {
+            return 0;
+        };
+        // The driver keeps its own deadline; the extra second covers writing to disk.
+        match tokio::time::timeout(grace + Duration::from_secs(1), task).await {
+            Ok(Ok(left)) => left,
+            _ => self.buffered(),
+        }
+    }
+
+    pub fn render_metrics(&self, out: &mut String) {
+        let c = &self.counters;
+        let rows = [
+            ("matched", SinkCounters::get(&c.matched)),
+            ("sent", SinkCounters::get(&c.sent)),
+            ("failed", SinkCounters::get(&c.failed)),
+            ("retried", SinkCounters::get(&c.retried)),
+            ("dropped", SinkCounters::get(&c.dropped)),
+        ];
+        for (what, v) in rows {
+            let _ = writeln!(
+                out,
+                "switchyard_sink_{what}_total{{sink=\"{}\",kind=\"{}\"}} {v}",
+                self.name, self.kind
+            );
+        }
+        let _ = writeln!(
+            out,
+            "switchyard_sink_buffered{{sink=\"{}\",kind=\"{}\"}} {}",
+            self.name,
+            self.kind,
+            self.buffered()
+        );
+    }
+}
+
+struct Driver {
+    name: String,
+    common: SinkCommon,
+    deliver: Box<dyn Deliver>,
+    counters: Arc<SinkCounters>,
+    rx: mpsc::Receiver<Record>,
+    disk: Option<DiskQueue>,
+    shutdown: watch::Receiver<Option<Instant>>,
+    /// Set once shutting down: deliver until then, then keep or report the rest.
+    deadline: Option<Instant>,
+}
+
+/// A record taken from the buffer, with its delivery attempts so far.
+struct Pending {
+    record: Record,
+    attempts: u32,
+}
+
+impl Driver {
+    /// Returns the number of records left undelivered when it stopped.
+    async fn run(mut self) -> u64 {
+        let mut pending: VecDeque<Pending> = VecDeque::new();
+        let mut backoff = Duration::from_millis(self.common.retry_initial_ms);
+        let max_backoff = Duration::from_millis(self.common.retry_max_ms);
+        let linger = Duration::from_millis(self.common.linger_ms);
+        let mut closing = false;
+        if let Some(disk) = &self.disk {
+            // Records a previous run could not deliver go first.
+            for record in disk.take_all().await {
+                pending.push_back(Pending {
+                    record,
+                    attempts: 0,
+                });
+            }
+            if !pending.is_empty() {
+                info!(sink = %self.name, records = pending.len(), "delivering records kept on disk");
+                SinkCounters::add(&self.counters.in_flight, pending.len() as u64);
+            }
+        }
+        loop {
+            if !closing && pending.len() < self.common.batch_size {
+                closing = self.fill(&mut pending, linger).await;
+            } else if closing {
+                self.drain_buffer(&mut pending).await;
+            }
+            if pending.is_empty() {
+                if closing {
+                    return 0;
+                }
+                continue;
+            }
+            if closing && self.deadline.is_some_and(|d| Instant::now() >= d) {
+                return self.keep_undelivered(&mut pending).await;
+            }
+            let n = pending.len().min(self.common.batch_size);
+            let batch: Vec<Record> = pending.iter().take(n).map(|p| p.record.clone()).collect();
+            let failures = self.deliver.deliver(&batch).await;
+            let mut retry_later = Vec::new();
+            let mut failed_idx = vec![false; n];
+            let mut permanent = 0u64;
+            for (i, failure) in failures {
+                if i >= n || failed_idx[i] {
+                    continue;
+                }
+                failed_idx[i] = true;
+                match failure {
+                    Failure::Permanent(why) => {
+                        permanent += 1;
+                        warn!(sink = %self.name, error = %why, "record refused by the destination");
+                    }
+                    Failure::Retry(why) => {
+                        let attempts = pending[i].attempts + 1;
+                        if self.common.max_retries > 0 && attempts > self.common.max_retries {
+                            permanent += 1;
+                            warn!(sink = %self.name, error = %why, attempts, "record failed after its last retry");
+                        } else {
+                            if retry_later.is_empty() {
+                                warn!(sink = %self.name, error = %why, retry_in_ms = backoff.as_millis() as u64, "delivery failed; will retry");
+                            }
+                            retry_later.push(i);
+                        }
+                    }
+                }
+            }
+            let settled_ok = (n - failed_idx.iter().filter(|f| **f).count()) as u64;
+            SinkCounters::add(&self.counters.sent, settled_ok);
+            SinkCounters::add(&self.counters.failed, permanent);
+            // Take the batch off the front; failures to retry go back in their order.
+            let mut done: Vec<Pending> = pending.drain(..n).collect();
+            SinkCounters::add(&self.counters.retried, retry_later.len() as u64);
+            let settled = (n - retry_later.len()) as u64;
+            self.counters
+                .in_flight
+                .fetch_sub(settled, Ordering::Relaxed);
+            for i in retry_later.iter().rev() {
+                let mut p = std::mem::replace(
+                    &mut done[*i],
+                    Pending {
+                        record: Arc::new(Value::Null),
+                        attempts: 0,
+                    },
+                );
+                p.attempts += 1;
+                pending.push_front(p);
+            }
+            if retry_later.is_empty() {
+                backoff = Duration::from_millis(self.common.retry_initial_ms);
+            } else {
+                let mut wait = backoff;
+                backoff = (backoff * 2).min(max_backoff);
+                if let Some(deadline) = self.deadline {
+                    wait = wait.min(deadline.saturating_duration_since(Instant::now()));
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = self.shutdown.changed(), if !closing => { closing = self.begin_closing(); }
+                }
+            }
+        }
+    }
+
+    /// Waits for records (up to a batch, `linger` after the first); returns true when the
+    /// sink is shutting down.
+    async fn fill(&mut self, pending: &mut VecDeque<Pending>, linger: Duration) -> bool {
+        let want = self.common.batch_size;
+        if pending.is_empty() {
+            tokio::select! {
+                r = self.rx.recv() => match r {
+                    Some(record) => self.take(pending, record),
+                    None => return true,
+                },
+                _ = self.shutdown.changed() => return self.begin_closing(),
+            }
+        }
+        let deadline = tokio::time::Instant::now() + linger;
+        while pending.len() < want {
+            match self.rx.try_recv() {
+                Ok(record) => {
+                    self.take(pending, record);
+                    continue;
+                }
+                Err(mpsc::error::TryRecvError::Disconnected) => return true,
+                Err(mpsc::error::TryRecvError::Empty) => {}
+            }
+            tokio::select! {
+                r = self.rx.recv() => match r {
+                    Some(record) => self.take(pending, record),
+                    None => return true,
+                },
+                _ = tokio::time::sleep_until(deadline) => break,
+                _ = self.shutdown.changed() => return self.begin_closing(),
+            }
+        }
+        false
+    }
+
+    async fn drain_buffer(&mut self, pending: &mut VecDeque<Pending>) {
+        while pending.len() < self.common.batch_size {
+            match self.rx.try_recv() {
+                Ok(record) => self.take(pending, record),
+                Err(_) => break,
+            }
+        }
+    }
+
+    fn begin_closing(&mut self) -> bool {
+        self.deadline = *self.shutdown.borrow();
+        self.rx.close();
+        true
+    }
+
+    fn take(&mut self, pending: &mut VecDeque<Pending>, record: Record) {
+        SinkCounters::add(&self.counters.in_flight, 1);
+        pending.push_back(Pending {
+            record,
+            attempts: 0,
+        });
+    }
+
+    /// At shutdown: what could not be delivered stays on disk (disk buffer) or is reported.
+    async fn keep_undelivered(&mut self, pending: &mut VecDeque<Pending>) -> u64 {
+        while let Ok(record) = self.rx.try_recv() {
+            self.take(pending, record);
+        }
+        let left = pending.len() as u64;
+        if let Some(disk) = &self.disk {
+            let records: Vec<Record> = pending.iter().map(|p| p.record.clone()).collect();
+            disk.save(records).await;
+            warn!(sink = %self.name, records = left, "destination unavailable at shutdown; records kept on disk for the next start");
+        } else {
+            warn!(sink = %self.name, records = left, "destination unavailable at shutdown; records not delivered");
+        }
+        left
+    }
+}

@@ -1,0 +1,59 @@
+//! Republish into the broker. Republished messages are routed like the broker's own (to
+//! subscribers and the retained store) but are never offered to rules again: a rule cannot
+//! feed itself, however its topics are written.
+
+use super::template::{payload_bytes, Template};
+use super::{Deliver, Failure, Record};
+use crate::config::MqttSinkConfig;
+use async_trait::async_trait;
+use std::sync::Arc;
+use switchyard_core::broker::Broker;
+use switchyard_core::message::Message;
+use switchyard_core::protocol::QoS;
+use switchyard_core::topic;
+
+pub struct Republish {
+    broker: Arc<Broker>,
+    topic: Template,
+    payload: Option<Template>,
+    qos: QoS,
+    retain: bool,
+}
+
+impl Republish {
+    pub fn new(c: &MqttSinkConfig, broker: Arc<Broker>) -> Result<Self, String> {
+        let qos = match c.qos {
+            0 => QoS::AtMostOnce,
+            1 => QoS::AtLeastOnce,
+            _ => QoS::ExactlyOnce,
+        };
+        Ok(Self {
+            broker,
+            topic: Template::parse(&c.topic)?,
+            payload: c.payload.as_deref().map(Template::parse).transpose()?,
+            qos,
+            retain: c.retain,
+        })
+    }
+}
+
+#[async_trait]
+impl Deliver for Republish {
+    async fn deliver(&mut self, batch: &[Record]) -> Vec<(usize, Failure)> {
+        let mut failures = Vec::new();
+        for (i, record) in batch.iter().enumerate() {
+            let name = self.topic.render(record);
+            if !topic::valid_topic_name(&name) || name.starts_with('$') {
+                failures.push((i, Failure::Permanent(format!("not a topic name: {name:?}"))));
+                continue;
+            }
+            let payload = match &self.payload {
+                Some(t) => t.render(record).into_bytes(),
+                None => payload_bytes(record),
+            };
+            let msg = Message::new(name, payload, self.qos, self.retain);
+            let _ = self.broker.publish(Arc::new(msg));
+        }
+        failures
+    }
+}

@@ -1,0 +1,90 @@
+//! HTTP sink: one request per record, several in flight; 5xx, 429 and connection errors are
+//! retried, other 4xx are refusals.
+
+use super::template::{payload_bytes, Template};
+use super::{Deliver, Failure, Record};
+use crate::config::WebhookConfig;
+use async_trait::async_trait;
+use futures_util::future::join_all;
+use std::time::Duration;
+
+pub struct Webhook {
+    client: reqwest::Client,
+    method: reqwest::Method,
+    url: String,
+    headers: Vec<(reqwest::header::HeaderName, Template)>,
+    body: Option<Template>,
+    concurrency: usize,
+}
+
+impl Webhook {
+    pub fn new(c: &WebhookConfig) -> Result<Self, String> {
+        crate::install_crypto_provider();
+        let method = reqwest::Method::from_bytes(c.method.to_ascii_uppercase().as_bytes())
+            .map_err(|_| format!("method: not an HTTP method: {:?}", c.method))?;
+        let mut headers = Vec::new();
+        for (name, value) in &c.headers {
+            let name = reqwest::header::HeaderName::from_bytes(name.as_bytes())
+                .map_err(|_| format!("headers: not a header name: {name:?}"))?;
+            headers.push((name, Template::parse(value)?));
+        }
+        let body = c.body.as_deref().map(Template::parse).transpose()?;
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_millis(c.timeout_ms))
+            .build()
+            .map_err(|e| format!("http client: {e}"))?;
+        Ok(Self {
+            client,
+            method,
+            url: c.url.clone(),
+            headers,
+            body,
+            concurrency: c.concurrency,
+        })
+    }
+
+    async fn send_one(&self, record: &Record) -> Result<(), Failure> {
+        let mut req = self.client.request(self.method.clone(), &self.url);
+        for (name, value) in &self.headers {
+            req = req.header(name, value.render(record));
+        }
+        req = match &self.body {
+            Some(t) => req.body(t.render(record)),
+            None => req
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(payload_bytes(record)),
+        };
+        match req.send().await {
+            Ok(resp) => {
+                let status = resp.status();
+                if status.is_success() {
+                    Ok(())
+                } else if status.is_server_error() || status.as_u16() == 429 {
+                    Err(Failure::Retry(format!("{} answered {status}", self.url)))
+                } else {
+                    Err(Failure::Permanent(format!(
+                        "{} answered {status}",
+                        self.url
+                    )))
+                }
+            }
+            Err(e) => Err(Failure::Retry(format!("{}: {e}", self.url))),
+        }
+    }
+}
+
+#[async_trait]
+impl Deliver for Webhook {
+    async fn deliver(&mut self, batch: &[Record]) -> Vec<(usize, Failure)> {
+        let mut failures = Vec::new();
+        for (n, chunk) in batch.chunks(self.concurrency).enumerate() {
+            let sent = join_all(chunk.iter().map(|r| self.send_one(r))).await;
+            for (j, r) in sent.into_iter().enumerate() {
+                if let Err(f) = r {
+                    failures.push((n * self.concurrency + j, f));
+                }
+            }
+        }
+        failures
+    }
+}
