@@ -243,6 +243,36 @@ mod tests {
     }
 
     #[test]
+    fn default_rules_table_parses_to_the_defaults() {
+        let parsed = parse_config(DEFAULT_CONFIG, "default").unwrap();
+        assert_eq!(
+            format!("{:?}", parsed.rules),
+            format!("{:?}", RulesConfig::default())
+        );
+        assert!(parsed.sinks.is_empty());
+    }
+
+    #[test]
+    fn sink_tables_are_parsed_and_errors_name_the_sink() {
+        let c = parse_config(
+            "[rules]\ndir = \"r\"\n[sink.alerts]\nkind = \"webhook\"\nurl = \"http://127.0.0.1:9/a\"\n",
+            "s.toml",
+        )
+        .unwrap();
+        assert!(c.sinks.contains_key("alerts"));
+        let err = parse_config(
+            "[sink.alerts]\nkind = \"webhook\"\nurl = \"http://x\"\nretries = 3\n",
+            "s.toml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("s.toml") && err.contains("sink.alerts") && err.contains("retries"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn unknown_key_names_key_and_file() {
         let err = parse_config("[mqtt]\nmax_inflite = 3\n", "my.toml")
             .unwrap_err()

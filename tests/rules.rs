@@ -549,3 +549,73 @@ async fn disk_buffer_keeps_undelivered_records_across_a_restart() {
     assert_eq!(ns, vec![0, 1, 2, 3, 4]);
     assert_eq!(again.shutdown().await, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn example_rules_load_with_the_example_config_and_work() {
+    let _ = tracing_subscriber::fmt().with_test_writer().try_init();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(root.join("examples/rules/switchyard.toml")).unwrap();
+    let table: toml::Table = toml::from_str(&text).unwrap();
+    // Same sinks, but the SQLite file goes to a temporary folder with the example schema.
+    let data = tempfile::tempdir().unwrap();
+    let db = data.path().join("messages.db");
+    let schema = std::fs::read_to_string(root.join("examples/rules/schema.sql")).unwrap();
+    rusqlite::Connection::open(&db)
+        .unwrap()
+        .execute_batch(&schema)
+        .unwrap();
+    let mut sinks = BTreeMap::new();
+    for (name, v) in table["sink"].as_table().unwrap() {
+        let mut v: serde_json::Value = serde_json::to_value(v).unwrap();
+        if v["kind"] == "sqlite" {
+            v["path"] = serde_json::json!(db);
+        }
+        sinks.insert(name.clone(), sink(v));
+    }
+    let server = start(test_config()).await;
+    let rules = RuleEngine::start(
+        rules_config(&root.join("examples/rules")),
+        sinks,
+        server.broker.clone(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(rules.last_errors(), Vec::<String>::new());
+    assert_eq!(rules.rule_names().len(), 5, "{:?}", rules.rule_names());
+
+    let mut sub = v4::connect(v4::options(tcp_addr(&server), "s")).await;
+    sub.subscribe("processed/#", v4::QoS::AtLeastOnce).await;
+    let p = v4::connect(v4::options(tcp_addr(&server), "gw1")).await;
+    publish(
+        &p,
+        "gateways/gw1/batch",
+        r#"{"readings": [{"id": "t1", "v": 20}, {"id": "t2", "v": 25.5}]}"#,
+    )
+    .await;
+    publish(&p, "factory/line1/speed", "42").await;
+    let mut got = Vec::new();
+    for _ in 0..2 {
+        let m = sub.next_publish().await;
+        let v: serde_json::Value = serde_json::from_slice(&m.payload).unwrap();
+        got.push((m.topic.clone(), v["fahrenheit"].as_f64().unwrap()));
+    }
+    got.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(
+        got,
+        vec![
+            ("processed/gw1/t1".to_string(), 68.0),
+            ("processed/gw1/t2".to_string(), 77.9)
+        ]
+    );
+    wait_until("factory message stored", || {
+        counter(&rules, "store", "sent") == 1
+    })
+    .await;
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let row: (String, String) = conn
+        .query_row("SELECT topic, payload FROM messages", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .unwrap();
+    assert_eq!(row, ("factory/line1/speed".to_string(), "42".to_string()));
+}
