@@ -2,30 +2,12 @@
 
 mod common;
 use common::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-async fn get(addr: std::net::SocketAddr, request: &str) -> (u16, String) {
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(request.as_bytes()).await.unwrap();
-    let mut text = String::new();
-    tokio::time::timeout(WAIT, s.read_to_string(&mut text))
-        .await
-        .unwrap()
-        .unwrap();
-    let status = text
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = text.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
-    (status, body)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_and_prometheus_metrics() {
     let server = start(test_config()).await;
     let http = server.http_addr.expect("http endpoint on by default");
-    let (status, body) = get(http, "GET /health HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    let (status, body) = http_get(http, "GET /health HTTP/1.1\r\nHost: x\r\n\r\n").await;
     assert_eq!(status, 200);
     let health: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(health["status"], "ok");
@@ -42,7 +24,7 @@ async fn health_and_prometheus_metrics() {
     for _ in 0..3 {
         sub.next_publish().await;
     }
-    let (status, body) = get(http, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    let (status, body) = http_get(http, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").await;
     assert_eq!(status, 200);
     let value = |name: &str| -> u64 {
         body.lines()
@@ -57,6 +39,6 @@ async fn health_and_prometheus_metrics() {
     assert_eq!(value("switchyard_retained_messages"), 1);
     assert!(body.contains("# TYPE switchyard_messages_received_total counter"));
 
-    assert_eq!(get(http, "GET /nope HTTP/1.1\r\n\r\n").await.0, 404);
-    assert_eq!(get(http, "POST /health HTTP/1.1\r\n\r\n").await.0, 405);
+    assert_eq!(http_get(http, "GET /nope HTTP/1.1\r\n\r\n").await.0, 404);
+    assert_eq!(http_get(http, "POST /health HTTP/1.1\r\n\r\n").await.0, 405);
 }

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use switchyard_core::protocol::{ProtocolVersion, ReasonCode};
-use switchyard_plugins::{LoadError, OnError, PluginSettings, WasmPlugin};
+use switchyard_plugins::{LoadError, OnError, PluginManager, PluginSettings, WasmPlugin};
 
 fn plugin_path(name: &str) -> PathBuf {
     let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("target/plugins/{name}.wasm"));
@@ -176,7 +176,6 @@ async fn invalid_components_and_failing_init_are_load_errors() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hot_swap_under_a_stream_of_connections_neither_refuses_nor_admits_wrongly() {
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-    use switchyard_plugins::PluginManager;
     let mut cfg = test_config();
     // Without the plugin nobody gets in: a moment without it would show as a refusal.
     cfg.mqtt.allow_anonymous = false;
@@ -443,4 +442,31 @@ async fn client_events_reach_plugins_that_ask_for_them() {
     .collect();
     assert!(order.windows(2).all(|w| w[0] < w[1]), "in order: {log}");
     assert_eq!(plugin.events_dropped(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plugin_failures_and_disabling_show_in_metrics() {
+    let server = start(test_config()).await;
+    let addr = tcp_addr(&server);
+    let mut entry = settings("misbehave", json!({ "mode": "trap" }));
+    entry.path = plugin_path("misbehave");
+    let manager = PluginManager::new(server.broker.clone(), vec![entry], None);
+    manager.start().await.unwrap();
+    for i in 0..6 {
+        let mut raw = Raw::connect(addr).await;
+        let ack = raw.handshake(ProtocolVersion::V5, &format!("v{i}")).await;
+        assert_eq!(ack.code, ReasonCode::NOT_AUTHORIZED);
+    }
+    let http = server.http_addr.expect("http endpoint");
+    let (status, body) = http_get(http, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert_eq!(status, 200);
+    let value = |name: &str| -> u64 {
+        body.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing from:\n{body}"))
+    };
+    assert!(value("switchyard_plugin_failures_total{plugin=\"misbehave\"}") >= 5);
+    assert_eq!(value("switchyard_plugin_disabled{plugin=\"misbehave\"}"), 1);
 }

@@ -53,6 +53,8 @@ impl PluginManager {
     /// Loads every configured plugin. A `[[plugin]]` entry that cannot load is a start-up error;
     /// a bad file in `plugins_dir` is logged and skipped.
     pub async fn start(self: &Arc<Self>) -> Result<(), LoadError> {
+        self.broker
+            .set_metrics_source("plugins", Arc::new(PluginMetrics(Arc::downgrade(self))));
         for s in &self.explicit {
             let plugin = load(s.clone()).await?;
             self.install(&s.path, plugin);
@@ -208,4 +210,67 @@ fn same_file(a: &Path, b: &Path) -> bool {
 /// Compiles (on the blocking pool) and initialises a plugin.
 async fn load(settings: PluginSettings) -> Result<Arc<WasmPlugin>, LoadError> {
     WasmPlugin::load(settings).await
+}
+
+/// Per-plugin counters in `/metrics`: calls, failed calls, disabled, dropped events.
+struct PluginMetrics(std::sync::Weak<PluginManager>);
+
+impl switchyard_core::metrics::MetricsSource for PluginMetrics {
+    fn render(&self, out: &mut String) {
+        use std::fmt::Write as _;
+        let Some(manager) = self.0.upgrade() else {
+            return;
+        };
+        let loaded = manager.loaded.lock();
+        let mut plugins: Vec<&Arc<WasmPlugin>> = loaded.values().map(|l| &l.plugin).collect();
+        plugins.sort_by(|a, b| a.name().cmp(b.name()));
+        let _ = writeln!(
+            out,
+            "# HELP switchyard_plugin_calls_total Hook calls into each WASM plugin.\n# TYPE switchyard_plugin_calls_total counter"
+        );
+        for p in &plugins {
+            let _ = writeln!(
+                out,
+                "switchyard_plugin_calls_total{{plugin=\"{}\"}} {}",
+                p.name(),
+                p.calls()
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP switchyard_plugin_failures_total Calls that trapped, timed out or ran out of memory.\n# TYPE switchyard_plugin_failures_total counter"
+        );
+        for p in &plugins {
+            let _ = writeln!(
+                out,
+                "switchyard_plugin_failures_total{{plugin=\"{}\"}} {}",
+                p.name(),
+                p.failures()
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP switchyard_plugin_disabled 1 when a plugin was disabled after repeated failures.\n# TYPE switchyard_plugin_disabled gauge"
+        );
+        for p in &plugins {
+            let _ = writeln!(
+                out,
+                "switchyard_plugin_disabled{{plugin=\"{}\"}} {}",
+                p.name(),
+                u8::from(p.is_disabled())
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP switchyard_plugin_events_dropped_total Client events not delivered: the plugin's queue was full.\n# TYPE switchyard_plugin_events_dropped_total counter"
+        );
+        for p in &plugins {
+            let _ = writeln!(
+                out,
+                "switchyard_plugin_events_dropped_total{{plugin=\"{}\"}} {}",
+                p.name(),
+                p.events_dropped()
+            );
+        }
+    }
 }

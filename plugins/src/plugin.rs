@@ -552,13 +552,15 @@ fn message_of(m: &Message) -> wit::Message {
 pub struct PluginHook(pub Arc<WasmPlugin>);
 
 impl PluginHook {
+    /// The plugin's answer, or the `on_error` answer and `false` when the call failed (a
+    /// failed call's answer is never cached).
     async fn authorize_uncached(
         &self,
         client: Arc<wit::ClientInfo>,
         a: Access,
         t: &str,
         q: QoS,
-    ) -> AclDecision {
+    ) -> (AclDecision, bool) {
         let op = match a {
             Access::Publish => wit::Access::Publish,
             Access::Subscribe => wit::Access::Subscribe,
@@ -566,14 +568,17 @@ impl PluginHook {
         let topic = t.to_string();
         let qos = qos_of(q);
         match self.0.run(Call::Authorize(client, op, topic, qos)).await {
-            Some(Reply::Acl(wit::AclResult::Allow)) => AclDecision::Allow,
-            Some(Reply::Acl(wit::AclResult::Deny(r))) => AclDecision::Deny(reason_of(r)),
-            Some(Reply::Acl(wit::AclResult::Ignore)) => AclDecision::Ignore,
-            _ => match self.0.settings.on_error {
-                OnError::Deny => AclDecision::Deny(ReasonCode::NOT_AUTHORIZED),
-                OnError::Allow => AclDecision::Allow,
-                OnError::Ignore => AclDecision::Ignore,
-            },
+            Some(Reply::Acl(wit::AclResult::Allow)) => (AclDecision::Allow, true),
+            Some(Reply::Acl(wit::AclResult::Deny(r))) => (AclDecision::Deny(reason_of(r)), true),
+            Some(Reply::Acl(wit::AclResult::Ignore)) => (AclDecision::Ignore, true),
+            _ => {
+                let d = match self.0.settings.on_error {
+                    OnError::Deny => AclDecision::Deny(ReasonCode::NOT_AUTHORIZED),
+                    OnError::Allow => AclDecision::Allow,
+                    OnError::Ignore => AclDecision::Ignore,
+                };
+                (d, false)
+            }
         }
     }
 }
@@ -618,7 +623,7 @@ impl Hook for PluginHook {
         let ttl = self.0.settings.authorize_cache_ms;
         let guest = guest_client(c);
         if ttl == 0 {
-            return self.authorize_uncached(guest.info.clone(), a, t, q).await;
+            return self.authorize_uncached(guest.info.clone(), a, t, q).await.0;
         }
         let key = (self.0.name.clone(), a == Access::Publish, t.to_string());
         if let Some((d, at)) = guest.decisions.lock().get(&key) {
@@ -626,8 +631,8 @@ impl Hook for PluginHook {
                 return *d;
             }
         }
-        let decision = self.authorize_uncached(guest.info.clone(), a, t, q).await;
-        {
+        let (decision, answered) = self.authorize_uncached(guest.info.clone(), a, t, q).await;
+        if answered {
             let mut cache = guest.decisions.lock();
             if cache.len() >= DECISION_CACHE_ENTRIES {
                 cache.clear();

@@ -142,13 +142,15 @@ impl Hook for RulesHook {
         self.interests
     }
     fn on_event(&self, e: &Event) {
-        let set = self.shared.rules.load_full();
+        // A guard, not an Arc clone: most messages match no rule and cost only the lookup.
+        let set = self.shared.rules.load();
         let work = match e {
             Event::MessageAccepted(client, msg) => {
                 let rules = set.matching(&msg.topic);
                 if rules.is_empty() {
                     return;
                 }
+                let set = arc_swap::Guard::into_inner(set);
                 Work::Message(set, rules, Msg::new(client.clone(), msg.clone()))
             }
             other => {
@@ -158,7 +160,7 @@ impl Hook for RulesHook {
                 if !set.by_event.contains_key(name) {
                     return;
                 }
-                Work::Event(set, name, other.clone())
+                Work::Event(arc_swap::Guard::into_inner(set), name, other.clone())
             }
         };
         if self.shared.queue.try_send(work).is_err() {

@@ -434,6 +434,7 @@ fn register_message(engine: &mut Engine) {
     engine.register_get("payload", |m: &mut Msg| -> Blob {
         m.0.msg.payload.to_vec()
     });
+    engine.register_get("size", |m: &mut Msg| m.0.msg.payload.len() as i64);
     engine.register_get("text", |m: &mut Msg| {
         String::from_utf8_lossy(&m.0.msg.payload).into_owned()
     });

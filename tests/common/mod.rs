@@ -30,6 +30,24 @@ pub async fn wait_until(what: &str, condition: impl Fn() -> bool) {
     }
 }
 
+/// One raw HTTP exchange; (status, body).
+pub async fn http_get(addr: std::net::SocketAddr, request: &str) -> (u16, String) {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(request.as_bytes()).await.unwrap();
+    let mut text = String::new();
+    tokio::time::timeout(WAIT, s.read_to_string(&mut text))
+        .await
+        .unwrap()
+        .unwrap();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
+    (status, body)
+}
+
 pub fn local(kind: ListenerKind) -> ListenerConfig {
     ListenerConfig::new(kind, "127.0.0.1:0".parse().unwrap())
 }
