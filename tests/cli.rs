@@ -239,3 +239,88 @@ async fn plugins_still_run_where_the_instance_pool_cannot_reserve_its_address_sp
         vec![v5::SubscribeReasonCode::NotAuthorized]
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rules_reload_on_sighup_and_sinks_flush_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("rules");
+    std::fs::create_dir(&rules).unwrap();
+    let db = dir.path().join("m.db");
+    rusqlite::Connection::open(&db)
+        .unwrap()
+        .execute_batch("CREATE TABLE m (topic TEXT, payload TEXT)")
+        .unwrap();
+    // The watcher waits ten minutes before reloading: only SIGHUP can make the rule live now.
+    let config = format!(
+        "[[listener]]\nkind = \"tcp\"\nbind = \"127.0.0.1:0\"\n[http]\nenabled = false\n\
+         [rules]\ndir = \"{}\"\ndebounce_ms = 600000\n\
+         [sink.store]\nkind = \"sqlite\"\npath = \"{}\"\nlinger_ms = 200\n\
+         statement = \"INSERT INTO m (topic, payload) VALUES (:topic, :payload)\"\n",
+        rules.display(),
+        db.display()
+    );
+    let mut broker = Broker::start(&config);
+    let addr = broker.addr("tcp");
+    std::fs::write(
+        rules.join("store.rhai"),
+        r#"rule("store").from(["cli/#"]).to(database("store"));"#,
+    )
+    .unwrap();
+    let pid = broker.child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .unwrap()
+        .success());
+
+    let mut probe = v4::connect(v4::options(addr, "probe")).await;
+    probe.subscribe("cli/end", v4::QoS::AtLeastOnce).await;
+    let p = v4::connect(v4::options(addr, "p")).await;
+    let count = || -> i64 {
+        rusqlite::Connection::open(&db)
+            .unwrap()
+            .query_row("SELECT count(*) FROM m", [], |r| r.get(0))
+            .unwrap()
+    };
+    // Publish until the reloaded rule stores something.
+    let mut sent = 0;
+    while count() == 0 {
+        assert!(sent < 1000, "the rule never became live after SIGHUP");
+        p.client
+            .publish("cli/x", v4::QoS::AtLeastOnce, false, "m")
+            .await
+            .unwrap();
+        sent += 1;
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    // A burst, then SIGTERM at once: what the sink still holds is written before exit.
+    for i in 0..300 {
+        p.client
+            .publish("cli/burst", v4::QoS::AtLeastOnce, false, format!("{i}"))
+            .await
+            .unwrap();
+    }
+    p.client
+        .publish("cli/end", v4::QoS::AtLeastOnce, false, "end")
+        .await
+        .unwrap();
+    assert_eq!(probe.next_publish().await.topic, "cli/end");
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let exit = tokio::task::spawn_blocking(move || broker.child.wait().unwrap())
+        .await
+        .unwrap();
+    assert!(exit.success(), "{exit:?}");
+    let burst: i64 = rusqlite::Connection::open(&db)
+        .unwrap()
+        .query_row(
+            "SELECT count(*) FROM m WHERE topic = 'cli/burst'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(burst, 300, "every accepted message reached the database");
+}

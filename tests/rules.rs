@@ -34,6 +34,14 @@ fn rules_config(dir: &Path) -> RulesConfig {
 }
 
 async fn env_with(files: &[(&str, &str)], sinks: &[(&str, serde_json::Value)]) -> Env {
+    env_configured(files, sinks, |_| {}).await
+}
+
+async fn env_configured(
+    files: &[(&str, &str)],
+    sinks: &[(&str, serde_json::Value)],
+    tune: impl FnOnce(&mut RulesConfig),
+) -> Env {
     // Rule errors are logged: show them with the failing test's output.
     let _ = tracing_subscriber::fmt().with_test_writer().try_init();
     let dir = tempfile::tempdir().unwrap();
@@ -45,7 +53,9 @@ async fn env_with(files: &[(&str, &str)], sinks: &[(&str, serde_json::Value)]) -
         .iter()
         .map(|(n, v)| (n.to_string(), sink(v.clone())))
         .collect();
-    let rules = RuleEngine::start(rules_config(dir.path()), sinks, server.broker.clone())
+    let mut config = rules_config(dir.path());
+    tune(&mut config);
+    let rules = RuleEngine::start(config, sinks, server.broker.clone())
         .await
         .expect("rule engine starts");
     rules.watch().expect("watch rules dir");
@@ -89,8 +99,8 @@ rule("high-temp")
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn webhook_gets_selected_outputs_retries_5xx_and_not_4xx() {
     let receiver = start_receiver(None).await;
-    // The first three requests fail with 503: they must be retried, not lost.
-    receiver.recorded.fail_status.store(503, Ordering::SeqCst);
+    // The first three requests fail with 500: they must be retried, not lost.
+    receiver.recorded.fail_status.store(500, Ordering::SeqCst);
     receiver.recorded.fail_count.store(3, Ordering::SeqCst);
     let env = env_with(
         &[("alerts.rhai", ALERTS)],
@@ -159,7 +169,7 @@ async fn webhook_gets_selected_outputs_retries_5xx_and_not_4xx() {
     })
     .await;
     assert_eq!(counter(rules, "alerts", "sent"), 3);
-    assert!(counter(rules, "alerts", "retried") >= 3, "503s retried");
+    assert!(counter(rules, "alerts", "retried") >= 3, "500s retried");
     assert_eq!(counter(rules, "alerts", "failed"), 0);
     assert_eq!(
         counter(rules, "refuser", "retried"),
@@ -618,4 +628,37 @@ async fn example_rules_load_with_the_example_config_and_work() {
         })
         .unwrap();
     assert_eq!(row, ("factory/line1/speed".to_string(), "42".to_string()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_rule_queue_is_counted_and_never_slows_routing() {
+    // One worker, a queue of one, and a rule that always runs to its 100 ms deadline.
+    let slow = r#"rule("slow").from(["q/#"]).when(|m| { loop { } }).to(mqtt("out"));"#;
+    let env = env_configured(
+        &[("slow.rhai", slow)],
+        &[("out", serde_json::json!({"kind": "mqtt", "topic": "o"}))],
+        |c| {
+            c.workers = 1;
+            c.queue_size = 1;
+        },
+    )
+    .await;
+    let mut sub = v4::connect(v4::options(tcp_addr(&env.server), "s")).await;
+    sub.subscribe("q/#", v4::QoS::AtLeastOnce).await;
+    let p = publisher(&env, "p").await;
+    let start = Instant::now();
+    for i in 0..50 {
+        publish(&p, "q/x", format!("{i}")).await;
+    }
+    for _ in 0..50 {
+        sub.next_publish().await;
+    }
+    // 50 evaluations would take 5 s; routing did not wait for them.
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        start.elapsed()
+    );
+    let dropped = env.rules.counters().queue_dropped.load(Ordering::Relaxed);
+    assert!(dropped >= 40, "queue overflow counted: {dropped}");
 }
