@@ -409,14 +409,19 @@ async fn a_failing_plugin_with_on_error_ignore_passes_the_decision_to_the_next_o
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn client_events_reach_plugins_that_ask_for_them() {
+async fn client_and_message_events_reach_plugins_that_ask_for_them() {
     let server = start(test_config()).await;
     let plugin = WasmPlugin::load(settings("misbehave", json!({"mode": "events"})))
         .await
         .unwrap();
     server.broker.hooks.register(0, plugin.hook());
     let mut c = v5::connect(v5::options(tcp_addr(&server), "watched")).await;
-    c.subscribe("ev/t", v5::QoS::AtMostOnce).await;
+    c.subscribe("ev/t", v5::QoS::AtLeastOnce).await;
+    c.client
+        .publish("ev/t", v5::QoS::AtLeastOnce, false, "m")
+        .await
+        .unwrap();
+    c.next_publish().await;
     c.client.unsubscribe("ev/t").await.unwrap();
     c.expect(|p| matches!(p, v5::Packet::UnsubAck(_)).then_some(()))
         .await;
@@ -431,6 +436,8 @@ async fn client_events_reach_plugins_that_ask_for_them() {
     let order: Vec<usize> = [
         "watched=connected;",
         "watched=subscribed:ev/t;",
+        "watched=delivered:ev/t;",
+        "watched=acked:ev/t;",
         "watched=unsubscribed:ev/t;",
         "watched=disconnected:",
     ]

@@ -245,7 +245,9 @@ impl WasmPlugin {
         plugin.topic_filters = registration.topic_filters;
         plugin.pool.lock().push(warm);
         let plugin = Arc::new(plugin);
-        if plugin.interests.contains(HookSet::CLIENT_EVENTS) {
+        if plugin.interests.contains(HookSet::CLIENT_EVENTS)
+            || plugin.interests.contains(HookSet::MESSAGE_EVENTS)
+        {
             // Events are observed, never awaited by the routing path: a queue and one worker.
             let (tx, mut rx) = tokio::sync::mpsc::channel(EVENT_QUEUE);
             let _ = plugin.events.set(tx);
@@ -454,6 +456,9 @@ fn interests_of(hooks: wit::HookSet) -> HookSet {
     if hooks.contains(wit::HookSet::CLIENT_EVENTS) {
         set = set | HookSet::CLIENT_EVENTS;
     }
+    if hooks.contains(wit::HookSet::MESSAGE_EVENTS) {
+        set = set | HookSet::MESSAGE_EVENTS;
+    }
     set
 }
 
@@ -489,6 +494,19 @@ fn guest_client(c: &ClientInfo) -> Arc<GuestClient> {
 
 fn cached_client(c: &ClientInfo) -> Arc<wit::ClientInfo> {
     guest_client(c).info.clone()
+}
+
+/// The receiving client of a message event: only its id is known where the event is raised.
+fn receiver(client_id: &str) -> Arc<wit::ClientInfo> {
+    Arc::new(wit::ClientInfo {
+        client_id: client_id.to_string(),
+        username: None,
+        peer_addr: String::new(),
+        protocol: wit::ProtocolVersion::V5,
+        listener: String::new(),
+        cert_common_name: None,
+        attributes: Vec::new(),
+    })
 }
 
 fn client_of(c: &ClientInfo) -> wit::ClientInfo {
@@ -552,6 +570,18 @@ fn message_of(m: &Message) -> wit::Message {
 pub struct PluginHook(pub Arc<WasmPlugin>);
 
 impl PluginHook {
+    /// Queues an event for the plugin's event worker; a full queue drops it (counted).
+    fn send_event(
+        &self,
+        tx: &tokio::sync::mpsc::Sender<(Arc<wit::ClientInfo>, String)>,
+        client: Arc<wit::ClientInfo>,
+        event: String,
+    ) {
+        if tx.try_send((client, event)).is_err() {
+            self.0.events_dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
     /// The plugin's answer, or the `on_error` answer and `false` when the call failed (a
     /// failed call's answer is never cached).
     async fn authorize_uncached(
@@ -650,11 +680,19 @@ impl Hook for PluginHook {
             Event::ClientDisconnected(c, why) => (c, format!("disconnected:{why}")),
             Event::SessionSubscribed(c, f, _) => (c, format!("subscribed:{f}")),
             Event::SessionUnsubscribed(c, f) => (c, format!("unsubscribed:{f}")),
-            _ => return,
+            Event::MessageDelivered(to, m) => {
+                return self.send_event(tx, receiver(to), format!("delivered:{}", m.topic))
+            }
+            Event::MessageAcked(to, m) => {
+                return self.send_event(tx, receiver(to), format!("acked:{}", m.topic))
+            }
+            Event::MessageDropped(to, m, why) => {
+                let to = to.as_deref().unwrap_or("");
+                return self.send_event(tx, receiver(to), format!("dropped:{}:{why}", m.topic));
+            }
+            Event::MessageAccepted(..) => return,
         };
-        if tx.try_send((cached_client(client), event)).is_err() {
-            self.0.events_dropped.fetch_add(1, Ordering::Relaxed);
-        }
+        self.send_event(tx, cached_client(client), event);
     }
 
     async fn on_publish(&self, c: &ClientInfo, m: &Message) -> MessageDecision {

@@ -40,7 +40,7 @@ impl Plugin for Misbehave {
             .to_string();
         let mut hooks = HookSet::AUTHENTICATE | HookSet::AUTHORIZE;
         if mode == "events" {
-            hooks |= HookSet::CLIENT_EVENTS;
+            hooks |= HookSet::CLIENT_EVENTS | HookSet::MESSAGE_EVENTS;
         }
         let _ = MODE.set(mode);
         Ok(Registration {
