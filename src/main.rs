@@ -145,22 +145,50 @@ async fn wait_for_signal() -> Result<&'static str> {
     }
 }
 
-/// SIGHUP reloads plugins whose files changed and the rule files (the watchers do it too;
-/// this is for setups where file events do not arrive, such as some network file systems).
-fn reload_on_sighup(plugins: std::sync::Arc<PluginManager>, rules: std::sync::Arc<RuleEngine>) {
+/// SIGHUP re-reads the password file and ACL rules (from the config file again, when there is
+/// one), reloads plugins whose files changed and the rule files. The watchers reload plugins and
+/// rules on their own too; SIGHUP is for auth files and for setups where file events do not
+/// arrive (some network file systems). Other settings need a restart.
+fn reload_on_sighup(
+    server: &Server,
+    config_path: Option<PathBuf>,
+    plugins: std::sync::Arc<PluginManager>,
+    rules: std::sync::Arc<RuleEngine>,
+) {
     #[cfg(unix)]
-    tokio::spawn(async move {
+    {
         use tokio::signal::unix::{signal, SignalKind};
+        let broker = server.broker.clone();
+        // Installed before the listeners are announced: a SIGHUP that arrives earlier than the
+        // handler would otherwise terminate the process.
         let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            tracing::warn!("cannot install the SIGHUP handler");
             return;
         };
-        while hup.recv().await.is_some() {
-            info!("SIGHUP: reloading plugins and rules");
-            plugins.reload().await;
-            let rules = rules.clone();
-            let _ = tokio::task::spawn_blocking(move || rules.reload()).await;
-        }
-    });
+        tokio::spawn(async move {
+            while hup.recv().await.is_some() {
+                info!("SIGHUP: reloading auth files, plugins and rules");
+                let core = match &config_path {
+                    Some(path) => match load_config(path) {
+                        Ok(c) => Some(c.core),
+                        Err(e) => {
+                            tracing::error!(error = %format!("{e:#}"), "config file not reloaded; the running auth settings stay");
+                            None
+                        }
+                    },
+                    None => Some(CoreConfig::default()),
+                };
+                if let Some(core) = core {
+                    if let Err(e) = switchyard_core::server::load_auth(&broker, &core) {
+                        tracing::error!(error = %e, "auth files not reloaded; the running ones stay");
+                    }
+                }
+                plugins.reload().await;
+                let rules = rules.clone();
+                let _ = tokio::task::spawn_blocking(move || rules.reload()).await;
+            }
+        });
+    }
 }
 
 fn main() -> Result<()> {
@@ -210,7 +238,7 @@ fn main() -> Result<()> {
         if let Err(e) = rules.watch() {
             tracing::warn!(error = %e, "rule files are not watched; reload with SIGHUP");
         }
-        reload_on_sighup(plugins.clone(), rules.clone());
+        reload_on_sighup(&server, cli.config.clone(), plugins.clone(), rules.clone());
         for (kind, addr) in &server.listeners {
             println!("switchyard listening: {} {}", kind.as_str(), addr);
         }

@@ -66,6 +66,8 @@ fn config_errors_name_the_key_and_the_file() {
 struct Broker {
     child: Child,
     addrs: Vec<(String, SocketAddr)>,
+    /// Holds the config file, which SIGHUP reads again.
+    _dir: tempfile::TempDir,
 }
 
 impl Broker {
@@ -112,7 +114,11 @@ impl Broker {
             }
         }
         std::thread::spawn(move || for _ in lines {});
-        Broker { child, addrs }
+        Broker {
+            child,
+            addrs,
+            _dir: dir,
+        }
     }
 
     fn addr(&self, kind: &str) -> SocketAddr {
@@ -188,6 +194,40 @@ async fn passwd_writes_a_hashed_user_the_broker_accepts() {
     let mut o = v4::options(addr, "carol2");
     o.set_credentials("carol", "wrong");
     assert!(v4::connect_any(o).await.is_err());
+
+    // A user added while the broker runs is let in after SIGHUP, not before.
+    let mut child = Command::new(BIN)
+        .args(["passwd", pw.to_str().unwrap(), "dave"])
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"s3cret\n").unwrap();
+    assert!(child.wait().unwrap().success());
+    let dave = |id: &str| {
+        let mut o = v4::options(addr, id);
+        o.set_credentials("dave", "s3cret");
+        o
+    };
+    assert!(v4::connect_any(dave("dave0")).await.is_err());
+    let pid = broker.child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let mut attempt = 0;
+    while v4::connect_any(dave(&format!("dave{}", attempt + 1)))
+        .await
+        .is_err()
+    {
+        attempt += 1;
+        assert!(attempt < 100, "dave never admitted after SIGHUP");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    // carol is still in.
+    let mut o = v4::options(addr, "carol3");
+    o.set_credentials("carol", "correct horse");
+    v4::connect(o).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

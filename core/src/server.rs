@@ -37,6 +37,50 @@ struct AclFile {
     acl: Vec<AclRule>,
 }
 
+/// Loads the password file and the ACL rules (`[[acl]]` and `acl_file`) into the hook chain,
+/// replacing the ones loaded before: at start, and again on SIGHUP. On any error nothing
+/// changes, so a bad edit leaves the running rules in force.
+pub fn load_auth(broker: &Broker, config: &CoreConfig) -> Result<(), StartError> {
+    let passwords = if config.auth.password_file.as_os_str().is_empty() {
+        None
+    } else {
+        let pf = PasswordFile::load(&config.auth.password_file)?;
+        info!(users = pf.user_count(), file = %config.auth.password_file.display(), "password file loaded");
+        Some(pf)
+    };
+    let mut rules = config.acl.clone();
+    if !config.auth.acl_file.as_os_str().is_empty() {
+        let path = &config.auth.acl_file;
+        let err = |message: String| StartError::AclFile {
+            path: path.clone(),
+            message,
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+        let file: AclFile = toml::from_str(&text).map_err(|e| err(e.to_string()))?;
+        let probe = CoreConfig {
+            acl: file.acl.clone(),
+            ..CoreConfig::default()
+        };
+        probe
+            .validate(&path.display().to_string())
+            .map_err(|e| err(e.to_string()))?;
+        rules.extend(file.acl);
+    }
+    match passwords {
+        Some(pf) => broker.hooks.replace(BUILTIN_HOOK_PRIORITY, Arc::new(pf)),
+        None => broker.hooks.unregister("builtin:password-file"),
+    }
+    if !rules.is_empty() || config.auth.acl_default == Permission::Deny {
+        broker.hooks.replace(
+            BUILTIN_HOOK_PRIORITY + 1,
+            Arc::new(AclRules::new(rules, config.auth.acl_default)),
+        );
+    } else {
+        broker.hooks.unregister("builtin:acl");
+    }
+    Ok(())
+}
+
 /// A running broker.
 pub struct Server {
     pub broker: Arc<Broker>,
@@ -51,35 +95,7 @@ impl Server {
     /// Binds every listener (failing fast on the first that cannot start) and starts serving.
     pub async fn start(config: CoreConfig) -> Result<Server, StartError> {
         let broker = Broker::new(config.mqtt.clone());
-        if !config.auth.password_file.as_os_str().is_empty() {
-            let pf = PasswordFile::load(&config.auth.password_file)?;
-            info!(users = pf.user_count(), file = %config.auth.password_file.display(), "password file loaded");
-            broker.hooks.register(BUILTIN_HOOK_PRIORITY, Arc::new(pf));
-        }
-        let mut rules = config.acl.clone();
-        if !config.auth.acl_file.as_os_str().is_empty() {
-            let path = &config.auth.acl_file;
-            let err = |message: String| StartError::AclFile {
-                path: path.clone(),
-                message,
-            };
-            let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
-            let file: AclFile = toml::from_str(&text).map_err(|e| err(e.to_string()))?;
-            let probe = CoreConfig {
-                acl: file.acl.clone(),
-                ..CoreConfig::default()
-            };
-            probe
-                .validate(&path.display().to_string())
-                .map_err(|e| err(e.to_string()))?;
-            rules.extend(file.acl);
-        }
-        if !rules.is_empty() || config.auth.acl_default == Permission::Deny {
-            broker.hooks.register(
-                BUILTIN_HOOK_PRIORITY + 1,
-                Arc::new(AclRules::new(rules, config.auth.acl_default)),
-            );
-        }
+        load_auth(&broker, &config)?;
         let mut bound = Vec::new();
         for l in config.listeners {
             bound.push(BoundListener::bind(l).await?);

@@ -118,6 +118,8 @@ struct Shared {
     started: Instant,
     /// Errors of the last failed reload, `file:line:col: message`.
     last_errors: Mutex<Vec<String>>,
+    /// The watcher and SIGHUP may ask at once: an older load must not replace a newer one.
+    reloading: Mutex<()>,
 }
 
 pub struct RuleEngine {
@@ -296,6 +298,7 @@ impl RuleEngine {
             broker: broker.clone(),
             started: Instant::now(),
             last_errors: Mutex::new(Vec::new()),
+            reloading: Mutex::new(()),
             config,
         });
         let mut workers = Vec::new();
@@ -325,6 +328,7 @@ impl RuleEngine {
         let Some(dir) = s.config.dir.clone() else {
             return Ok(0);
         };
+        let _one_at_a_time = s.reloading.lock();
         match self.load_dir(&dir) {
             Ok(set) => {
                 let n = set.rules.len();
