@@ -113,6 +113,16 @@ fn bench_index(messages: usize) {
 fn main() -> Result<()> {
     let n = arg("--messages", 200_000);
     bench_rule(
+        "when-false",
+        r#"rule("r").from(["sensors/#"]).when(|m| false).to(mqtt("out"));"#,
+        n,
+    )?;
+    bench_rule(
+        "when-size",
+        r#"rule("r").from(["sensors/#"]).when(|m| m.size < 100000).to(mqtt("out"));"#,
+        n,
+    )?;
+    bench_rule(
         "when-json",
         r#"rule("r").from(["sensors/#"]).when(|m| m.json.temp > 30.0).to(mqtt("out"));"#,
         n,
