@@ -63,6 +63,14 @@ fn config_errors_name_the_key_and_the_file() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/switchyard.toml"));
 }
 
+fn send_signal(pid: &str, signal: &str) {
+    let status = Command::new("kill")
+        .args([&format!("-{signal}"), pid])
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill -{signal} {pid}");
+}
+
 struct Broker {
     child: Child,
     addrs: Vec<(String, SocketAddr)>,
@@ -150,11 +158,7 @@ async fn binary_serves_and_shuts_down_gracefully_on_sigterm() {
 
     let mut raw = Raw::connect(addr).await;
     raw.handshake(ProtocolVersion::V5, "cli-v5").await;
-    let status = Command::new("kill")
-        .args(["-TERM", &broker.child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    send_signal(&broker.child.id().to_string(), "TERM");
     let d = raw.expect_close().await.expect("DISCONNECT on shutdown");
     assert_eq!(d.code, ReasonCode::SERVER_SHUTTING_DOWN);
     let exit = tokio::task::spawn_blocking(move || broker.child.wait().unwrap())
@@ -210,11 +214,7 @@ async fn passwd_writes_a_hashed_user_the_broker_accepts() {
     };
     assert!(v4::connect_any(dave("dave0")).await.is_err());
     let pid = broker.child.id().to_string();
-    assert!(Command::new("kill")
-        .args(["-HUP", &pid])
-        .status()
-        .unwrap()
-        .success());
+    send_signal(&pid, "HUP");
     let mut attempt = 0;
     while v4::connect_any(dave(&format!("dave{}", attempt + 1)))
         .await
@@ -307,11 +307,7 @@ async fn rules_reload_on_sighup_and_sinks_flush_on_sigterm() {
     )
     .unwrap();
     let pid = broker.child.id().to_string();
-    assert!(Command::new("kill")
-        .args(["-HUP", &pid])
-        .status()
-        .unwrap()
-        .success());
+    send_signal(&pid, "HUP");
 
     let mut probe = v4::connect(v4::options(addr, "probe")).await;
     probe.subscribe("cli/end", v4::QoS::AtLeastOnce).await;
@@ -345,11 +341,7 @@ async fn rules_reload_on_sighup_and_sinks_flush_on_sigterm() {
         .await
         .unwrap();
     assert_eq!(probe.next_publish().await.topic, "cli/end");
-    assert!(Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap()
-        .success());
+    send_signal(&pid, "TERM");
     let exit = tokio::task::spawn_blocking(move || broker.child.wait().unwrap())
         .await
         .unwrap();

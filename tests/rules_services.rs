@@ -68,6 +68,25 @@ fn sink_counter(
     SinkCounters::get(f(&rules.sink(sink).unwrap().counters))
 }
 
+/// Publishes `{"n": N}` at QoS 1 for every N in `range`, on the topic `topic(N)`.
+async fn publish_numbered(
+    p: &v4::Client,
+    range: std::ops::Range<i64>,
+    topic: impl Fn(i64) -> String,
+) {
+    for n in range {
+        p.client
+            .publish(
+                topic(n),
+                v4::QoS::AtLeastOnce,
+                false,
+                format!("{{\"n\": {n}}}"),
+            )
+            .await
+            .unwrap();
+    }
+}
+
 // ------------------------------------------------------------------------------------------
 // Kafka (Tansu)
 
@@ -177,22 +196,8 @@ rule("telemetry")
     )
     .await;
     let p = v4::connect(v4::options(tcp_addr(&server), "gw")).await;
-    let send = |from: i64, to: i64| {
-        let c = p.client.clone();
-        async move {
-            for n in from..to {
-                let topic = format!("sensors/dev{}/telemetry", n % 4);
-                c.publish(
-                    topic,
-                    v4::QoS::AtLeastOnce,
-                    false,
-                    format!("{{\"n\": {n}}}"),
-                )
-                .await
-                .unwrap();
-            }
-        }
-    };
+    let send =
+        |from, to| publish_numbered(&p, from..to, |n| format!("sensors/dev{}/telemetry", n % 4));
     send(0, 50).await;
     let before = consume(&brokers, "telemetry", 50).await;
     assert!(before
@@ -343,21 +348,7 @@ rule("missing-table").from(["pg/+/r"]).to(postgres("nowhere"));
     )
     .await;
     let p = v4::connect(v4::options(tcp_addr(&server), "gw")).await;
-    let send = |from: i64, to: i64| {
-        let c = p.client.clone();
-        async move {
-            for n in from..to {
-                c.publish(
-                    format!("pg/d{}/r", n % 3),
-                    v4::QoS::AtLeastOnce,
-                    false,
-                    format!("{{\"n\": {n}}}"),
-                )
-                .await
-                .unwrap();
-            }
-        }
-    };
+    let send = |from, to| publish_numbered(&p, from..to, |n| format!("pg/d{}/r", n % 3));
     send(0, 20).await;
     // Row 13 has a NULL device: refused alone, the rest of its batch goes in.
     wait_until("first rows stored", || {

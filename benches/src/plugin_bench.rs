@@ -15,31 +15,13 @@ use serde_json::json;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
-use switchyard_core::hooks::{Access, ClientInfo, ConnectInfo, Hook};
-use switchyard_core::protocol::{ProtocolVersion, QoS};
+use switchyard_core::hooks::{Access, ConnectInfo, Hook};
+use switchyard_core::protocol::QoS;
 use switchyard_plugins::{PluginSettings, WasmPlugin};
 
-fn arg(name: &str, default: usize) -> usize {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn client(id: &str, user: &str) -> ClientInfo {
-    ClientInfo {
-        client_id: Arc::from(id),
-        username: Some(Arc::from(user)),
-        peer_addr: "127.0.0.1:40000".parse().expect("literal address"),
-        protocol: ProtocolVersion::V5,
-        listener: Arc::from("tcp:bench"),
-        cert_common_name: None,
-        attributes: Vec::new(),
-        extension: Default::default(),
-    }
-}
+#[path = "shared.rs"]
+mod shared;
+use shared::{arg, client};
 
 async fn load(name: &str, config: serde_json::Value) -> Result<Arc<dyn Hook>> {
     let path = PathBuf::from(format!("target/plugins/{name}.wasm"));

@@ -11,34 +11,15 @@ use anyhow::{anyhow, Result};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use switchyard_core::hooks::ClientInfo;
 use switchyard_core::message::Message;
-use switchyard_core::protocol::{ProtocolVersion, QoS};
+use switchyard_core::protocol::QoS;
 use switchyard_core::topic::{TopicTree, TreeEntry};
 use switchyard_rules::script::{self, Msg};
 use switchyard_rules::RulesConfig;
 
-fn arg(name: &str, default: usize) -> usize {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn client() -> Arc<ClientInfo> {
-    Arc::new(ClientInfo {
-        client_id: Arc::from("sensor-17"),
-        username: Some(Arc::from("plant")),
-        peer_addr: "127.0.0.1:40000".parse().expect("literal address"),
-        protocol: ProtocolVersion::V5,
-        listener: Arc::from("tcp:bench"),
-        cert_common_name: None,
-        attributes: Vec::new(),
-        extension: Default::default(),
-    })
-}
+#[path = "shared.rs"]
+mod shared;
+use shared::{arg, client};
 
 fn bench_rule(label: &str, text: &str, messages: usize) -> Result<()> {
     let engine = script::build_engine(&RulesConfig::default());
@@ -46,7 +27,7 @@ fn bench_rule(label: &str, text: &str, messages: usize) -> Result<()> {
     let (ast, defs) = script::load_file(&engine, "bench.rhai", text, sinks, Duration::from_secs(1))
         .map_err(|e| anyhow!(e))?;
     let def = defs.first().ok_or_else(|| anyhow!("no rule"))?;
-    let client = client();
+    let client = Arc::new(client("sensor-17", "plant"));
     let payload = br#"{"temp": 31.5, "humidity": 40, "site": "north"}"#;
     let start = Instant::now();
     let mut outputs = 0usize;

@@ -224,53 +224,38 @@ impl switchyard_core::metrics::MetricsSource for PluginMetrics {
         let loaded = manager.loaded.lock();
         let mut plugins: Vec<&Arc<WasmPlugin>> = loaded.values().map(|l| &l.plugin).collect();
         plugins.sort_by(|a, b| a.name().cmp(b.name()));
-        let _ = writeln!(
-            out,
-            "# HELP switchyard_plugin_calls_total Hook calls into each WASM plugin.\n# TYPE switchyard_plugin_calls_total counter"
-        );
-        for p in &plugins {
-            let _ = writeln!(
-                out,
-                "switchyard_plugin_calls_total{{plugin=\"{}\"}} {}",
-                p.name(),
-                p.calls()
-            );
-        }
-        let _ = writeln!(
-            out,
-            "# HELP switchyard_plugin_failures_total Calls that trapped, timed out or ran out of memory.\n# TYPE switchyard_plugin_failures_total counter"
-        );
-        for p in &plugins {
-            let _ = writeln!(
-                out,
-                "switchyard_plugin_failures_total{{plugin=\"{}\"}} {}",
-                p.name(),
-                p.failures()
-            );
-        }
-        let _ = writeln!(
-            out,
-            "# HELP switchyard_plugin_disabled 1 when a plugin was disabled after repeated failures.\n# TYPE switchyard_plugin_disabled gauge"
-        );
-        for p in &plugins {
-            let _ = writeln!(
-                out,
-                "switchyard_plugin_disabled{{plugin=\"{}\"}} {}",
-                p.name(),
-                u8::from(p.is_disabled())
-            );
-        }
-        let _ = writeln!(
-            out,
-            "# HELP switchyard_plugin_events_dropped_total Client events not delivered: the plugin's queue was full.\n# TYPE switchyard_plugin_events_dropped_total counter"
-        );
-        for p in &plugins {
-            let _ = writeln!(
-                out,
-                "switchyard_plugin_events_dropped_total{{plugin=\"{}\"}} {}",
-                p.name(),
-                p.events_dropped()
-            );
+        type Read = fn(&WasmPlugin) -> u64;
+        let series: [(&str, &str, &str, Read); 4] = [
+            (
+                "switchyard_plugin_calls_total",
+                "counter",
+                "Hook calls into each WASM plugin.",
+                |p| p.calls(),
+            ),
+            (
+                "switchyard_plugin_failures_total",
+                "counter",
+                "Calls that trapped, timed out or ran out of memory.",
+                |p| p.failures(),
+            ),
+            (
+                "switchyard_plugin_disabled",
+                "gauge",
+                "1 when a plugin was disabled after repeated failures.",
+                |p| u64::from(p.is_disabled()),
+            ),
+            (
+                "switchyard_plugin_events_dropped_total",
+                "counter",
+                "Events not delivered: the plugin's queue was full.",
+                |p| p.events_dropped(),
+            ),
+        ];
+        for (name, kind, help, read) in series {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for p in &plugins {
+                let _ = writeln!(out, "{name}{{plugin=\"{}\"}} {}", p.name(), read(p));
+            }
         }
     }
 }
