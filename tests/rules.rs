@@ -662,3 +662,45 @@ async fn a_full_rule_queue_is_counted_and_never_slows_routing() {
     let dropped = env.rules.counters().queue_dropped.load(Ordering::Relaxed);
     assert!(dropped >= 40, "queue overflow counted: {dropped}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribe_and_message_event_rules_see_events_and_cannot_loop() {
+    let rules = r#"
+on("session.subscribed").select(|e| #{ kind: "sub", who: e.clientid, what: e.topic }).to(mqtt("audit"));
+on("message.delivered").select(|e| #{ kind: "delivered", who: e.clientid, what: e.topic }).to(mqtt("audit"));
+on("message.acked").select(|e| #{ kind: "acked", who: e.clientid, what: e.topic }).to(mqtt("audit"));
+"#;
+    let env = env_with(
+        &[("audit.rhai", rules)],
+        &[("audit", serde_json::json!({"kind": "mqtt", "topic": "audit/${kind}", "payload": "${who} ${what}"}))],
+    )
+    .await;
+    let mut auditor = v4::connect(v4::options(tcp_addr(&env.server), "auditor")).await;
+    auditor.subscribe("audit/#", v4::QoS::AtLeastOnce).await;
+    let mut reader = v4::connect(v4::options(tcp_addr(&env.server), "reader")).await;
+    reader.subscribe("data/x", v4::QoS::AtLeastOnce).await;
+    let p = publisher(&env, "p").await;
+    publish(&p, "data/x", "hello").await;
+    reader.next_publish().await;
+    let mut seen = std::collections::BTreeSet::new();
+    let want: std::collections::BTreeSet<(String, String)> = [
+        ("audit/sub", "auditor audit/#"),
+        ("audit/sub", "reader data/x"),
+        ("audit/delivered", "reader data/x"),
+        ("audit/acked", "reader data/x"),
+    ]
+    .iter()
+    .map(|(t, p)| (t.to_string(), p.to_string()))
+    .collect();
+    while seen.len() < want.len() {
+        let m = auditor.next_publish().await;
+        let item = (
+            m.topic.clone(),
+            String::from_utf8_lossy(&m.payload).into_owned(),
+        );
+        assert!(want.contains(&item), "unexpected {item:?}");
+        assert!(seen.insert(item.clone()), "twice: {item:?}");
+    }
+    // The audit messages delivered to the auditor raise no further events.
+    auditor.assert_no_publish(Duration::from_millis(300)).await;
+}

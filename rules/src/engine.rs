@@ -155,6 +155,15 @@ impl Hook for RulesHook {
                 let set = arc_swap::Guard::into_inner(set);
                 Work::Message(set, rules, Msg::new(client.clone(), msg.clone()))
             }
+            // Messages the broker publishes itself (republished by a rule, `$SYS`) raise no
+            // message events for rules: a rule forwarding its own deliveries would loop.
+            Event::MessageDelivered(_, m)
+            | Event::MessageAcked(_, m)
+            | Event::MessageDropped(_, m, _)
+                if m.publisher.is_none() =>
+            {
+                return;
+            }
             other => {
                 let Some(name) = event_name(other) else {
                     return;
