@@ -236,6 +236,20 @@ async fn hot_swap_under_a_stream_of_connections_neither_refuses_nor_admits_wrong
         ok.load(Ordering::Relaxed) > before + 10
     })
     .await;
+    // Operators see the refused file and the version still running at GET /plugins.
+    let http = server.http_addr.expect("http endpoint");
+    let status = wait_for_json(http, "/plugins", "the broken file is reported", |v| {
+        v["load_errors"].as_array().is_some_and(|e| {
+            e.iter()
+                .any(|x| x.as_str().unwrap_or("").contains("gate.wasm"))
+        })
+    })
+    .await;
+    let gate_status = status["plugins"]
+        .as_array()
+        .and_then(|ps| ps.iter().find(|p| p["name"] == "gate"))
+        .expect("gate listed");
+    assert!(gate_status["version"].as_u64() >= Some(4), "{gate_status}");
     stop.store(true, Ordering::Relaxed);
     stream.await.unwrap();
     assert_eq!(

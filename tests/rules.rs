@@ -359,6 +359,17 @@ async fn hot_reload_edit_broken_edit_and_delete() {
     wait_until("broken file reported", || !rules.last_errors().is_empty()).await;
     let err = rules.last_errors().join("\n");
     assert!(err.contains("tag.rhai:1:"), "{err}");
+    // The same at GET /rules, with the rule still loaded.
+    let status = http_json(env.server.http_addr.expect("http"), "/rules").await;
+    assert!(
+        status["last_reload_errors"][0]
+            .as_str()
+            .unwrap_or("")
+            .contains("tag.rhai:1:"),
+        "{status}"
+    );
+    assert_eq!(status["rules"][0]["name"], "tag");
+    assert_eq!(status["sinks"][0]["name"], "out");
     until_live(&p, &mut sub, "in/x", |t, _| t == "out/v2").await;
 
     // Deleting the file removes its rules.

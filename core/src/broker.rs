@@ -91,6 +91,13 @@ impl Broker {
         sources.push((name.to_string(), source));
     }
 
+    /// The JSON status of the source registered as `name`, if it has one.
+    pub fn status_of(&self, name: &str) -> Option<serde_json::Value> {
+        let sources = self.metrics_sources.read();
+        let (_, source) = sources.iter().find(|(n, _)| n == name)?;
+        source.status()
+    }
+
     /// Renders every registered [`MetricsSource`] into `out`.
     pub fn render_metrics_sources(&self, out: &mut String) {
         for (_, source) in self.metrics_sources.read().iter() {

@@ -1,6 +1,7 @@
 //! The HTTP endpoint for operators (DESIGN: port 18083): `GET /health` for load balancers and
-//! orchestrators, `GET /metrics` in the Prometheus text format. Deliberately tiny: one request
-//! per connection, no keep-alive, no bodies accepted.
+//! orchestrators, `GET /metrics` in the Prometheus text format, and the JSON status of
+//! extensions (`GET /rules`, `GET /plugins`: what is loaded, reload errors, counters).
+//! Deliberately tiny: one request per connection, no keep-alive, no bodies accepted.
 
 use crate::broker::Broker;
 use crate::metrics::Metrics;
@@ -85,7 +86,13 @@ async fn serve(mut stream: TcpStream, broker: &Broker) -> std::io::Result<()> {
             )
             .await
         }
-        ("GET", _) => respond(&mut stream, "404 Not Found", "text/plain", "not found\n").await,
+        ("GET", path) => match broker.status_of(path.trim_start_matches('/')) {
+            Some(status) => {
+                let body = format!("{status:#}\n");
+                respond(&mut stream, "200 OK", "application/json", &body).await
+            }
+            None => respond(&mut stream, "404 Not Found", "text/plain", "not found\n").await,
+        },
         _ => {
             respond(
                 &mut stream,

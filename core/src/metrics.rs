@@ -16,10 +16,15 @@ pub struct Metrics {
     pub publishes_denied: AtomicU64,
 }
 
-/// Counters owned by another crate (plugin host, rule engine), rendered into `/metrics`.
+/// Counters and state owned by another crate (plugin host, rule engine), rendered into
+/// `/metrics` and, as JSON, at `GET /NAME` of the HTTP endpoint (NAME as registered).
 pub trait MetricsSource: Send + Sync {
     /// Appends Prometheus text-format lines (with HELP and TYPE) to `out`.
     fn render(&self, out: &mut String);
+    /// A JSON document for operators: what is loaded, errors of the last reload, counters.
+    fn status(&self) -> Option<serde_json::Value> {
+        None
+    }
 }
 
 impl Metrics {

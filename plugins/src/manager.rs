@@ -29,6 +29,8 @@ pub struct PluginManager {
     loaded: Mutex<HashMap<PathBuf, Loaded>>,
     /// Serialises reloads (watcher and SIGHUP may ask at once).
     reloading: tokio::sync::Mutex<()>,
+    /// Files that could not be loaded as they are now (a version before keeps running).
+    last_errors: Mutex<HashMap<PathBuf, String>>,
 }
 
 fn modified(path: &Path) -> Option<SystemTime> {
@@ -47,6 +49,7 @@ impl PluginManager {
             dir,
             loaded: Mutex::new(HashMap::new()),
             reloading: tokio::sync::Mutex::new(()),
+            last_errors: Mutex::new(HashMap::new()),
         })
     }
 
@@ -99,10 +102,16 @@ impl PluginManager {
                 continue;
             }
             match load(s.clone()).await {
-                Ok(plugin) => self.install(&s.path, plugin),
+                Ok(plugin) => {
+                    self.install(&s.path, plugin);
+                    self.last_errors.lock().remove(&s.path);
+                }
                 Err(e) => {
                     let running = self.loaded.lock().contains_key(&s.path);
                     error!(error = %e, kept_running = running, "plugin not (re)loaded");
+                    self.last_errors
+                        .lock()
+                        .insert(s.path.clone(), e.to_string());
                     // Do not retry the same broken file until it changes again.
                     if let Some(l) = self.loaded.lock().get_mut(&s.path) {
                         l.modified = current;
@@ -110,6 +119,9 @@ impl PluginManager {
                 }
             }
         }
+        self.last_errors
+            .lock()
+            .retain(|p, _| desired.iter().any(|s| same_file(&s.path, p)));
         let gone: Vec<PathBuf> = self
             .loaded
             .lock()
@@ -216,6 +228,27 @@ async fn load(settings: PluginSettings) -> Result<Arc<WasmPlugin>, LoadError> {
 struct PluginMetrics(std::sync::Weak<PluginManager>);
 
 impl switchyard_core::metrics::MetricsSource for PluginMetrics {
+    fn status(&self) -> Option<serde_json::Value> {
+        let manager = self.0.upgrade()?;
+        let loaded = manager.loaded.lock();
+        let mut plugins: Vec<serde_json::Value> = loaded
+            .iter()
+            .map(|(path, l)| {
+                let p = &l.plugin;
+                serde_json::json!({
+                    "name": p.name(), "path": path, "version": l.version, "priority": p.priority(),
+                    "calls": p.calls(), "failures": p.failures(), "disabled": p.is_disabled(),
+                    "events_dropped": p.events_dropped(),
+                })
+            })
+            .collect();
+        plugins.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
+        Some(serde_json::json!({
+            "plugins": plugins,
+            "load_errors": manager.last_errors.lock().values().collect::<Vec<_>>(),
+        }))
+    }
+
     fn render(&self, out: &mut String) {
         use std::fmt::Write as _;
         let Some(manager) = self.0.upgrade() else {

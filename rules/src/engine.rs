@@ -680,7 +680,56 @@ fn evaluate(
 
 struct Metrics(Arc<Shared>);
 
+impl Metrics {
+    fn rule_json(r: &Rule) -> serde_json::Value {
+        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let (kind, on) = match &r.def.trigger {
+            Trigger::Messages(filters) => ("messages", serde_json::json!(filters)),
+            Trigger::Event(e) => ("event", serde_json::json!(e)),
+        };
+        serde_json::json!({
+            "name": r.def.name,
+            "file": &*r.file,
+            "line": r.def.line,
+            "kind": kind,
+            "from": on,
+            "sinks": r.def.sinks,
+            "matched": g(&r.stats.matched),
+            "passed": g(&r.stats.passed),
+            "failed": g(&r.stats.failed),
+            "outputs": g(&r.stats.outputs),
+        })
+    }
+}
+
 impl MetricsSource for Metrics {
+    fn status(&self) -> Option<serde_json::Value> {
+        let s = &self.0;
+        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let set = s.rules.load();
+        let sinks: Vec<serde_json::Value> = s
+            .sinks
+            .values()
+            .map(|k| {
+                let c = &k.counters;
+                serde_json::json!({
+                    "name": k.name, "kind": k.kind,
+                    "matched": g(&c.matched), "sent": g(&c.sent), "failed": g(&c.failed),
+                    "retried": g(&c.retried), "dropped": g(&c.dropped), "buffered": k.buffered(),
+                })
+            })
+            .collect();
+        Some(serde_json::json!({
+            "dir": s.config.dir,
+            "rules": set.rules.iter().map(Self::rule_json).collect::<Vec<_>>(),
+            "last_reload_errors": *s.last_errors.lock(),
+            "reloads": g(&s.counters.reloads),
+            "reload_errors": g(&s.counters.reload_errors),
+            "queue_dropped": g(&s.counters.queue_dropped),
+            "sinks": sinks,
+        }))
+    }
+
     fn render(&self, out: &mut String) {
         let s = &self.0;
         let c = &s.counters;

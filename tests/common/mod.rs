@@ -48,6 +48,34 @@ pub async fn http_get(addr: std::net::SocketAddr, request: &str) -> (u16, String
     (status, body)
 }
 
+/// `GET path` of the HTTP endpoint, parsed as JSON.
+pub async fn http_json(addr: SocketAddr, path: &str) -> serde_json::Value {
+    let (status, body) = http_get(addr, &format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n")).await;
+    assert_eq!(status, 200, "GET {path}: {body}");
+    serde_json::from_str(&body).expect("JSON body")
+}
+
+/// Polls `GET path` until `ok` holds for its JSON, failing the test after `WAIT`.
+pub async fn wait_for_json(
+    addr: SocketAddr,
+    path: &str,
+    what: &str,
+    ok: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let v = http_json(addr, path).await;
+        if ok(&v) {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting until {what}: {v:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 pub fn local(kind: ListenerKind) -> ListenerConfig {
     ListenerConfig::new(kind, "127.0.0.1:0".parse().unwrap())
 }
