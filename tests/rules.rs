@@ -672,6 +672,13 @@ async fn a_full_rule_queue_is_counted_and_never_slows_routing() {
     );
     let dropped = env.rules.counters().queue_dropped.load(Ordering::Relaxed);
     assert!(dropped >= 40, "queue overflow counted: {dropped}");
+    let mut metrics = String::new();
+    env.server.broker.render_metrics_sources(&mut metrics);
+    let depth = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("switchyard_rules_queue_depth "))
+        .and_then(|v| v.parse::<u64>().ok());
+    assert!(matches!(depth, Some(0 | 1)), "queue depth gauge: {metrics}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,7 +4,7 @@
 //! ```text
 //! rules-bench [--messages 200000]
 //! ```
-//! Reports µs per message for: a `when` on a JSON field; `when` + `select` building a map; the
+//! Reports µs per message for: `when` filters evaluated through Rhai and natively; `when` + `select` building a map; the
 //! default output (no `select`); and the topic index with 1,000 rules.
 
 use anyhow::{anyhow, Result};
@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use switchyard_core::message::Message;
 use switchyard_core::protocol::QoS;
 use switchyard_core::topic::{TopicTree, TreeEntry};
+use switchyard_rules::native::{MessageView, Predicate};
 use switchyard_rules::script::{self, Msg};
 use switchyard_rules::RulesConfig;
 
@@ -21,12 +22,18 @@ use switchyard_rules::RulesConfig;
 mod shared;
 use shared::{arg, client};
 
-fn bench_rule(label: &str, text: &str, messages: usize) -> Result<()> {
+/// `native`: evaluate `when` the way the broker does, natively when its shape allows;
+/// otherwise always through Rhai.
+fn bench_rule(label: &str, text: &str, messages: usize, native: bool) -> Result<()> {
     let engine = script::build_engine(&RulesConfig::default());
     let sinks = Arc::new(HashMap::from([("out".to_string(), "mqtt")]));
     let (ast, defs) = script::load_file(&engine, "bench.rhai", text, sinks, Duration::from_secs(1))
         .map_err(|e| anyhow!(e))?;
     let def = defs.first().ok_or_else(|| anyhow!("no rule"))?;
+    let predicate = match &def.when {
+        Some(w) if native => Predicate::compile(&ast, w),
+        _ => None,
+    };
     let client = Arc::new(client("sensor-17", "plant"));
     let payload = br#"{"temp": 31.5, "humidity": 40, "site": "north"}"#;
     let start = Instant::now();
@@ -38,13 +45,18 @@ fn bench_rule(label: &str, text: &str, messages: usize) -> Result<()> {
             QoS::AtMostOnce,
             false,
         );
-        let m = Msg::new(client.clone(), Arc::new(msg));
+        let msg = Arc::new(msg);
+        let answered = predicate
+            .as_ref()
+            .and_then(|p| p.eval(&MessageView::new(&client, &msg)));
+        let m = Msg::new(client.clone(), msg);
         let arg = rhai::Dynamic::from(m.clone());
-        let passed = match &def.when {
-            Some(w) => w
+        let passed = match (&def.when, answered) {
+            (_, Some(passed)) => passed,
+            (Some(w), None) => w
                 .call::<bool>(&engine, &ast, (arg.clone(),))
                 .map_err(|e| anyhow!("{e}"))?,
-            None => true,
+            (None, None) => true,
         };
         if !passed {
             continue;
@@ -59,7 +71,12 @@ fn bench_rule(label: &str, text: &str, messages: usize) -> Result<()> {
         outputs += usize::from(!out.is_null());
     }
     let per = start.elapsed().as_secs_f64() * 1e6 / messages as f64;
-    println!("RESULT bench=rule label={label} messages={messages} outputs={outputs} us_per_msg={per:.2} msgs_per_s_one_core={:.0}", 1e6 / per);
+    let mode = if predicate.is_some() {
+        "native"
+    } else {
+        "rhai"
+    };
+    println!("RESULT bench=rule label={label} when={mode} messages={messages} outputs={outputs} us_per_msg={per:.2} msgs_per_s_one_core={:.0}", 1e6 / per);
     Ok(())
 }
 
@@ -93,31 +110,28 @@ fn bench_index(messages: usize) {
 
 fn main() -> Result<()> {
     let n = arg("--messages", 200_000);
-    bench_rule(
-        "when-false",
-        r#"rule("r").from(["sensors/#"]).when(|m| false).to(mqtt("out"));"#,
-        n,
-    )?;
-    bench_rule(
-        "when-size",
-        r#"rule("r").from(["sensors/#"]).when(|m| m.size < 100000).to(mqtt("out"));"#,
-        n,
-    )?;
-    bench_rule(
-        "when-json",
-        r#"rule("r").from(["sensors/#"]).when(|m| m.json.temp > 30.0).to(mqtt("out"));"#,
-        n,
-    )?;
+    for native in [false, true] {
+        for (label, when) in [
+            ("when-false", "|m| false"),
+            ("when-size", "|m| m.size < 100000"),
+            ("when-json", "|m| m.json.temp > 30.0"),
+        ] {
+            let text = format!(r#"rule("r").from(["sensors/#"]).when({when}).to(mqtt("out"));"#);
+            bench_rule(label, &text, n, native)?;
+        }
+    }
     bench_rule(
         "when-select",
         r#"rule("r").from(["sensors/#"]).when(|m| m.json.temp > 30.0)
             .select(|m| #{ device: m.level(1), temp: m.json.temp, ts: m.ts }).to(mqtt("out"));"#,
         n,
+        true,
     )?;
     bench_rule(
         "default-output",
         r#"rule("r").from(["sensors/#"]).to(mqtt("out"));"#,
         n,
+        true,
     )?;
     bench_index(n * 5);
     Ok(())

@@ -2,6 +2,8 @@
 //! rule set swapped atomically on reload, and the file watcher.
 
 use crate::config::{RulesConfig, SinkConfig};
+use crate::native::{MessageView, Predicate};
+use crate::queue::WorkQueue;
 use crate::script::{self, Msg, RuleDef, Trigger};
 use crate::sink::{Record, Sink, SinkError};
 use arc_swap::ArcSwap;
@@ -15,7 +17,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use switchyard_core::broker::Broker;
-use switchyard_core::hooks::{Event, Hook, HookSet};
+use switchyard_core::hooks::{ClientInfo, Event, Hook, HookSet};
+use switchyard_core::message::Message;
 use switchyard_core::metrics::MetricsSource;
 use switchyard_core::topic::{TopicTree, TreeEntry};
 use tracing::{error, info, warn};
@@ -52,6 +55,8 @@ struct Rule {
     def: RuleDef,
     file: Arc<str>,
     ast: Arc<AST>,
+    /// `when` compiled to Rust when its shape allows (see `native`); Rhai runs otherwise.
+    when_native: Option<Predicate>,
     sinks: Vec<Arc<Sink>>,
     stats: Arc<RuleStats>,
 }
@@ -71,6 +76,8 @@ impl TreeEntry for IndexEntry {
 /// that can match it.
 #[derive(Default)]
 struct RuleSet {
+    /// Tells a worker whether rule numbers matched on the routing thread are still valid.
+    generation: u64,
     rules: Vec<Rule>,
     index: TopicTree<IndexEntry>,
     by_event: HashMap<&'static str, Vec<u32>>,
@@ -91,10 +98,39 @@ impl RuleSet {
     }
 }
 
+/// Payloads up to this size may be parsed on the routing thread for a native `when`: bounded
+/// work of the order of the topic lookup. Larger ones are left to the workers.
+const INLINE_JSON_MAX: usize = 1024;
+
+/// A rule a message matched. `when_passed`: the routing thread already evaluated its `when`
+/// natively (and counted the match), and it passed.
+#[derive(Debug, Clone, Copy)]
+struct Matched {
+    rule: u32,
+    when_passed: bool,
+}
+
+impl Rule {
+    /// The rule's `when` answered on the routing thread, when that is native and cheap.
+    fn prefilter(&self, view: &MessageView<'_>) -> Option<bool> {
+        let p = self.when_native.as_ref()?;
+        if p.reads_json() && view.msg.payload.len() > INLINE_JSON_MAX {
+            return None;
+        }
+        p.eval(view)
+    }
+}
+
 enum Work {
-    Message(Arc<RuleSet>, smallvec::SmallVec<[u32; 4]>, Msg),
+    /// A message and the rules of rule set `generation` it matched. No rule set reference:
+    /// cloning that shared `Arc` per message would bounce its counter between every core.
+    Message {
+        generation: u64,
+        rules: smallvec::SmallVec<[Matched; 4]>,
+        client: Arc<ClientInfo>,
+        msg: Arc<Message>,
+    },
     Event(Arc<RuleSet>, &'static str, Event),
-    Stop,
 }
 
 #[derive(Debug, Default)]
@@ -111,7 +147,9 @@ struct Shared {
     rules: ArcSwap<RuleSet>,
     sinks: BTreeMap<String, Arc<Sink>>,
     sink_kinds: Arc<HashMap<String, &'static str>>,
-    queue: crossbeam_channel::Sender<Work>,
+    queue: WorkQueue<Work>,
+    /// Numbers rule sets so workers can tell a reload happened.
+    generations: AtomicU64,
     counters: EngineCounters,
     stats: Mutex<HashMap<String, Arc<RuleStats>>>,
     broker: Arc<Broker>,
@@ -148,12 +186,42 @@ impl Hook for RulesHook {
         let set = self.shared.rules.load();
         let work = match e {
             Event::MessageAccepted(client, msg) => {
-                let rules = set.matching(&msg.topic);
+                let matched = set.matching(&msg.topic);
+                if matched.is_empty() {
+                    return;
+                }
+                // Rules whose `when` rejects the message natively never reach the queue.
+                let view = MessageView::new(client, msg);
+                let mut rules = smallvec::SmallVec::new();
+                for i in matched {
+                    let Some(rule) = set.rules.get(i as usize) else {
+                        continue;
+                    };
+                    match rule.prefilter(&view) {
+                        Some(passed) => {
+                            rule.stats.matched.fetch_add(1, Ordering::Relaxed);
+                            if passed {
+                                rules.push(Matched {
+                                    rule: i,
+                                    when_passed: true,
+                                });
+                            }
+                        }
+                        None => rules.push(Matched {
+                            rule: i,
+                            when_passed: false,
+                        }),
+                    }
+                }
                 if rules.is_empty() {
                     return;
                 }
-                let set = arc_swap::Guard::into_inner(set);
-                Work::Message(set, rules, Msg::new(client.clone(), msg.clone()))
+                Work::Message {
+                    generation: set.generation,
+                    rules,
+                    client: client.clone(),
+                    msg: msg.clone(),
+                }
             }
             // Messages the broker publishes itself (republished by a rule, `$SYS`) raise no
             // message events for rules: a rule forwarding its own deliveries would loop.
@@ -174,7 +242,7 @@ impl Hook for RulesHook {
                 Work::Event(arc_swap::Guard::into_inner(set), name, other.clone())
             }
         };
-        if self.shared.queue.try_send(work).is_err() {
+        if self.shared.queue.push(work).is_err() {
             self.shared
                 .counters
                 .queue_dropped
@@ -295,13 +363,13 @@ impl RuleEngine {
         if let Some(dir) = &config.dir {
             std::fs::create_dir_all(dir).map_err(|e| RulesError::Dir(dir.clone(), e))?;
         }
-        let (tx, rx) = crossbeam_channel::bounded(config.queue_size.max(1));
         let shared = Arc::new(Shared {
             engine: script::build_engine(&config),
             rules: ArcSwap::from_pointee(RuleSet::default()),
             sinks: running,
             sink_kinds,
-            queue: tx,
+            queue: WorkQueue::new(config.queue_size, config.workers),
+            generations: AtomicU64::new(0),
             counters: EngineCounters::default(),
             stats: Mutex::new(HashMap::new()),
             broker: broker.clone(),
@@ -312,11 +380,10 @@ impl RuleEngine {
         });
         let mut workers = Vec::new();
         for i in 0..shared.config.workers.max(1) {
-            let rx = rx.clone();
             let shared = shared.clone();
             let handle = std::thread::Builder::new()
                 .name(format!("rules-{i}"))
-                .spawn(move || worker(&shared, &rx))
+                .spawn(move || worker(&shared, i))
                 .map_err(RulesError::Workers)?;
             workers.push(handle);
         }
@@ -377,7 +444,10 @@ impl RuleEngine {
         };
         files.sort();
         let mut errors = Vec::new();
-        let mut set = RuleSet::default();
+        let mut set = RuleSet {
+            generation: s.generations.fetch_add(1, Ordering::Relaxed) + 1,
+            ..RuleSet::default()
+        };
         let mut names: HashMap<String, String> = HashMap::new();
         let budget = Duration::from_millis(s.config.timeout_ms.max(1) * 20);
         for path in files {
@@ -440,10 +510,12 @@ impl RuleEngine {
                         set.by_event.entry(name).or_default().push(idx);
                     }
                 }
+                let when_native = def.when.as_ref().and_then(|w| Predicate::compile(&ast, w));
                 set.rules.push(Rule {
                     def,
                     file: file.clone(),
                     ast: ast.clone(),
+                    when_native,
                     sinks,
                     stats,
                 });
@@ -539,9 +611,7 @@ impl RuleEngine {
         s.broker.hooks.unregister(HOOK_NAME);
         *self.watcher.lock() = None;
         let workers: Vec<_> = std::mem::take(&mut *self.workers.lock());
-        for _ in &workers {
-            let _ = s.queue.send(Work::Stop);
-        }
+        s.queue.close();
         let _ = tokio::task::spawn_blocking(move || {
             for w in workers {
                 let _ = w.join();
@@ -564,33 +634,82 @@ impl RuleEngine {
     }
 }
 
-fn worker(shared: &Shared, rx: &crossbeam_channel::Receiver<Work>) {
+fn worker(shared: &Shared, index: usize) {
     let timeout = Duration::from_millis(shared.config.timeout_ms.max(1));
-    while let Ok(work) = rx.recv() {
-        match work {
-            Work::Stop => return,
-            Work::Message(set, rules, msg) => {
-                let arg = Dynamic::from(msg.clone());
-                for i in rules {
-                    if let Some(rule) = set.rules.get(i as usize) {
-                        run_rule(shared, rule, &arg, timeout, || msg.to_output());
-                    }
+    let mut current = arc_swap::Cache::new(&shared.rules);
+    shared.queue.serve(index, |work| match work {
+        Work::Message {
+            generation,
+            rules,
+            client,
+            msg,
+        } => {
+            let set = current.load();
+            let rules = if set.generation == generation {
+                rules
+            } else {
+                // Reloaded since routing matched it: the numbers belong to the old set.
+                set.matching(&msg.topic)
+                    .into_iter()
+                    .map(|rule| Matched {
+                        rule,
+                        when_passed: false,
+                    })
+                    .collect()
+            };
+            let mut subject = Subject::Message(MessageView::new(&client, &msg), None);
+            for m in rules {
+                if let Some(rule) = set.rules.get(m.rule as usize) {
+                    run_rule(shared, rule, &mut subject, m.when_passed, timeout);
                 }
             }
-            Work::Event(set, name, event) => {
-                let Some(rules) = set.by_event.get(name) else {
-                    continue;
-                };
-                let map = event_map(name, &event);
-                let arg = Dynamic::from_map(map.clone());
-                for i in rules {
-                    if let Some(rule) = set.rules.get(*i as usize) {
-                        run_rule(shared, rule, &arg, timeout, || {
-                            rhai::serde::from_dynamic(&Dynamic::from_map(map.clone()))
-                                .unwrap_or(serde_json::Value::Null)
-                        });
-                    }
+        }
+        Work::Event(set, name, event) => {
+            let Some(rules) = set.by_event.get(name) else {
+                return;
+            };
+            let map = event_map(name, &event);
+            let mut subject = Subject::Event(Dynamic::from_map(map));
+            for i in rules {
+                if let Some(rule) = set.rules.get(*i as usize) {
+                    run_rule(shared, rule, &mut subject, false, timeout);
                 }
+            }
+        }
+    });
+}
+
+/// What a rule runs on. A message becomes a Rhai value only when a rule needs Rhai: a `when`
+/// evaluated natively and the default output read it directly.
+enum Subject<'a> {
+    Message(MessageView<'a>, Option<Dynamic>),
+    Event(Dynamic),
+}
+
+impl Subject<'_> {
+    fn rhai_arg(&mut self) -> Dynamic {
+        match self {
+            Subject::Message(view, arg) => arg
+                .get_or_insert_with(|| {
+                    Dynamic::from(Msg::new(view.client.clone(), view.msg.clone()))
+                })
+                .clone(),
+            Subject::Event(map) => map.clone(),
+        }
+    }
+
+    fn native_when(&mut self, rule: &Rule) -> Option<bool> {
+        match (self, &rule.when_native) {
+            (Subject::Message(view, _), Some(p)) => p.eval(view),
+            _ => None,
+        }
+    }
+
+    fn default_output(&self) -> serde_json::Value {
+        match self {
+            Subject::Message(view, _) => script::default_output(view.client, view.msg),
+            Subject::Event(map) => {
+                rhai::serde::from_dynamic(map).unwrap_or(serde_json::Value::Null)
             }
         }
     }
@@ -599,16 +718,17 @@ fn worker(shared: &Shared, rx: &crossbeam_channel::Receiver<Work>) {
 fn run_rule(
     shared: &Shared,
     rule: &Rule,
-    arg: &Dynamic,
+    subject: &mut Subject<'_>,
+    when_passed: bool,
     timeout: Duration,
-    default_output: impl FnOnce() -> serde_json::Value,
 ) {
     let st = &rule.stats;
-    st.matched.fetch_add(1, Ordering::Relaxed);
-    let result = script::with_deadline(timeout, || evaluate(&shared.engine, rule, arg));
-    let outputs = match result {
+    if !when_passed {
+        st.matched.fetch_add(1, Ordering::Relaxed);
+    }
+    let outputs = match evaluate(&shared.engine, rule, subject, when_passed, timeout) {
         Ok(Some(outputs)) => outputs,
-        Ok(None) => vec![default_output()],
+        Ok(None) => vec![subject.default_output()],
         Err(Skip::NotPassed) => return,
         Err(Skip::Failed(e)) => {
             st.failed.fetch_add(1, Ordering::Relaxed);
@@ -634,31 +754,37 @@ enum Skip {
     Failed(Box<EvalAltResult>),
 }
 
-/// `when`, then `select`; `Ok(None)` means no `select` (the default output).
+/// `when`, then `select`; `Ok(None)` means no `select` (the default output). Rhai code runs
+/// under the per-evaluation deadline.
 fn evaluate(
     engine: &Engine,
     rule: &Rule,
-    arg: &Dynamic,
+    subject: &mut Subject<'_>,
+    when_passed: bool,
+    timeout: Duration,
 ) -> Result<Option<Vec<serde_json::Value>>, Skip> {
-    if let Some(when) = &rule.def.when {
-        let r: Dynamic = when
-            .call(engine, &rule.ast, (arg.clone(),))
-            .map_err(Skip::Failed)?;
-        match r.as_bool() {
-            Ok(true) => {}
-            Ok(false) => return Err(Skip::NotPassed),
-            Err(t) => {
-                return Err(Skip::Failed(
-                    format!("when() must return true or false, not {t}").into(),
-                ))
+    if let Some(when) = rule.def.when.as_ref().filter(|_| !when_passed) {
+        let passed = match subject.native_when(rule) {
+            Some(passed) => passed,
+            None => {
+                let arg = subject.rhai_arg();
+                let r: Dynamic =
+                    script::with_deadline(timeout, || when.call(engine, &rule.ast, (arg,)))
+                        .map_err(Skip::Failed)?;
+                r.as_bool().map_err(|t| {
+                    Skip::Failed(format!("when() must return true or false, not {t}").into())
+                })?
             }
+        };
+        if !passed {
+            return Err(Skip::NotPassed);
         }
     }
     let Some(select) = &rule.def.select else {
         return Ok(None);
     };
-    let out: Dynamic = select
-        .call(engine, &rule.ast, (arg.clone(),))
+    let arg = subject.rhai_arg();
+    let out: Dynamic = script::with_deadline(timeout, || select.call(engine, &rule.ast, (arg,)))
         .map_err(Skip::Failed)?;
     let to_json = |d: &Dynamic| -> Result<serde_json::Value, Skip> {
         rhai::serde::from_dynamic(d).map_err(Skip::Failed)
@@ -738,6 +864,11 @@ impl MetricsSource for Metrics {
             out,
             "# HELP switchyard_rules_queue_dropped_total Messages and events not evaluated: rule queue full.\n# TYPE switchyard_rules_queue_dropped_total counter\nswitchyard_rules_queue_dropped_total {}",
             g(&c.queue_dropped)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP switchyard_rules_queue_depth Messages and events waiting for a rule worker.\n# TYPE switchyard_rules_queue_depth gauge\nswitchyard_rules_queue_depth {}",
+            s.queue.len()
         );
         let _ = writeln!(
             out,

@@ -4,6 +4,8 @@
 
 pub mod config;
 mod engine;
+pub mod native;
+mod queue;
 pub mod script;
 pub mod sink;
 

@@ -187,8 +187,13 @@ impl Msg {
 
     /// The default output of a rule without `select`.
     pub fn to_output(&self) -> serde_json::Value {
-        let m = &self.0.msg;
-        let c = &self.0.client;
+        default_output(&self.0.client, &self.0.msg)
+    }
+}
+
+/// What a rule without `select` sends: the message and who published it.
+pub fn default_output(c: &ClientInfo, m: &Message) -> serde_json::Value {
+    {
         serde_json::json!({
             "topic": &*m.topic,
             "clientid": &*c.client_id,
