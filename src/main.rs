@@ -14,11 +14,6 @@ use switchyard_rules::{RuleEngine, RulesConfig, SinkConfig};
 use tracing::info;
 use tracing_subscriber::EnvFilter;
 
-// Messages are allocated by connection tasks and freed wherever their last reader runs (another
-// connection, a rule worker, a sink): mimalloc's per-thread free lists make that cheap.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 const DEFAULT_CONFIG: &str = include_str!("default_config.toml");
 
 #[derive(Parser)]

@@ -722,3 +722,66 @@ on("message.acked").select(|e| #{ kind: "acked", who: e.clientid, what: e.topic 
     // The audit messages delivered to the auditor raise no further events.
     auditor.assert_no_publish(Duration::from_millis(300)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn field_filters_select_the_same_messages_whether_run_natively_or_by_rhai() {
+    // The first `when` is evaluated in Rust (and rejects on the routing thread); the second,
+    // the same test written with a method call, always runs in Rhai. Both must agree.
+    let rules = r#"
+rule("native").from(["s/#"]).when(|m| m.json.temp > 30.0 && m.qos == 1 && m.level(1) != "skip").to(mqtt("hot"));
+rule("rhai").from(["s/#"]).when(|m| m.json.temp > 30.0 && m.qos == 1 && m.topic.split("/")[1] != "skip").to(mqtt("hot"));
+"#;
+    let env = env_with(
+        &[("hot.rhai", rules)],
+        &[(
+            "hot",
+            serde_json::json!({"kind": "mqtt", "topic": "hot/${topic}"}),
+        )],
+    )
+    .await;
+    let mut sub = v4::connect(v4::options(tcp_addr(&env.server), "watcher")).await;
+    sub.subscribe("hot/#", v4::QoS::AtLeastOnce).await;
+    let p = publisher(&env, "sensor").await;
+    let sent: [(&str, &str, v4::QoS); 6] = [
+        ("s/a", r#"{"temp": 31.5}"#, v4::QoS::AtLeastOnce),
+        ("s/b", r#"{"temp": 29}"#, v4::QoS::AtLeastOnce),
+        ("s/c", r#"{"temp": 35}"#, v4::QoS::AtMostOnce),
+        ("s/skip", r#"{"temp": 40}"#, v4::QoS::AtLeastOnce),
+        ("s/d", "not json", v4::QoS::AtLeastOnce),
+        ("s/e", r#"{"temp": 30.5}"#, v4::QoS::AtLeastOnce),
+    ];
+    for (topic, payload, qos) in sent {
+        p.client.publish(topic, qos, false, payload).await.unwrap();
+    }
+    let mut got = Vec::new();
+    while got.len() < 4 {
+        got.push(sub.next_publish().await.topic);
+    }
+    got.sort();
+    assert_eq!(got, ["hot/s/a", "hot/s/a", "hot/s/e", "hot/s/e"]);
+    sub.assert_no_publish(Duration::from_millis(300)).await;
+    for name in ["native", "rhai"] {
+        let st = env.rules.rule_stats(name).unwrap();
+        let g = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+        assert_eq!(
+            (g(&st.matched), g(&st.passed), g(&st.failed)),
+            (6, 2, 1),
+            "{name}: the non-JSON payload is an error for both"
+        );
+    }
+    let status = env.server.broker.status_of("rules").unwrap();
+    let when: Vec<_> = ["native", "rhai"]
+        .iter()
+        .map(|n| {
+            status["rules"]
+                .as_array()
+                .and_then(|rules| rules.iter().find(|r| r["name"] == *n))
+                .map(|r| r["when"].clone())
+        })
+        .collect();
+    assert_eq!(
+        when,
+        [Some("native".into()), Some("rhai".into())],
+        "{status}"
+    );
+}

@@ -820,6 +820,8 @@ impl Metrics {
             "kind": kind,
             "from": on,
             "sinks": r.def.sinks,
+            // "native": evaluated in Rust (see `native`), "rhai": by the interpreter.
+            "when": r.def.when.as_ref().map(|_| if r.when_native.is_some() { "native" } else { "rhai" }),
             "matched": g(&r.stats.matched),
             "passed": g(&r.stats.passed),
             "failed": g(&r.stats.failed),

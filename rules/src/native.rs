@@ -107,13 +107,34 @@ impl Predicate {
             .iter_fn_def()
             .find(|f| f.name.as_str() == name && f.params.len() == 1)?;
         let param = def.params.first()?.as_str();
-        // The body's type is private to Rhai; walking an AST holding only this function
-        // reaches its top-level statements (the nodes whose path has one element).
-        let only = ast.clone_functions_only_filtered(|_, _, _, n, arity| n == name && arity == 1);
+        // The body's type is private to Rhai. Walking the script's functions reaches each
+        // function's top-level statements (nodes whose path has one element), one function
+        // after the other; a body's position is that of its first statement. So this body's
+        // statements run from its start to the next function's start.
+        let functions = ast.clone_functions_only();
+        let ours = def.body.start_position();
+        let starts: Vec<rhai::Position> = functions
+            .iter_fn_def()
+            .map(|f| f.body.start_position())
+            .filter(|p| !p.is_none())
+            .collect();
+        if ours.is_none() || starts.iter().filter(|p| **p == ours).count() != 1 {
+            return None;
+        }
+        let mut inside = false;
         let mut statements = 0;
         let mut compiled = None;
-        only.walk(&mut |path: &[ASTNode]| {
+        functions.walk(&mut |path: &[ASTNode]| {
             if let [ASTNode::Stmt(stmt)] = path {
+                let at = stmt.position();
+                if at == ours {
+                    inside = true;
+                } else if starts.contains(&at) {
+                    inside = false;
+                }
+                if !inside {
+                    return true;
+                }
                 statements += 1;
                 compiled = match stmt {
                     Stmt::Expr(e) => compile_expr(e, param),
@@ -435,6 +456,7 @@ mod tests {
         "|m| m.level(1) == \"1\"",
         "|x| x.qos == 0 && (x.size > 5 || x.retain)",
         "|m| 5 < m.size",
+        "|m| m.json.temp > 30.0 && m.qos == 1 && m.level(1) != \"skip\"",
     ];
 
     /// Shapes left to Rhai: method calls other than `level`, captured variables, blocks.
@@ -445,6 +467,7 @@ mod tests {
         "|m| limit < m.size",
         "|m| m.size > limit",
         "|m| m.payload.len() > 3",
+        "|m| { m.qos == 1; m.qos == 0 }",
     ];
 
     fn rule_when(engine: &rhai::Engine, src: &str) -> (AST, FnPtr) {
@@ -491,6 +514,32 @@ mod tests {
             }
             assert!(answered > 0, "{src}: never answered natively");
         }
+    }
+
+    /// Several closures in one script: each compiles to its own body, not a neighbour's.
+    #[test]
+    fn each_closure_of_a_file_compiles_to_its_own_body() {
+        let engine = script::build_engine(&crate::RulesConfig::default());
+        let ast = engine
+            .compile(
+                "let a = |m| m.qos == 1;\nlet b = |m| m.json.readings.map(|r| r > 1);\nlet c = |m| m.qos == 0; [a, b, c]",
+            )
+            .unwrap_or_else(|e| panic!("{e}"));
+        let fns: rhai::Array = engine.eval_ast(&ast).unwrap_or_else(|e| panic!("{e}"));
+        let fns: Vec<FnPtr> = fns.into_iter().filter_map(|f| f.try_cast()).collect();
+        let [a, b, c] = fns.as_slice() else {
+            panic!("three closures")
+        };
+        let c1 = client(None);
+        let m = Arc::new(Message::new("t", &b"{}"[..], QoS::AtLeastOnce, false));
+        let view = MessageView::new(&c1, &m);
+        let eval = |f: &FnPtr| Predicate::compile(&ast, f).map(|p| p.eval(&view));
+        assert_eq!(eval(a), Some(Some(true)));
+        assert!(
+            eval(b).is_none(),
+            "method calls and nested closures are Rhai's"
+        );
+        assert_eq!(eval(c), Some(Some(false)));
     }
 
     #[test]
