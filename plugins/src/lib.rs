@@ -3,9 +3,11 @@
 //! A plugin is a component implementing the `switchyard:plugin` WIT world (`sdk/wit`). Each
 //! loaded plugin becomes a [`switchyard_core::hooks::Hook`]:
 //! - compiled once, pre-instantiated (`MqttPluginPre`), instances from the pooling allocator;
-//! - a bounded pool of warm instances, so calls do not pay instantiation and do not serialise;
-//! - every call runs on tokio's blocking pool under an epoch deadline and a memory cap, with an
-//!   empty WASI context (no files, environment, sockets or clocks beyond the host's);
+//! - a bounded pool of warm instances, kept per thread, so calls do not pay instantiation, do
+//!   not serialise and do not move instances between cores;
+//! - every call runs as a wasmtime async call that yields to tokio at each epoch tick, under a
+//!   deadline and a memory cap, with an empty WASI context (no files, environment, sockets or
+//!   clocks beyond the host's);
 //! - a trap, timeout or out-of-memory fails that call only: it follows the plugin's `on_error`
 //!   policy (deny by default for authenticate/authorize), is logged and counted, and the
 //!   instance is thrown away; after repeated failures the plugin is disabled (its calls follow
@@ -14,6 +16,7 @@
 mod host;
 mod manager;
 mod plugin;
+mod pool;
 
 pub use manager::PluginManager;
 pub use plugin::{LoadError, OnError, PluginHook, PluginSettings, WasmPlugin};

@@ -2,6 +2,7 @@
 //! the mapping between the WIT world and the core's [`Hook`] trait.
 
 use crate::host::{wit, KvStore, MqttPlugin, MqttPluginPre, State};
+use crate::pool::InstancePool;
 use async_trait::async_trait;
 use parking_lot::Mutex;
 use serde::Deserialize;
@@ -185,12 +186,11 @@ pub struct WasmPlugin {
     config_json: String,
     pre: MqttPluginPre<State>,
     kv: Arc<KvStore>,
-    pool: Mutex<Vec<Warm>>,
+    pool: InstancePool<Warm>,
     interests: HookSet,
     topic_filters: Vec<String>,
     consecutive_failures: AtomicU32,
     failures: AtomicU64,
-    calls: AtomicU64,
     disabled: AtomicBool,
     /// Client events on their way to the guest (bounded; see `EVENT_QUEUE`).
     events: OnceLock<tokio::sync::mpsc::Sender<(Arc<wit::ClientInfo>, String)>>,
@@ -217,18 +217,18 @@ impl WasmPlugin {
                 .unwrap_or_else(|| "plugin".into()),
         );
         let config_json = settings.config.to_string();
+        let pool = InstancePool::new(settings.instances);
         let mut plugin = WasmPlugin {
             name,
             settings,
             config_json,
             pre: compiled,
             kv: Arc::new(KvStore::default()),
-            pool: Mutex::new(Vec::new()),
+            pool,
             interests: HookSet::NONE,
             topic_filters: Vec::new(),
             consecutive_failures: AtomicU32::new(0),
             failures: AtomicU64::new(0),
-            calls: AtomicU64::new(0),
             disabled: AtomicBool::new(false),
             events: OnceLock::new(),
             events_dropped: AtomicU64::new(0),
@@ -243,7 +243,7 @@ impl WasmPlugin {
                 })?;
         plugin.interests = interests_of(registration.hooks);
         plugin.topic_filters = registration.topic_filters;
-        plugin.pool.lock().push(warm);
+        plugin.pool.put(warm);
         let plugin = Arc::new(plugin);
         if plugin.interests.contains(HookSet::CLIENT_EVENTS)
             || plugin.interests.contains(HookSet::MESSAGE_EVENTS)
@@ -282,7 +282,7 @@ impl WasmPlugin {
 
     /// Guest calls since load (hook calls answered from a cache are not counted).
     pub fn calls(&self) -> u64 {
-        self.calls.load(Ordering::Relaxed)
+        self.pool.calls()
     }
 
     /// Failed calls since load.
@@ -352,8 +352,7 @@ impl WasmPlugin {
         if self.is_disabled() {
             return None;
         }
-        self.calls.fetch_add(1, Ordering::Relaxed);
-        let warm = self.pool.lock().pop();
+        let warm = self.pool.take();
         let mut warm = match warm {
             Some(w) => w,
             None => match self.instantiate().await {
@@ -372,11 +371,11 @@ impl WasmPlugin {
         };
         match outcome {
             Ok(r) => {
-                self.consecutive_failures.store(0, Ordering::Relaxed);
-                let mut pool = self.pool.lock();
-                if pool.len() < self.settings.instances.max(1) {
-                    pool.push(warm);
+                // Read first: a store on every call would bounce the line between cores.
+                if self.consecutive_failures.load(Ordering::Relaxed) != 0 {
+                    self.consecutive_failures.store(0, Ordering::Relaxed);
                 }
+                self.pool.put(warm);
                 Some(r)
             }
             Err(e) => {
