@@ -44,9 +44,10 @@ impl KvStore {
 }
 
 pub struct State {
-    /// When the current guest call started and how long it may run: checked at every epoch
-    /// tick, where the guest also yields to the executor.
-    pub call_started: Instant,
+    /// The first epoch tick the current guest call saw, and how long the call may run:
+    /// checked at every tick, where the guest also yields to the executor. The clock is read
+    /// only by calls that last past a tick; the call started at most one tick before that.
+    pub first_tick: Option<Instant>,
     pub budget: Duration,
     pub wasi: WasiCtx,
     pub table: ResourceTable,

@@ -307,7 +307,7 @@ impl WasmPlugin {
             .trap_on_grow_failure(true)
             .build();
         let state = State {
-            call_started: std::time::Instant::now(),
+            first_tick: None,
             // Instantiation and init may take longer than a hook call.
             budget: self.deadline() * 10,
             wasi: wasmtime_wasi::WasiCtx::builder().build(),
@@ -321,9 +321,10 @@ impl WasmPlugin {
         // At every epoch tick a running guest yields to the executor (it never holds a runtime
         // thread for longer than a tick) or, past its budget, is interrupted.
         store.set_epoch_deadline(1);
-        store.epoch_deadline_callback(|ctx| {
-            let s = ctx.data();
-            if s.call_started.elapsed() > s.budget {
+        store.epoch_deadline_callback(|mut ctx| {
+            let s = ctx.data_mut();
+            let first = *s.first_tick.get_or_insert_with(std::time::Instant::now);
+            if first.elapsed() + EPOCH_TICK > s.budget {
                 Ok(wasmtime::UpdateDeadline::Interrupt)
             } else {
                 Ok(wasmtime::UpdateDeadline::Yield(1))
@@ -348,7 +349,7 @@ impl WasmPlugin {
 
     /// Runs one guest call on a warm instance under the deadline; any error or timeout throws
     /// the instance away (a trapped or interrupted instance cannot be entered again).
-    async fn run(&self, call: Call) -> Option<Reply> {
+    async fn run(&self, call: Call<'_>) -> Option<Reply> {
         if self.is_disabled() {
             return None;
         }
@@ -365,7 +366,7 @@ impl WasmPlugin {
         };
         let outcome = {
             let Warm { store, bindings } = &mut warm;
-            store.data_mut().call_started = std::time::Instant::now();
+            store.data_mut().first_tick = None;
             store.set_epoch_deadline(1);
             invoke(bindings, store, &call).await
         };
@@ -410,11 +411,11 @@ impl WasmPlugin {
     }
 }
 
-/// One guest call, with its arguments.
-enum Call {
+/// One guest call, with its arguments (the topic of an authorize borrowed: it runs per publish).
+enum Call<'a> {
     ClientEvent(Arc<wit::ClientInfo>, String),
     Authenticate(wit::ConnectRequest),
-    Authorize(Arc<wit::ClientInfo>, wit::Access, String, wit::Qos),
+    Authorize(Arc<wit::ClientInfo>, wit::Access, &'a str, wit::Qos),
     Publish(Arc<wit::ClientInfo>, wit::Message),
 }
 
@@ -425,7 +426,7 @@ enum Reply {
     Message(wit::MessageResult),
 }
 
-async fn invoke(b: &MqttPlugin, s: &mut Store<State>, call: &Call) -> wasmtime::Result<Reply> {
+async fn invoke(b: &MqttPlugin, s: &mut Store<State>, call: &Call<'_>) -> wasmtime::Result<Reply> {
     Ok(match call {
         Call::ClientEvent(client, event) => {
             b.call_on_client_event(s, client, event).await?;
@@ -594,9 +595,8 @@ impl PluginHook {
             Access::Publish => wit::Access::Publish,
             Access::Subscribe => wit::Access::Subscribe,
         };
-        let topic = t.to_string();
         let qos = qos_of(q);
-        match self.0.run(Call::Authorize(client, op, topic, qos)).await {
+        match self.0.run(Call::Authorize(client, op, t, qos)).await {
             Some(Reply::Acl(wit::AclResult::Allow)) => (AclDecision::Allow, true),
             Some(Reply::Acl(wit::AclResult::Deny(r))) => (AclDecision::Deny(reason_of(r)), true),
             Some(Reply::Acl(wit::AclResult::Ignore)) => (AclDecision::Ignore, true),
