@@ -89,6 +89,21 @@ async fn acl_plugin_allows_and_denies_publish_and_subscribe() {
         bob.subscribe("public/news", v4::QoS::AtMostOnce).await,
         vec![rumqttc::SubscribeReasonCode::Success(v4::QoS::AtMostOnce)]
     );
+    // Guests keep each client's record by handle: interleaved calls never see the other one.
+    for _ in 0..3 {
+        assert_eq!(
+            alice.subscribe("users/alice/more", v5::QoS::AtLeastOnce).await,
+            vec![v5::SubscribeReasonCode::Success(v5::QoS::AtLeastOnce)]
+        );
+        assert_eq!(
+            bob.subscribe("users/bob/more", v4::QoS::AtMostOnce).await,
+            vec![rumqttc::SubscribeReasonCode::Success(v4::QoS::AtMostOnce)]
+        );
+        assert_eq!(
+            bob.subscribe("users/alice/more", v4::QoS::AtMostOnce).await,
+            vec![rumqttc::SubscribeReasonCode::Failure]
+        );
+    }
 }
 
 /// A plugin that misbehaves on every call: connecting through it fails closed, the failure is

@@ -54,6 +54,26 @@ pub struct State {
     pub limits: StoreLimits,
     pub plugin: Arc<str>,
     pub kv: Arc<KvStore>,
+    /// The client of the running call, for `lookup-client`.
+    pub current_client: Option<ClientRef>,
+}
+
+/// A client as hook calls pass it: a handle the guest keeps, and the record `lookup-client`
+/// returns for it. Built once per connection; the guest fetches the record once per instance.
+#[derive(Clone)]
+pub struct ClientRef {
+    pub handle: u64,
+    pub info: Arc<wit::ClientInfo>,
+}
+
+impl ClientRef {
+    pub fn new(info: wit::ClientInfo) -> Self {
+        static HANDLES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        Self {
+            handle: HANDLES.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            info: Arc::new(info),
+        }
+    }
 }
 
 impl WasiView for State {
@@ -95,6 +115,13 @@ impl switchyard::plugin::host::Host for State {
             }
             Some((value, _)) => Some(value.clone()),
             None => None,
+        }
+    }
+
+    fn lookup_client(&mut self, client: u64) -> Option<wit::ClientInfo> {
+        match &self.current_client {
+            Some(c) if c.handle == client => Some((*c.info).clone()),
+            _ => None,
         }
     }
 

@@ -1,7 +1,7 @@
 //! One loaded plugin: compile, pre-instantiate, a pool of warm instances, guarded calls, and
 //! the mapping between the WIT world and the core's [`Hook`] trait.
 
-use crate::host::{wit, KvStore, MqttPlugin, MqttPluginPre, State};
+use crate::host::{wit, ClientRef, KvStore, MqttPlugin, MqttPluginPre, State};
 use crate::pool::InstancePool;
 use async_trait::async_trait;
 use parking_lot::Mutex;
@@ -193,7 +193,7 @@ pub struct WasmPlugin {
     failures: AtomicU64,
     disabled: AtomicBool,
     /// Client events on their way to the guest (bounded; see `EVENT_QUEUE`).
-    events: OnceLock<tokio::sync::mpsc::Sender<(Arc<wit::ClientInfo>, String)>>,
+    events: OnceLock<tokio::sync::mpsc::Sender<(ClientRef, String)>>,
     events_dropped: AtomicU64,
 }
 
@@ -315,6 +315,7 @@ impl WasmPlugin {
             limits,
             plugin: self.name.clone(),
             kv: self.kv.clone(),
+            current_client: None,
         };
         let mut store = Store::new(engine, state);
         store.limiter(|s| &mut s.limits);
@@ -413,10 +414,10 @@ impl WasmPlugin {
 
 /// One guest call, with its arguments (the topic of an authorize borrowed: it runs per publish).
 enum Call<'a> {
-    ClientEvent(Arc<wit::ClientInfo>, String),
+    ClientEvent(ClientRef, String),
     Authenticate(wit::ConnectRequest),
-    Authorize(Arc<wit::ClientInfo>, wit::Access, &'a str, wit::Qos),
-    Publish(Arc<wit::ClientInfo>, wit::Message),
+    Authorize(&'a ClientRef, wit::Access, &'a str, wit::Qos),
+    Publish(ClientRef, wit::Message),
 }
 
 enum Reply {
@@ -427,19 +428,29 @@ enum Reply {
 }
 
 async fn invoke(b: &MqttPlugin, s: &mut Store<State>, call: &Call<'_>) -> wasmtime::Result<Reply> {
-    Ok(match call {
-        Call::ClientEvent(client, event) => {
-            b.call_on_client_event(s, client, event).await?;
-            Reply::Done
-        }
-        Call::Authenticate(req) => Reply::Auth(b.call_authenticate(s, req).await?),
-        Call::Authorize(client, op, topic, qos) => {
-            Reply::Acl(b.call_authorize(s, client, *op, topic, *qos).await?)
-        }
-        Call::Publish(client, msg) => {
-            Reply::Message(b.call_on_message_publish(s, client, msg).await?)
-        }
-    })
+    // The call's client is what `lookup-client` answers while the call runs.
+    s.data_mut().current_client = match call {
+        Call::ClientEvent(c, _) | Call::Publish(c, _) => Some(c.clone()),
+        Call::Authorize(c, ..) => Some((*c).clone()),
+        Call::Authenticate(_) => None,
+    };
+    let reply = match call {
+        Call::ClientEvent(client, event) => b
+            .call_on_client_event(&mut *s, client.handle, event)
+            .await
+            .map(|()| Reply::Done),
+        Call::Authenticate(req) => b.call_authenticate(&mut *s, req).await.map(Reply::Auth),
+        Call::Authorize(client, op, topic, qos) => b
+            .call_authorize(&mut *s, client.handle, *op, topic, *qos)
+            .await
+            .map(Reply::Acl),
+        Call::Publish(client, msg) => b
+            .call_on_message_publish(&mut *s, client.handle, msg)
+            .await
+            .map(Reply::Message),
+    };
+    s.data_mut().current_client = None;
+    reply
 }
 
 fn interests_of(hooks: wit::HookSet) -> HookSet {
@@ -474,7 +485,7 @@ type DecisionKey = (Arc<str>, bool, String);
 /// What the host keeps per connection: the client as guests see it (built once, not per
 /// call) and, when enabled, recent authorize answers.
 struct GuestClient {
-    info: Arc<wit::ClientInfo>,
+    client: ClientRef,
     decisions: Mutex<HashMap<DecisionKey, (AclDecision, std::time::Instant)>>,
 }
 
@@ -485,20 +496,20 @@ fn guest_client(c: &ClientInfo) -> Arc<GuestClient> {
         }
     }
     let g = Arc::new(GuestClient {
-        info: Arc::new(client_of(c)),
+        client: ClientRef::new(client_of(c)),
         decisions: Mutex::new(HashMap::new()),
     });
     let _ = c.extension.set(g.clone());
     g
 }
 
-fn cached_client(c: &ClientInfo) -> Arc<wit::ClientInfo> {
-    guest_client(c).info.clone()
+fn cached_client(c: &ClientInfo) -> ClientRef {
+    guest_client(c).client.clone()
 }
 
 /// The receiving client of a message event: only its id is known where the event is raised.
-fn receiver(client_id: &str) -> Arc<wit::ClientInfo> {
-    Arc::new(wit::ClientInfo {
+fn receiver(client_id: &str) -> ClientRef {
+    ClientRef::new(wit::ClientInfo {
         client_id: client_id.to_string(),
         username: None,
         peer_addr: String::new(),
@@ -573,8 +584,8 @@ impl PluginHook {
     /// Queues an event for the plugin's event worker; a full queue drops it (counted).
     fn send_event(
         &self,
-        tx: &tokio::sync::mpsc::Sender<(Arc<wit::ClientInfo>, String)>,
-        client: Arc<wit::ClientInfo>,
+        tx: &tokio::sync::mpsc::Sender<(ClientRef, String)>,
+        client: ClientRef,
         event: String,
     ) {
         if tx.try_send((client, event)).is_err() {
@@ -586,7 +597,7 @@ impl PluginHook {
     /// failed call's answer is never cached).
     async fn authorize_uncached(
         &self,
-        client: Arc<wit::ClientInfo>,
+        client: &ClientRef,
         a: Access,
         t: &str,
         q: QoS,
@@ -652,7 +663,7 @@ impl Hook for PluginHook {
         let ttl = self.0.settings.authorize_cache_ms;
         let guest = guest_client(c);
         if ttl == 0 {
-            return self.authorize_uncached(guest.info.clone(), a, t, q).await.0;
+            return self.authorize_uncached(&guest.client, a, t, q).await.0;
         }
         let key = (self.0.name.clone(), a == Access::Publish, t.to_string());
         if let Some((d, at)) = guest.decisions.lock().get(&key) {
@@ -660,7 +671,7 @@ impl Hook for PluginHook {
                 return *d;
             }
         }
-        let (decision, answered) = self.authorize_uncached(guest.info.clone(), a, t, q).await;
+        let (decision, answered) = self.authorize_uncached(&guest.client, a, t, q).await;
         if answered {
             let mut cache = guest.decisions.lock();
             if cache.len() >= DECISION_CACHE_ENTRIES {

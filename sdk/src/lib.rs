@@ -1,6 +1,6 @@
 //! Write a Switchyard plugin in Rust.
 //!
-//! The contract is the WIT world in `wit/plugin.wit` (`switchyard:plugin@0.1.0`); this crate
+//! The contract is the WIT world in `wit/plugin.wit` (`switchyard:plugin@0.2.0`); this crate
 //! generates its bindings and adds [`Plugin`], a trait with a default for every hook, so a
 //! plugin implements only what it needs:
 //!
@@ -13,7 +13,7 @@
 //!     fn init(_config: String) -> Result<Registration, String> {
 //!         Ok(Registration { hooks: HookSet::AUTHORIZE, topic_filters: vec![] })
 //!     }
-//!     fn authorize(_c: ClientInfo, _op: Access, topic: String, _q: Qos) -> AclResult {
+//!     fn authorize(_c: &ClientInfo, _op: Access, topic: String, _q: Qos) -> AclResult {
 //!         if topic.starts_with("secret/") { AclResult::Deny(DenyReason::NotAuthorized) } else { AclResult::Ignore }
 //!     }
 //! }
@@ -49,15 +49,17 @@ pub trait Plugin {
         AuthResult::Ignore
     }
 
-    fn authorize(_client: ClientInfo, _op: Access, _topic: String, _qos: Qos) -> AclResult {
+    /// Runs on every publish (and subscribe): the client is borrowed from the SDK's cache, which
+    /// fetches it from the host once per connection.
+    fn authorize(_client: &ClientInfo, _op: Access, _topic: String, _qos: Qos) -> AclResult {
         AclResult::Ignore
     }
 
-    fn on_message_publish(_client: ClientInfo, _msg: Message) -> MessageResult {
+    fn on_message_publish(_client: &ClientInfo, _msg: Message) -> MessageResult {
         MessageResult::Pass
     }
 
-    fn on_client_event(_client: ClientInfo, _event: String) {}
+    fn on_client_event(_client: &ClientInfo, _event: String) {}
 }
 
 /// Bridges a [`Plugin`] to the generated exports; used by [`export_plugin!`].
@@ -71,14 +73,60 @@ impl<T: Plugin> Guest for Adapter<T> {
     fn authenticate(req: ConnectRequest) -> AuthResult {
         T::authenticate(req)
     }
-    fn authorize(client: ClientInfo, op: Access, topic: String, qos: Qos) -> AclResult {
-        T::authorize(client, op, topic, qos)
+    fn authorize(client: u64, op: Access, topic: String, qos: Qos) -> AclResult {
+        with_client(client, |c| T::authorize(c, op, topic, qos))
     }
-    fn on_message_publish(client: ClientInfo, msg: Message) -> MessageResult {
-        T::on_message_publish(client, msg)
+    fn on_message_publish(client: u64, msg: Message) -> MessageResult {
+        with_client(client, |c| T::on_message_publish(c, msg))
     }
-    fn on_client_event(client: ClientInfo, event: String) {
-        T::on_client_event(client, event)
+    fn on_client_event(client: u64, event: String) {
+        with_client(client, |c| T::on_client_event(c, event))
+    }
+}
+
+/// Clients this instance saw last, by handle, most recent first.
+const CLIENTS_KEPT: usize = 32;
+
+std::thread_local! {
+    static CLIENTS: core::cell::RefCell<Vec<(u64, std::rc::Rc<ClientInfo>)>> =
+        const { core::cell::RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` with the client behind `handle`: from the cache, or fetched from the host once.
+fn with_client<R>(handle: u64, f: impl FnOnce(&ClientInfo) -> R) -> R {
+    let cached = CLIENTS.with(|c| {
+        let mut clients = c.borrow_mut();
+        let i = clients.iter().position(|(h, _)| *h == handle)?;
+        let hit = clients.remove(i);
+        let info = hit.1.clone();
+        clients.insert(0, hit);
+        Some(info)
+    });
+    let info = match cached {
+        Some(info) => info,
+        None => {
+            let info = std::rc::Rc::new(host::lookup_client(handle).unwrap_or_else(unknown_client));
+            CLIENTS.with(|c| {
+                let mut clients = c.borrow_mut();
+                clients.truncate(CLIENTS_KEPT - 1);
+                clients.insert(0, (handle, info.clone()));
+            });
+            info
+        }
+    };
+    f(&info)
+}
+
+/// What a hook sees if the host does not know the handle (it always should).
+fn unknown_client() -> ClientInfo {
+    ClientInfo {
+        client_id: String::new(),
+        username: None,
+        peer_addr: String::new(),
+        protocol: ProtocolVersion::V5,
+        listener: String::new(),
+        cert_common_name: None,
+        attributes: Vec::new(),
     }
 }
 

@@ -74,14 +74,15 @@ void *authenticate(const void *args) {
     return finish();
 }
 
-/* authorize: func(client: client-info, op: access, topic: string, qos: qos) -> acl-result
- * Arguments in memory: client-info is 60 bytes (@0), access u8 @60, topic (ptr, len) @64,
- * qos u8 @72. Result: u8 discriminant @0 (0 allow, 1 deny, 2 ignore), deny-reason u8 @1. */
+/* authorize: func(client: u64, op: access, topic: string, qos: qos) -> acl-result
+ * Five flat parameters: the client handle, access, topic (ptr, len), qos. Result: u8
+ * discriminant @0 (0 allow, 1 deny, 2 ignore), deny-reason u8 @1. */
 EXPORT("authorize")
-void *authorize(const unsigned char *args) {
+void *authorize(uint64_t client, uint32_t op, const char *topic, uint32_t topic_len, uint32_t qos) {
     static const char prefix[] = "c-denied/";
-    const char *topic = (const char *)(uintptr_t)(*(const uint32_t *)(args + 64));
-    uint32_t topic_len = *(const uint32_t *)(args + 68);
+    (void)client;
+    (void)op;
+    (void)qos;
     int denied = topic_len >= sizeof(prefix) - 1;
     for (uint32_t i = 0; denied && i < sizeof(prefix) - 1; i++) {
         if (topic[i] != prefix[i]) denied = 0;
@@ -97,7 +98,8 @@ void *authorize(const unsigned char *args) {
     return finish();
 }
 
-/* on-message-publish: func(client: client-info, msg: message) -> message-result; 0 = pass. */
+/* on-message-publish: func(client: u64, msg: message) -> message-result; 0 = pass.
+ * Arguments in memory (more than 16 flat values): the handle @0, the message @8. */
 EXPORT("on-message-publish")
 void *on_message_publish(const void *args) {
     (void)args;
@@ -105,9 +107,11 @@ void *on_message_publish(const void *args) {
     return finish();
 }
 
-/* on-client-event: func(client: client-info, event: string); arguments in memory. */
+/* on-client-event: func(client: u64, event: string): three flat parameters. */
 EXPORT("on-client-event")
-void on_client_event(const void *args) {
-    (void)args;
+void on_client_event(uint64_t client, const char *event, uint32_t event_len) {
+    (void)client;
+    (void)event;
+    (void)event_len;
     call_finished = 1;
 }

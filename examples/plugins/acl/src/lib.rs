@@ -115,7 +115,7 @@ impl Plugin for Acl {
         })
     }
 
-    fn authorize(client: ClientInfo, op: Access, topic: String, _qos: Qos) -> AclResult {
+    fn authorize(client: &ClientInfo, op: Access, topic: String, _qos: Qos) -> AclResult {
         let Some(cfg) = CONFIG.get() else {
             return AclResult::Deny(DenyReason::Unspecified);
         };
@@ -150,7 +150,7 @@ impl Plugin for Acl {
             {
                 continue;
             }
-            let Some(filter) = substitute(&rule.topic, &client) else {
+            let Some(filter) = substitute(&rule.topic, client) else {
                 continue;
             };
             if covers(&filter, &topic) {

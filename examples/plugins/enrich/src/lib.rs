@@ -40,7 +40,7 @@ impl Plugin for Enrich {
         })
     }
 
-    fn on_message_publish(client: ClientInfo, msg: Message) -> MessageResult {
+    fn on_message_publish(client: &ClientInfo, msg: Message) -> MessageResult {
         if MAX_PAYLOAD
             .get()
             .copied()
@@ -51,7 +51,7 @@ impl Plugin for Enrich {
         }
         let mut props = msg.user_properties;
         props.push(("received_at".into(), host::now_ms().to_string()));
-        props.push(("client_id".into(), client.client_id));
+        props.push(("client_id".into(), client.client_id.clone()));
         MessageResult::Modify(MessagePatch {
             topic: None,
             payload: None,

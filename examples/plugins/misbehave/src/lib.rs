@@ -59,13 +59,13 @@ impl Plugin for Misbehave {
         AuthResult::Allow(vec![("role".into(), "tester".into())])
     }
 
-    fn authorize(_c: ClientInfo, _op: Access, _topic: String, _q: Qos) -> AclResult {
+    fn authorize(_c: &ClientInfo, _op: Access, _topic: String, _q: Qos) -> AclResult {
         misbehave();
         AclResult::Allow
     }
 
-    fn on_client_event(client: ClientInfo, event: String) {
-        Self::record(&client, &event);
+    fn on_client_event(client: &ClientInfo, event: String) {
+        Self::record(client, &event);
     }
 }
 
