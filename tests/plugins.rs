@@ -92,7 +92,9 @@ async fn acl_plugin_allows_and_denies_publish_and_subscribe() {
     // Guests keep each client's record by handle: interleaved calls never see the other one.
     for _ in 0..3 {
         assert_eq!(
-            alice.subscribe("users/alice/more", v5::QoS::AtLeastOnce).await,
+            alice
+                .subscribe("users/alice/more", v5::QoS::AtLeastOnce)
+                .await,
             vec![v5::SubscribeReasonCode::Success(v5::QoS::AtLeastOnce)]
         );
         assert_eq!(
