@@ -25,7 +25,7 @@ fn secured() -> (CoreConfig, tempfile::TempDir) {
     set_password(&pw, "bob", "builder").unwrap();
     let mut cfg = test_config();
     let mut json = local(ListenerKind::WsJson);
-    json.path = "/json".into();
+    json.path = Some("/json".into());
     cfg.listeners.push(json);
     cfg.mqtt.allow_anonymous = false;
     cfg.auth.password_file = pw;

@@ -9,12 +9,11 @@ use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use switchyard_core::Server;
 use switchyard_rules::sink::SinkCounters;
 use switchyard_rules::{RuleEngine, RulesConfig, SinkConfig};
 
 struct Env {
-    server: Server,
+    server: switchyard::Running,
     rules: Arc<RuleEngine>,
     dir: tempfile::TempDir,
 }
@@ -48,17 +47,19 @@ async fn env_configured(
     for (name, text) in files {
         std::fs::write(dir.path().join(name), text).unwrap();
     }
-    let server = start(test_config()).await;
     let sinks: BTreeMap<String, SinkConfig> = sinks
         .iter()
         .map(|(n, v)| (n.to_string(), sink(v.clone())))
         .collect();
     let mut config = rules_config(dir.path());
     tune(&mut config);
-    let rules = RuleEngine::start(config, sinks, server.broker.clone())
+    // The binary's own start-up path: rules loaded and watched before the listeners open.
+    let server = switchyard::Switchyard::core(test_config())
+        .rules(config, sinks)
+        .start()
         .await
-        .expect("rule engine starts");
-    rules.watch().expect("watch rules dir");
+        .expect("broker with rules starts");
+    let rules = server.rules.clone();
     Env { server, rules, dir }
 }
 
@@ -593,14 +594,13 @@ async fn example_rules_load_with_the_example_config_and_work() {
         }
         sinks.insert(name.clone(), sink(v));
     }
-    let server = start(test_config()).await;
-    let rules = RuleEngine::start(
-        rules_config(&root.join("examples/rules")),
-        sinks,
-        server.broker.clone(),
-    )
-    .await
-    .unwrap();
+    let server = switchyard::Switchyard::core(test_config())
+        .rules(rules_config(&root.join("examples/rules")), sinks)
+        .watch_files(false)
+        .start()
+        .await
+        .unwrap();
+    let rules = server.rules.clone();
     assert_eq!(rules.last_errors(), Vec::<String>::new());
     assert_eq!(rules.rule_names().len(), 5, "{:?}", rules.rule_names());
 

@@ -97,6 +97,7 @@ fn bench(c: &mut Criterion) {
                 properties: &props,
                 message_expiry: Some(30),
                 subscription_identifiers: &[3],
+                topic_alias: None,
                 payload: &payload,
             };
             encode_publish(black_box(&out), ProtocolVersion::V5, &mut buf);

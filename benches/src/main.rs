@@ -427,6 +427,7 @@ async fn publisher(
             properties: &Properties::default(),
             message_expiry: None,
             subscription_identifiers: &[],
+            topic_alias: None,
             payload: &payload,
         };
         protocol::encode_publish(&p, v, &mut out);

@@ -4,14 +4,17 @@
 //! SUBSCRIBE/UNSUBSCRIBE take it exclusively. Each session has its own small lock for its queue.
 
 use crate::config::MqttConfig;
+use crate::hooks::ClientInfo;
 use crate::hooks::{Event, HookChain};
 use crate::message::Message;
 use crate::metrics::{Metrics, MetricsSource};
 use crate::protocol::{QoS, RetainHandling, SubscriptionOptions};
-use crate::session::{Delivery, Enqueued, Session, StoredSubscription};
+use crate::session::{
+    AttachId, Backpressure, Delivery, Enqueued, MemoryStore, Session, SessionClaim,
+    SessionOwnedByOther, SessionStore,
+};
 use crate::topic::{self, RetainedTree, TopicTree, TreeEntry};
-use parking_lot::{Mutex, RwLock};
-use std::collections::HashMap;
+use parking_lot::RwLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -48,10 +51,8 @@ pub struct Routed {
 pub struct Attached {
     pub session: Arc<Session>,
     pub session_present: bool,
-    /// This connection's generation: it owns the session while `state.owner` equals it.
-    pub generation: u64,
-    /// The session's epoch as of this attach; a later attach (resume) changes it.
-    pub epoch: u64,
+    /// The connection owns the session while it stays attached under this id.
+    pub id: AttachId,
 }
 
 pub struct Broker {
@@ -61,25 +62,33 @@ pub struct Broker {
     /// Cancelled on SIGINT/SIGTERM: listeners stop, connections close with 0x8B.
     pub shutdown: CancellationToken,
     pub started: Instant,
-    sessions: Mutex<HashMap<Arc<str>, Arc<Session>>>,
+    /// Queue bounds and the wait for congested subscribers, for every front end.
+    pub backpressure: Backpressure,
+    sessions: Box<dyn SessionStore>,
     subscriptions: RwLock<TopicTree<Subscriber>>,
     retained: RwLock<RetainedTree<Arc<Message>>>,
-    next_generation: AtomicU64,
+    next_attach: AtomicU64,
     metrics_sources: RwLock<Vec<(String, Arc<dyn MetricsSource>)>>,
 }
 
 impl Broker {
     pub fn new(config: MqttConfig) -> Arc<Self> {
+        Self::with_store(config, Box::new(MemoryStore::default()))
+    }
+
+    /// A broker whose sessions live in `store`.
+    pub fn with_store(config: MqttConfig, store: Box<dyn SessionStore>) -> Arc<Self> {
         Arc::new(Self {
+            backpressure: Backpressure::from_config(&config),
             config,
             hooks: HookChain::default(),
             metrics: Metrics::default(),
             shutdown: CancellationToken::new(),
             started: Instant::now(),
-            sessions: Mutex::new(HashMap::new()),
+            sessions: store,
             subscriptions: RwLock::new(TopicTree::default()),
             retained: RwLock::new(RetainedTree::default()),
-            next_generation: AtomicU64::new(1),
+            next_attach: AtomicU64::new(1),
             metrics_sources: RwLock::new(Vec::new()),
         })
     }
@@ -105,71 +114,46 @@ impl Broker {
         }
     }
 
-    /// Finds or creates the session for `client_id` and makes the caller its owner. A connection
-    /// that owned it before notices on its next wake-up that it was taken over.
+    /// Finds or creates the session for `client` and makes the caller its owner. A connection
+    /// that owned it before notices on its next wake-up that it was taken over. Refused when
+    /// the session belongs to another user (`sessions_bound_to_user`).
     pub fn attach(
-        &self,
-        client_id: &Arc<str>,
+        self: &Arc<Self>,
+        client: &ClientInfo,
         clean_start: bool,
         expiry_interval: u32,
-    ) -> Attached {
-        let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
-        let mut sessions = self.sessions.lock();
-        if let Some(existing) = sessions.get(client_id).cloned() {
-            if !clean_start {
-                let mut st = existing.state.lock();
-                let had_owner = st.owner != 0;
-                st.owner = generation;
-                st.epoch += 1;
-                let epoch = st.epoch;
-                st.expiry_interval = expiry_interval;
-                drop(st);
-                drop(sessions);
-                if had_owner {
-                    existing.wake.notify_one();
-                }
-                return Attached {
-                    session: existing,
-                    session_present: true,
-                    generation,
-                    epoch,
-                };
+    ) -> Result<Attached, SessionOwnedByOther> {
+        let claim = SessionClaim {
+            client_id: &client.client_id,
+            user: client.username.as_ref(),
+            resume: !clean_start,
+            bound_to_user: self.config.sessions_bound_to_user,
+            expiry_interval,
+        };
+        loop {
+            let opened = self.sessions.open(&claim)?;
+            if let Some(old) = opened.replaced {
+                self.end_session(&old);
             }
-            sessions.remove(client_id);
-            drop(sessions);
-            self.end_session(&existing);
-            sessions = self.sessions.lock();
-        }
-        let session = Arc::new(Session::new(client_id.clone(), expiry_interval));
-        {
-            let mut st = session.state.lock();
-            st.owner = generation;
-            st.epoch = 1;
-        }
-        sessions.insert(session.client_id.clone(), session.clone());
-        Attached {
-            session,
-            session_present: false,
-            generation,
-            epoch: 1,
+            let id = AttachId(self.next_attach.fetch_add(1, Ordering::Relaxed));
+            // A resumed session may have been ended by a concurrent clean start in between:
+            // then open again, which now finds that one's new session.
+            if opened.session.attach(id, expiry_interval) {
+                return Ok(Attached {
+                    session: opened.session,
+                    session_present: opened.resumed,
+                    id,
+                });
+            }
         }
     }
 
     /// Called when the owning connection ends. Ends the session now (expiry 0) or when its
     /// expiry interval runs out without a reconnect.
-    pub fn detach(self: &Arc<Self>, session: &Arc<Session>, generation: u64) {
-        let mut st = session.state.lock();
-        if st.owner != generation {
+    pub fn detach(self: &Arc<Self>, session: &Arc<Session>, id: AttachId) {
+        let Some(expiry) = session.detach(id) else {
             return;
-        }
-        st.owner = 0;
-        let expiry = st.expiry_interval;
-        let epoch = st.epoch;
-        // QoS 0 messages are not kept for offline sessions.
-        st.queue.retain(|d| d.qos != QoS::AtMostOnce);
-        drop(st);
-        // Publishers held back by this session's queue need not wait for an offline client.
-        session.space.notify_waiters();
+        };
         if expiry == 0 {
             self.remove_session(session);
         } else if expiry != u32::MAX {
@@ -177,9 +161,7 @@ impl Broker {
             let session = session.clone();
             tokio::spawn(async move {
                 tokio::time::sleep(Duration::from_secs(u64::from(expiry))).await;
-                let st = session.state.lock();
-                if st.epoch == epoch && st.owner == 0 {
-                    drop(st);
+                if session.idle_since(id) {
                     broker.remove_session(&session);
                 }
             });
@@ -187,30 +169,14 @@ impl Broker {
     }
 
     fn remove_session(&self, session: &Arc<Session>) {
-        let mut sessions = self.sessions.lock();
-        if sessions
-            .get(&session.client_id)
-            .is_some_and(|s| Arc::ptr_eq(s, session))
-        {
-            sessions.remove(&session.client_id);
-        }
-        drop(sessions);
+        self.sessions.remove(session);
         self.end_session(session);
     }
 
-    /// Marks a session ended, detaches its owner and removes its subscriptions from the tree.
+    /// Ends a session (its owner, if any, is woken to close) and removes its subscriptions
+    /// from the tree.
     fn end_session(&self, session: &Arc<Session>) {
-        let mut st = session.state.lock();
-        st.ended = true;
-        let had_owner = st.owner != 0;
-        st.owner = 0;
-        let filters: Vec<String> = st.subscriptions.drain().map(|(f, _)| f).collect();
-        st.queue.clear();
-        st.inflight.clear();
-        drop(st);
-        if had_owner {
-            session.wake.notify_one();
-        }
+        let filters = session.end();
         let mut tree = self.subscriptions.write();
         for f in &filters {
             let (share, filter) = split_share(f);
@@ -222,18 +188,17 @@ impl Broker {
     /// woken to close with 0x8B.
     pub fn begin_shutdown(&self) {
         self.shutdown.cancel();
-        let sessions: Vec<Arc<Session>> = self.sessions.lock().values().cloned().collect();
-        for s in sessions {
-            s.wake.notify_one();
+        for s in self.sessions.sessions() {
+            s.wake();
         }
     }
 
     pub fn session(&self, client_id: &str) -> Option<Arc<Session>> {
-        self.sessions.lock().get(client_id).cloned()
+        self.sessions.get(client_id)
     }
 
     pub fn session_count(&self) -> usize {
-        self.sessions.lock().len()
+        self.sessions.len()
     }
 
     pub fn subscription_count(&self) -> usize {
@@ -253,20 +218,8 @@ impl Broker {
         options: SubscriptionOptions,
         identifier: Option<u32>,
     ) -> bool {
-        let existed = {
-            let mut st = session.state.lock();
-            if st.ended {
-                return false;
-            }
-            st.subscriptions
-                .insert(
-                    filter.to_string(),
-                    StoredSubscription {
-                        options,
-                        identifier,
-                    },
-                )
-                .is_some()
+        let Some(existed) = session.add_subscription(filter, options, identifier) else {
+            return false;
         };
         let (share, inner) = split_share(filter);
         self.subscriptions.write().insert(
@@ -283,7 +236,7 @@ impl Broker {
 
     /// Returns whether the subscription existed.
     pub fn unsubscribe(&self, session: &Arc<Session>, filter: &str) -> bool {
-        let existed = session.state.lock().subscriptions.remove(filter).is_some();
+        let existed = session.remove_subscription(filter);
         if existed {
             let (share, inner) = split_share(filter);
             self.subscriptions
@@ -346,7 +299,7 @@ impl Broker {
                     retain,
                     subscription_ids: ids,
                 },
-                self.config.max_queued_messages,
+                &self.backpressure,
             );
             match outcome {
                 Enqueued::Queued => routed.queued += 1,
@@ -430,34 +383,31 @@ impl Broker {
                     retain: true,
                     subscription_ids: identifier.into_iter().collect(),
                 },
-                self.config.max_queued_messages,
+                &self.backpressure,
             );
         }
     }
 
-    /// Publishes the will of the connection that attached at `epoch`: now, or after its delay
+    /// Publishes the will of the connection that attached as `id`: now, or after its delay
     /// unless the session is resumed first. A session that has ended publishes it at once.
     pub fn schedule_will(
         self: &Arc<Self>,
         session: &Arc<Session>,
         msg: Message,
         delay: u32,
-        epoch: u64,
+        id: AttachId,
     ) {
-        let delay = {
-            let st = session.state.lock();
-            if st.ended {
-                0
-            } else if st.epoch != epoch {
-                // Resumed by a new connection: a delayed will is cancelled, an immediate one
-                // still goes out (spec 3.1.3.2.2).
-                if delay > 0 {
-                    return;
-                }
-                0
-            } else {
-                delay.min(st.expiry_interval)
+        let delay = if session.has_ended() {
+            0
+        } else if session.resumed_after(id) {
+            // Resumed by a new connection: a delayed will is cancelled, an immediate one
+            // still goes out (spec 3.1.3.2.2).
+            if delay > 0 {
+                return;
             }
+            0
+        } else {
+            delay.min(session.expiry_interval())
         };
         if delay == 0 {
             self.publish(Arc::new(msg));
@@ -467,11 +417,7 @@ impl Broker {
         let session = session.clone();
         tokio::spawn(async move {
             tokio::time::sleep(Duration::from_secs(u64::from(delay))).await;
-            let resumed = {
-                let st = session.state.lock();
-                st.epoch != epoch && !st.ended
-            };
-            if !resumed {
+            if !session.resumed_after(id) {
                 broker.publish(Arc::new(msg));
             }
         });

@@ -38,9 +38,9 @@ impl ListenerKind {
 pub struct ListenerConfig {
     pub kind: ListenerKind,
     pub bind: SocketAddr,
-    /// HTTP path of WebSocket listeners.
-    #[serde(default = "default_ws_path")]
-    pub path: String,
+    /// HTTP path of WebSocket listeners; see [`ListenerConfig::path`] for the default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
     #[serde(default)]
     pub cert: Option<PathBuf>,
     #[serde(default)]
@@ -55,19 +55,27 @@ pub struct ListenerConfig {
     pub allow_anonymous: Option<bool>,
 }
 
-fn default_ws_path() -> String {
-    "/mqtt".into()
-}
 fn default_max_connections() -> usize {
     1_000_000
 }
 
 impl ListenerConfig {
+    /// The HTTP path of the upgrade: as configured, else `/mqtt` for MQTT over WebSocket (what
+    /// mqtt.js and Paho use) and `/` for `ws-json`, whose browser clients open
+    /// `ws://host:port` with no path.
+    pub fn path(&self) -> &str {
+        match (&self.path, self.kind) {
+            (Some(p), _) => p,
+            (None, ListenerKind::WsJson) => "/",
+            (None, _) => "/mqtt",
+        }
+    }
+
     pub fn new(kind: ListenerKind, bind: SocketAddr) -> Self {
         Self {
             kind,
             bind,
-            path: default_ws_path(),
+            path: None,
             cert: None,
             key: None,
             client_ca: None,
@@ -96,6 +104,9 @@ pub struct MqttConfig {
     pub topic_alias_max: u16,
     /// How long a new connection may take to send CONNECT.
     pub connect_timeout_s: u64,
+    /// A persistent session belongs to the user name that created it: a client authenticated
+    /// as anyone else may neither resume nor replace it (CONNACK 0x87).
+    pub sessions_bound_to_user: bool,
 }
 
 impl Default for MqttConfig {
@@ -113,6 +124,7 @@ impl Default for MqttConfig {
             max_keepalive_s: 65_535,
             topic_alias_max: 64,
             connect_timeout_s: 10,
+            sessions_bound_to_user: true,
         }
     }
 }
@@ -240,10 +252,10 @@ impl CoreConfig {
                     l.kind.as_str()
                 )));
             }
-            if l.kind.is_websocket() && !l.path.starts_with('/') {
+            if l.kind.is_websocket() && !l.path().starts_with('/') {
                 return Err(err(format!(
                     "listener[{i}].path: must start with '/', got {:?}",
-                    l.path
+                    l.path()
                 )));
             }
             if l.client_ca.is_some() && !l.kind.needs_tls() {

@@ -15,8 +15,8 @@
 
 pub mod auth;
 pub mod broker;
+pub mod client;
 pub mod config;
-pub mod connection;
 pub mod hooks;
 pub mod http;
 pub mod message;

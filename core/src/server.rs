@@ -1,5 +1,6 @@
-//! Starting and stopping a whole broker from a [`CoreConfig`]: bind every listener, register the
-//! built-in auth hooks, run `$SYS`, and shut down gracefully.
+//! Starting and stopping a whole broker from a [`CoreConfig`]: register the built-in auth
+//! hooks, then (after the caller has added its own) bind every listener, run `$SYS`, and shut
+//! down gracefully.
 
 use crate::auth::{AclRules, PasswordError, PasswordFile};
 use crate::broker::Broker;
@@ -91,11 +92,18 @@ pub struct Server {
     tasks: TaskTracker,
 }
 
-impl Server {
-    /// Binds every listener (failing fast on the first that cannot start) and starts serving.
-    pub async fn start(config: CoreConfig) -> Result<Server, StartError> {
-        let broker = Broker::new(config.mqtt.clone());
-        load_auth(&broker, &config)?;
+/// A broker that exists but does not listen yet: hooks, plugins and rules are registered on
+/// [`Prepared::broker`] before [`Prepared::listen`] opens the first port, so no client is ever
+/// served by a half-initialised broker.
+pub struct Prepared {
+    pub broker: Arc<Broker>,
+    config: CoreConfig,
+}
+
+impl Prepared {
+    /// Binds every listener (failing on the first that cannot start), then starts accepting.
+    pub async fn listen(self) -> Result<Server, StartError> {
+        let Prepared { broker, config } = self;
         let mut bound = Vec::new();
         for l in config.listeners {
             bound.push(BoundListener::bind(l).await?);
@@ -112,7 +120,7 @@ impl Server {
         let tasks = TaskTracker::new();
         let mut listeners = Vec::new();
         for l in bound {
-            info!(listener = %l.name(), path = l.config.kind.is_websocket().then_some(l.config.path.as_str()), "listening");
+            info!(listener = %l.name(), path = l.config.kind.is_websocket().then_some(l.config.path()), "listening");
             listeners.push((l.config.kind, l.local_addr));
             tokio::spawn(l.run(broker.clone(), tasks.clone()));
         }
@@ -131,6 +139,21 @@ impl Server {
             http_addr,
             tasks,
         })
+    }
+}
+
+impl Server {
+    /// Creates the broker and loads the built-in auth hooks; nothing listens yet.
+    pub fn prepare(config: CoreConfig) -> Result<Prepared, StartError> {
+        let broker = Broker::new(config.mqtt.clone());
+        load_auth(&broker, &config)?;
+        Ok(Prepared { broker, config })
+    }
+
+    /// [`Server::prepare`] and [`Prepared::listen`] in one: a broker with only the built-in
+    /// hooks.
+    pub async fn start(config: CoreConfig) -> Result<Server, StartError> {
+        Self::prepare(config)?.listen().await
     }
 
     /// The first listener of `kind`.

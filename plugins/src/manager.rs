@@ -68,23 +68,21 @@ impl PluginManager {
 
     /// What should be loaded now: explicit entries, plus directory files with default settings.
     fn desired(&self) -> Vec<PluginSettings> {
-        let mut out = self.explicit.clone();
-        if let Some(dir) = &self.dir {
-            let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-                .map(|rd| {
-                    rd.filter_map(|e| e.ok().map(|e| e.path()))
-                        .filter(|p| p.extension().is_some_and(|x| x == "wasm"))
-                        .collect()
-                })
-                .unwrap_or_default();
-            files.sort();
-            for path in files {
-                if !out.iter().any(|s| same_file(&s.path, &path)) {
-                    out.push(PluginSettings::for_path(path));
-                }
-            }
+        desired_plugins(&self.explicit, self.dir.as_deref())
+    }
+
+    /// Compiles and initialises every plugin the configuration names (`[[plugin]]` entries and
+    /// the files of `plugins_dir`) without registering any: what `check-config` runs. Unlike
+    /// start-up, a broken file in `plugins_dir` is an error here. Returns how many loaded.
+    pub async fn check(
+        explicit: &[PluginSettings],
+        dir: Option<&Path>,
+    ) -> Result<usize, LoadError> {
+        let desired = desired_plugins(explicit, dir);
+        for s in &desired {
+            load(s.clone()).await?;
         }
-        out
+        Ok(desired.len())
     }
 
     /// Loads what changed, drops what disappeared.
@@ -213,6 +211,26 @@ impl PluginManager {
         });
         Some(watcher)
     }
+}
+
+fn desired_plugins(explicit: &[PluginSettings], dir: Option<&Path>) -> Vec<PluginSettings> {
+    let mut out = explicit.to_vec();
+    if let Some(dir) = dir {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+            .map(|rd| {
+                rd.filter_map(|e| e.ok().map(|e| e.path()))
+                    .filter(|p| p.extension().is_some_and(|x| x == "wasm"))
+                    .collect()
+            })
+            .unwrap_or_default();
+        files.sort();
+        for path in files {
+            if !out.iter().any(|s| same_file(&s.path, &path)) {
+                out.push(PluginSettings::for_path(path));
+            }
+        }
+    }
+    out
 }
 
 fn same_file(a: &Path, b: &Path) -> bool {

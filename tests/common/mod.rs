@@ -91,8 +91,13 @@ pub fn test_config() -> CoreConfig {
     c
 }
 
-pub async fn start(config: CoreConfig) -> Server {
-    Server::start(config).await.expect("broker starts")
+/// A broker started the way the binary starts one (the shared builder), file watchers off.
+pub async fn start(config: CoreConfig) -> switchyard::Running {
+    switchyard::Switchyard::core(config)
+        .watch_files(false)
+        .start()
+        .await
+        .expect("broker starts")
 }
 
 pub fn tcp_addr(s: &Server) -> SocketAddr {

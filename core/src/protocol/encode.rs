@@ -55,6 +55,8 @@ pub struct OutgoingPublish<'a> {
     pub properties: &'a Properties,
     pub message_expiry: Option<u32>,
     pub subscription_identifiers: &'a [u32],
+    /// Topic Alias property (v5) for this client; with it, `topic` may be empty.
+    pub topic_alias: Option<u16>,
     pub payload: &'a [u8],
 }
 
@@ -69,6 +71,7 @@ impl OutgoingPublish<'_> {
             .iter()
             .map(|id| 1 + varint_len(*id as usize))
             .sum::<usize>();
+        n += self.topic_alias.map_or(0, |_| 3);
         n
     }
 
@@ -103,6 +106,10 @@ pub fn encode_publish(p: &OutgoingPublish<'_>, version: ProtocolVersion, buf: &m
         put_varint(buf, p.props_body_len());
         p.properties
             .encode_body_with(buf, p.message_expiry, p.subscription_identifiers);
+        if let Some(alias) = p.topic_alias {
+            buf.put_u8(0x23);
+            buf.put_u16(alias);
+        }
     }
     buf.put_slice(p.payload);
 }
@@ -169,6 +176,7 @@ pub fn encode_packet(packet: &Packet, version: ProtocolVersion, buf: &mut BytesM
                 properties: &p.properties,
                 message_expiry: p.properties.message_expiry_interval,
                 subscription_identifiers: &[],
+                topic_alias: None,
                 payload: &p.payload,
             },
             version,

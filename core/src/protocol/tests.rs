@@ -362,6 +362,7 @@ fn outgoing_publish_size_matches_encoding() {
             properties: &props,
             message_expiry: Some(12),
             subscription_identifiers: &[1, 300],
+            topic_alias: None,
             payload: &[1, 2, 3],
         };
         let mut buf = BytesMut::new();

@@ -1,14 +1,14 @@
 //! Listeners: TCP, TLS (rustls), WebSocket and secure WebSocket (tokio-tungstenite), and the
 //! JSON-over-WebSocket bridge. Every MQTT transport ends in the same byte-stream handler,
-//! [`crate::connection::serve`].
+//! [`crate::client::serve`].
 
 mod tls;
 mod ws;
 pub mod ws_json;
 
 use crate::broker::Broker;
+use crate::client::{serve, ListenerContext};
 use crate::config::{ListenerConfig, ListenerKind};
-use crate::connection::{serve, ListenerContext};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -149,14 +149,14 @@ impl BoundListener {
     ) where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send,
     {
-        match ws::accept(stream, &self.config.path).await {
+        match ws::accept(stream, self.config.path()).await {
             Ok(ws) => serve(ws, peer, cn, ctx).await,
             Err(e) => debug!(listener = %ctx.name, %peer, error = %e, "websocket handshake failed"),
         }
     }
 
     async fn serve_ws_json(&self, tcp: TcpStream, peer: SocketAddr, ctx: Arc<ListenerContext>) {
-        match ws::accept_json(tcp, &self.config.path).await {
+        match ws::accept_json(tcp, self.config.path()).await {
             Ok((ws, query)) => ws_json::serve(ws, peer, query, ctx).await,
             Err(e) => debug!(listener = %ctx.name, %peer, error = %e, "websocket handshake failed"),
         }

@@ -6,24 +6,32 @@
 //! `{"type":"connect","username":U,"password":P}`. Server → client: `{"type":"success",...}`,
 //! `{"type":"error","msg":...}` and `{"type":"message","topic":T,"data":D}`.
 
-use crate::connection::ListenerContext;
-use crate::hooks::{Access, AclDecision, ClientInfo, ConnectInfo, Event, HookSet};
+//!
+//! Only the framing lives here: every operation goes through the client pipeline
+//! ([`crate::client::pipeline`]), so JSON clients get the same validation, authorization, hooks,
+//! rules, events and backpressure as MQTT clients.
+
+use crate::client::pipeline::{PublishRefused, SubscribeRefused};
+use crate::client::{Attachment, ListenerContext};
+use crate::hooks::{ClientInfo, ConnectInfo};
 use crate::message::Message;
 use crate::metrics::Metrics;
 use crate::protocol::{ProtocolVersion, QoS, ReasonCode, RetainHandling, SubscriptionOptions};
-use crate::topic;
+use crate::session::{Acks, Delivery, Outlet};
 use base64::Engine;
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Instant;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::WebSocketStream;
-use tracing::{debug, info};
+use tracing::debug;
 
-type Reply = Result<Value, String>;
+/// The reply frame, `None` when the operation already replied itself.
+type Reply = Result<Option<Value>, String>;
 
 struct Credentials {
     username: Option<String>,
@@ -85,24 +93,24 @@ pub(crate) async fn serve<S>(
 {
     let broker = ctx.broker.clone();
     let mut creds = parse_query(&query);
-    let mut session_parts = None;
+    let mut att: Option<Attachment> = None;
     let shutdown = broker.shutdown.clone();
-    loop {
+    let why = loop {
         let wake = async {
-            match &session_parts {
-                Some((session, _, _)) => {
-                    let session: &Arc<crate::session::Session> = session;
-                    session.wake.notified().await
-                }
+            match &att {
+                Some(a) => a.session.notified().await,
                 None => std::future::pending().await,
             }
         };
         let frame = tokio::select! {
-            _ = shutdown.cancelled() => break,
+            _ = shutdown.cancelled() => break "server shutting down",
             _ = wake => {
-                if let Some((session, generation, _)) = &session_parts {
-                    if !forward_deliveries(&mut ws, session, *generation, &broker).await {
-                        break;
+                if let Some(a) = &att {
+                    if !a.owns_session() {
+                        break "session taken over";
+                    }
+                    if !forward_deliveries(&mut ws, a).await {
+                        break "write failed";
                     }
                 }
                 continue;
@@ -110,7 +118,7 @@ pub(crate) async fn serve<S>(
             frame = ws.next() => frame,
         };
         let text = match frame {
-            None | Some(Err(_)) | Some(Ok(WsMessage::Close(_))) => break,
+            None | Some(Err(_)) | Some(Ok(WsMessage::Close(_))) => break "closed",
             Some(Ok(WsMessage::Text(t))) => t.to_string(),
             Some(Ok(WsMessage::Binary(b))) => String::from_utf8_lossy(&b).into_owned(),
             Some(Ok(_)) => continue,
@@ -119,14 +127,9 @@ pub(crate) async fn serve<S>(
         let request: Value = match serde_json::from_str(&text) {
             Ok(v @ Value::Object(_)) => v,
             _ => {
-                if send(
-                    &mut ws,
-                    json!({"type": "error", "msg": "frame is not a JSON object"}),
-                )
-                .await
-                .is_err()
-                {
-                    break;
+                let error = json!({"type": "error", "msg": "frame is not a JSON object"});
+                if send(&mut ws, error).await.is_err() {
+                    break "write failed";
                 }
                 continue;
             }
@@ -136,22 +139,15 @@ pub(crate) async fn serve<S>(
             .and_then(Value::as_str)
             .unwrap_or("")
             .to_string();
-        if session_parts.is_none() {
+        if att.is_none() {
             if kind == "connect" {
                 let s = |k: &str| request.get(k).and_then(Value::as_str).map(str::to_string);
                 creds.username = s("username").or(creds.username.take());
                 creds.password = s("password").or(creds.password.take());
                 creds.client_id = s("clientId").or(creds.client_id.take());
             }
-            match authenticate(&ctx, peer, &creds).await {
-                Ok(client) => {
-                    let attached = broker.attach(&client.client_id, true, 0);
-                    info!(client_id = %client.client_id, listener = %ctx.name, %peer, "ws-json client connected");
-                    Metrics::add(&broker.metrics.clients_connected, 1);
-                    Metrics::add(&broker.metrics.connections_total, 1);
-                    broker.hooks.emit(|| Event::ClientConnected(client.clone()));
-                    session_parts = Some((attached.session, attached.generation, client));
-                }
+            match open(&ctx, peer, &creds).await {
+                Ok(a) => att = Some(a),
                 Err(code) => {
                     let _ = send(&mut ws, json!({"type": "error", "msg": format!("connection refused: {}", code.describe())})).await;
                     let _ = ws.close(None).await;
@@ -163,40 +159,39 @@ pub(crate) async fn serve<S>(
                     .await
                     .is_err()
                 {
-                    break;
+                    break "write failed";
                 }
                 continue;
             }
         }
-        let Some((session, _, client)) = &session_parts else {
-            break;
+        let Some(a) = &att else {
+            break "closed";
         };
         let reply = match kind.as_str() {
-            "subscribe" => subscribe(&ctx, session, client, &request).await,
-            "unsubscribe" => unsubscribe(&ctx, session, &request),
-            "publish" => publish(&ctx, client, &request).await,
-            "ping" => Ok(json!({"type": "pong"})),
+            "subscribe" => subscribe(a, &request, &mut ws).await,
+            "unsubscribe" => unsubscribe(a, &request),
+            "publish" => publish(a, &request).await,
+            "ping" => Ok(Some(json!({"type": "pong"}))),
             "connect" => Err("already connected".to_string()),
             other => Err(format!("unknown type {other:?}")),
         };
-        let reply = reply.unwrap_or_else(|msg| json!({"type": "error", "msg": msg}));
-        if send(&mut ws, reply).await.is_err() {
-            break;
-        }
-        // Retained messages from a subscribe are waiting in the queue.
-        if let Some((session, generation, _)) = &session_parts {
-            if !forward_deliveries(&mut ws, session, *generation, &broker).await {
-                break;
+        let reply = match reply {
+            Ok(reply) => reply,
+            Err(msg) => Some(json!({"type": "error", "msg": msg})),
+        };
+        if let Some(reply) = reply {
+            if send(&mut ws, reply).await.is_err() {
+                break "write failed";
             }
         }
-    }
-    if let Some((session, generation, client)) = session_parts {
-        Metrics::add(&broker.metrics.clients_connected, u64::MAX);
-        broker.detach(&session, generation);
-        info!(client_id = %client.client_id, listener = %ctx.name, %peer, "ws-json client disconnected");
-        broker
-            .hooks
-            .emit(|| Event::ClientDisconnected(client, "closed".into()));
+        // Retained messages from a subscribe are waiting in the queue.
+        if !forward_deliveries(&mut ws, a).await {
+            break "write failed";
+        }
+    };
+    if let Some(a) = att {
+        debug!(client_id = %a.client.client_id, listener = %ctx.name, %peer, reason = why, "ws-json client disconnected");
+        a.close(why);
     }
     let _ = ws.close(None).await;
 }
@@ -210,11 +205,13 @@ where
         .map_err(|_| ())
 }
 
-async fn authenticate(
+/// Authenticates the client and attaches it to a fresh session (JSON clients have no
+/// persistent sessions).
+async fn open(
     ctx: &ListenerContext,
     peer: SocketAddr,
     creds: &Credentials,
-) -> Result<Arc<ClientInfo>, ReasonCode> {
+) -> Result<Attachment, ReasonCode> {
     let broker = &ctx.broker;
     let client_id = match &creds.client_id {
         Some(id) if !id.is_empty() => id.clone(),
@@ -244,7 +241,9 @@ async fn authenticate(
         auth_method: None,
     };
     info.attributes = broker.hooks.admit(req, ctx.allow_anonymous).await?;
-    Ok(Arc::new(info))
+    let (att, _) = Attachment::open(broker, Arc::new(info), true, 0)
+        .map_err(|_| ReasonCode::NOT_AUTHORIZED)?;
+    Ok(att)
 }
 
 fn topic_field(request: &Value) -> Result<&str, String> {
@@ -264,123 +263,89 @@ fn qos_field(request: &Value) -> Result<QoS, String> {
     }
 }
 
-async fn authorized(
-    ctx: &ListenerContext,
-    client: &ClientInfo,
-    access: Access,
-    topic: &str,
-    qos: QoS,
-) -> bool {
-    let hooks = &ctx.broker.hooks;
-    !hooks.wants(HookSet::AUTHORIZE)
-        || !matches!(
-            hooks.authorize(client, access, topic, qos).await,
-            AclDecision::Deny(_)
-        )
-}
-
-async fn subscribe(
-    ctx: &ListenerContext,
-    session: &Arc<crate::session::Session>,
-    client: &Arc<ClientInfo>,
-    request: &Value,
-) -> Reply {
+/// Subscribes, replies, then lets the retained messages follow the reply (as MQTT's SUBACK).
+async fn subscribe<S>(a: &Attachment, request: &Value, ws: &mut WebSocketStream<S>) -> Reply
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     let filter = topic_field(request)?;
-    let qos = qos_field(request)?;
-    let inner = match topic::parse_shared(filter) {
-        Some(Ok((_, inner))) => inner,
-        Some(Err(())) => return Err(format!("invalid topic filter {filter:?}")),
-        None => filter,
-    };
-    if !topic::valid_topic_filter(inner) {
-        return Err(format!("invalid topic filter {filter:?}"));
-    }
-    if !authorized(ctx, client, Access::Subscribe, filter, qos).await {
-        return Err(format!("not authorized to subscribe to {filter:?}"));
-    }
     let options = SubscriptionOptions {
-        qos,
+        qos: qos_field(request)?,
         no_local: false,
         retain_as_published: false,
         retain_handling: RetainHandling::SendOnSubscribe,
     };
-    let existed = ctx.broker.subscribe(session, filter, options, None);
-    ctx.broker
-        .deliver_retained(session, filter, options, None, existed);
-    let c = client.clone();
-    ctx.broker
-        .hooks
-        .emit(|| Event::SessionSubscribed(c, filter.to_string(), qos));
-    Ok(json!({"type": "success", "op": "subscribe", "topic": filter}))
+    match a.check_subscribe(filter, &options).await {
+        Ok(()) => {}
+        Err(SubscribeRefused::Code(ReasonCode::NOT_AUTHORIZED)) => {
+            return Err(format!("not authorized to subscribe to {filter:?}"))
+        }
+        Err(SubscribeRefused::Code(code)) => {
+            return Err(format!(
+                "subscribe to {filter:?} refused: {}",
+                code.describe()
+            ))
+        }
+        Err(SubscribeRefused::Protocol(why)) => return Err(why.to_string()),
+    }
+    let granted = a.subscribe(filter.to_string(), options, None);
+    let ok = json!({"type": "success", "op": "subscribe", "topic": filter});
+    let sent = send(ws, ok).await;
+    a.complete_subscribe(granted);
+    match sent {
+        Ok(()) => Ok(None),
+        Err(()) => Err("write failed".into()),
+    }
 }
 
-fn unsubscribe(
-    ctx: &ListenerContext,
-    session: &Arc<crate::session::Session>,
-    request: &Value,
-) -> Reply {
+fn unsubscribe(a: &Attachment, request: &Value) -> Reply {
     let filter = topic_field(request)?;
-    if !ctx.broker.unsubscribe(session, filter) {
+    if !a.unsubscribe(filter) {
         return Err(format!("not subscribed to {filter:?}"));
     }
-    Ok(json!({"type": "success", "op": "unsubscribe", "topic": filter}))
+    Ok(Some(
+        json!({"type": "success", "op": "unsubscribe", "topic": filter}),
+    ))
 }
 
-async fn publish(ctx: &ListenerContext, client: &Arc<ClientInfo>, request: &Value) -> Reply {
+async fn publish(a: &Attachment, request: &Value) -> Reply {
     let topic_name = topic_field(request)?;
-    if !topic::valid_topic_name(topic_name) {
-        return Err(format!("invalid topic name {topic_name:?}"));
-    }
     let qos = qos_field(request)?;
     let retain = request
         .get("retain")
         .and_then(Value::as_bool)
         .unwrap_or(false);
     let payload = data_to_payload(request.get("data").unwrap_or(&Value::Null));
-    let broker = &ctx.broker;
-    Metrics::add(&broker.metrics.messages_received, 1);
-    if !authorized(ctx, client, Access::Publish, topic_name, qos).await {
-        Metrics::add(&broker.metrics.publishes_denied, 1);
-        return Err(format!("not authorized to publish to {topic_name:?}"));
-    }
     let mut msg = Message::new(topic_name, payload, qos, retain);
-    msg.publisher = Some(client.client_id.clone());
-    if broker.hooks.wants(HookSet::MESSAGE_PUBLISH) {
-        match broker.hooks.on_publish(client, msg).await {
-            Some(m) => msg = m,
-            None => {
-                Metrics::add(&broker.metrics.publishes_denied, 1);
-                return Err("message dropped by a hook".into());
-            }
+    msg.publisher = Some(a.client.client_id.clone());
+    match a.publish(msg).await {
+        Ok(()) => Ok(Some(
+            json!({"type": "success", "op": "publish", "topic": topic_name}),
+        )),
+        Err(PublishRefused::Denied(_)) => {
+            Err(format!("not authorized to publish to {topic_name:?}"))
         }
+        Err(PublishRefused::Dropped) => Err("message dropped by a hook".into()),
+        Err(PublishRefused::Invalid(_, why)) => Err(format!("{why}: {topic_name:?}")),
     }
-    broker.publish(Arc::new(msg));
-    Ok(json!({"type": "success", "op": "publish", "topic": topic_name}))
 }
 
-/// Sends every queued delivery as a `message` frame. JSON clients have no acknowledgements, so
-/// messages are handed over at most once.
-async fn forward_deliveries<S>(
-    ws: &mut WebSocketStream<S>,
-    session: &Arc<crate::session::Session>,
-    generation: u64,
-    broker: &crate::broker::Broker,
-) -> bool
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
-    let batch: Vec<_> = {
-        let mut st = session.state.lock();
-        if st.owner != generation {
-            return false;
-        }
-        st.queue.drain(..).collect()
-    };
-    let now = std::time::Instant::now();
-    for d in batch {
-        if d.msg.is_expired(now) {
-            continue;
-        }
+/// Collects deliveries as `message` frames.
+#[derive(Default)]
+struct JsonOutlet {
+    frames: Vec<String>,
+    bytes: usize,
+}
+
+/// Bytes of frames gathered before they are written.
+const JSON_BATCH: usize = 64 * 1024;
+
+impl Outlet for JsonOutlet {
+    fn has_room(&self) -> bool {
+        self.bytes < JSON_BATCH
+    }
+
+    fn put(&mut self, d: &Delivery, _packet_id: u16, _dup: bool, _now: Instant) -> bool {
         let (data, binary) = payload_to_data(&d.msg.payload);
         let mut frame = json!({"type": "message", "topic": &*d.msg.topic, "data": data});
         if binary {
@@ -390,15 +355,34 @@ where
             frame["retain"] = json!(true);
         }
         let text = frame.to_string();
-        Metrics::add(&broker.metrics.bytes_sent, text.len() as u64);
-        Metrics::add(&broker.metrics.messages_sent, 1);
-        if ws.feed(WsMessage::Text(text.into())).await.is_err() {
+        self.bytes += text.len();
+        self.frames.push(text);
+        true
+    }
+
+    fn put_release(&mut self, _packet_id: u16) {}
+}
+
+/// Sends what the session holds as `message` frames. JSON clients have no acknowledgements,
+/// so messages are handed over at most once; draining releases held-back publishers.
+async fn forward_deliveries<S>(ws: &mut WebSocketStream<S>, a: &Attachment) -> bool
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    loop {
+        let mut out = JsonOutlet::default();
+        a.fill(Acks::None, &mut out);
+        if out.frames.is_empty() {
+            return true;
+        }
+        Metrics::add(&a.broker.metrics.bytes_sent, out.bytes as u64);
+        for text in out.frames {
+            if ws.feed(WsMessage::Text(text.into())).await.is_err() {
+                return false;
+            }
+        }
+        if ws.flush().await.is_err() {
             return false;
         }
     }
-    if ws.flush().await.is_err() {
-        return false;
-    }
-    debug!(client_id = %session.client_id, "ws-json deliveries flushed");
-    true
 }

@@ -1,0 +1,309 @@
+//! The protocol-neutral client pipeline. Every front end (the MQTT connection, the `ws-json`
+//! bridge) translates its framing into these calls, so validation, authorization, message
+//! hooks, routing, events, metrics and backpressure are the same whatever the client speaks:
+//!
+//! - publish: validate → authorize → `on_publish` hooks → route → `MessageAccepted` →
+//!   backpressure;
+//! - subscribe: validate → authorize → register → (after the front end's acknowledgement)
+//!   retained messages and `SessionSubscribed`;
+//! - unsubscribe: forget → `SessionUnsubscribed`;
+//! - outbound: the session's batch, with `MessageDelivered` / `MessageDropped` and counters.
+
+use crate::broker::Broker;
+use crate::hooks::{Access, AclDecision, ClientInfo, Event, HookSet};
+use crate::message::Message;
+use crate::metrics::Metrics;
+use crate::protocol::{QoS, ReasonCode, SubscriptionOptions};
+use crate::session::{Acks, AttachId, Outlet, Session, SessionOwnedByOther};
+use crate::topic;
+use std::sync::Arc;
+use tracing::{debug, info};
+
+/// Why a publish was not routed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PublishRefused {
+    /// Breaks the protocol or the broker's limits: an MQTT connection closes with the code.
+    Invalid(ReasonCode, &'static str),
+    /// Not authorized: acknowledged with the code (v5), silently dropped (v3).
+    Denied(ReasonCode),
+    /// A message hook dropped it.
+    Dropped,
+}
+
+/// Why a subscription was not granted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SubscribeRefused {
+    /// Refused with this code (SUBACK) and the client stays connected.
+    Code(ReasonCode),
+    /// Breaks the protocol: an MQTT connection closes.
+    Protocol(&'static str),
+}
+
+/// A subscription registered but not yet announced: the front end acknowledges it first,
+/// then calls [`Attachment::complete_subscribe`] (retained messages follow the SUBACK).
+#[derive(Debug)]
+pub struct Granted {
+    pub filter: String,
+    pub options: SubscriptionOptions,
+    pub identifier: Option<u32>,
+    existed: bool,
+}
+
+/// A client attached to its session: what the pipeline acts for.
+pub struct Attachment {
+    pub broker: Arc<Broker>,
+    pub client: Arc<ClientInfo>,
+    pub session: Arc<Session>,
+    pub id: AttachId,
+}
+
+impl Attachment {
+    /// Attaches an admitted client to its session, counts it and announces it. Refused (0x87)
+    /// when the client id's session belongs to another user.
+    pub fn open(
+        broker: &Arc<Broker>,
+        client: Arc<ClientInfo>,
+        clean_start: bool,
+        session_expiry: u32,
+    ) -> Result<(Attachment, bool), SessionOwnedByOther> {
+        let attached = broker.attach(&client, clean_start, session_expiry)?;
+        if broker.shutdown.is_cancelled() {
+            // Attached after `begin_shutdown` woke everyone: wake ourselves to close too.
+            attached.session.wake();
+        }
+        Metrics::add(&broker.metrics.connections_total, 1);
+        Metrics::add(&broker.metrics.clients_connected, 1);
+        info!(
+            client_id = %client.client_id,
+            listener = %client.listener,
+            peer = %client.peer_addr,
+            protocol = client.protocol.as_str(),
+            session_present = attached.session_present,
+            "client connected"
+        );
+        broker.hooks.emit(|| Event::ClientConnected(client.clone()));
+        let att = Attachment {
+            broker: broker.clone(),
+            client,
+            session: attached.session,
+            id: attached.id,
+        };
+        Ok((att, attached.session_present))
+    }
+
+    /// Whether this connection still owns its session (not taken over, not ended).
+    pub fn owns_session(&self) -> bool {
+        self.session.is_attached(self.id)
+    }
+
+    /// Detaches from the session and announces the disconnect.
+    pub fn close(&self, why: &str) {
+        Metrics::add(&self.broker.metrics.clients_connected, u64::MAX); // wrapping -1
+        self.broker.detach(&self.session, self.id);
+        let client = self.client.clone();
+        let why = why.to_string();
+        self.broker
+            .hooks
+            .emit(|| Event::ClientDisconnected(client, why));
+    }
+
+    /// The whole publish path for one message from this client.
+    pub async fn publish(&self, msg: Message) -> Result<(), PublishRefused> {
+        let broker = &self.broker;
+        let cfg = &broker.config;
+        Metrics::add(&broker.metrics.messages_received, 1);
+        if msg.topic.is_empty() {
+            return Err(PublishRefused::Invalid(
+                ReasonCode::PROTOCOL_ERROR,
+                "empty topic name",
+            ));
+        }
+        if !topic::valid_topic_name(&msg.topic) {
+            return Err(PublishRefused::Invalid(
+                ReasonCode::TOPIC_NAME_INVALID,
+                "invalid topic name",
+            ));
+        }
+        if topic::level_count(&msg.topic) > cfg.max_topic_levels {
+            return Err(PublishRefused::Invalid(
+                ReasonCode::TOPIC_NAME_INVALID,
+                "too many topic levels",
+            ));
+        }
+        if msg.retain && !cfg.retain_available {
+            return Err(PublishRefused::Invalid(
+                ReasonCode::RETAIN_NOT_SUPPORTED,
+                "retain not supported",
+            ));
+        }
+        if broker.hooks.wants(HookSet::AUTHORIZE) {
+            if let AclDecision::Deny(code) = broker
+                .hooks
+                .authorize(&self.client, Access::Publish, &msg.topic, msg.qos)
+                .await
+            {
+                Metrics::add(&broker.metrics.publishes_denied, 1);
+                debug!(client_id = %self.client.client_id, listener = %self.client.listener, topic = %msg.topic, reason = %code, "publish denied");
+                return Err(PublishRefused::Denied(code));
+            }
+        }
+        let msg = if broker.hooks.wants(HookSet::MESSAGE_PUBLISH) {
+            match broker.hooks.on_publish(&self.client, msg).await {
+                Some(m) => m,
+                None => {
+                    Metrics::add(&broker.metrics.publishes_denied, 1);
+                    return Err(PublishRefused::Dropped);
+                }
+            }
+        } else {
+            msg
+        };
+        let msg = Arc::new(msg);
+        let routed = broker.publish(msg.clone());
+        let client = &self.client;
+        broker
+            .hooks
+            .emit(|| Event::MessageAccepted(client.clone(), msg));
+        if let Some(congested) = routed.congested {
+            broker
+                .backpressure
+                .wait(&congested, Some(&self.session))
+                .await;
+        }
+        Ok(())
+    }
+
+    /// Validates and authorizes one filter of a subscribe request.
+    pub async fn check_subscribe(
+        &self,
+        filter: &str,
+        options: &SubscriptionOptions,
+    ) -> Result<(), SubscribeRefused> {
+        let cfg = &self.broker.config;
+        let inner = match topic::parse_shared(filter) {
+            Some(Err(())) => return Err(SubscribeRefused::Code(ReasonCode::TOPIC_FILTER_INVALID)),
+            Some(Ok(_)) if !cfg.shared_subscriptions => {
+                return Err(SubscribeRefused::Code(
+                    ReasonCode::SHARED_SUBSCRIPTIONS_NOT_SUPPORTED,
+                ))
+            }
+            Some(Ok((_, inner))) => {
+                if options.no_local {
+                    return Err(SubscribeRefused::Protocol(
+                        "No Local on a shared subscription",
+                    ));
+                }
+                inner
+            }
+            None => filter,
+        };
+        if !topic::valid_topic_filter(inner) || topic::level_count(inner) > cfg.max_topic_levels {
+            return Err(SubscribeRefused::Code(ReasonCode::TOPIC_FILTER_INVALID));
+        }
+        let hooks = &self.broker.hooks;
+        if hooks.wants(HookSet::AUTHORIZE) {
+            if let AclDecision::Deny(code) = hooks
+                .authorize(&self.client, Access::Subscribe, filter, options.qos)
+                .await
+            {
+                debug!(client_id = %self.client.client_id, listener = %self.client.listener, filter, "subscribe denied");
+                let code = if code.is_error() {
+                    code
+                } else {
+                    ReasonCode::NOT_AUTHORIZED
+                };
+                return Err(SubscribeRefused::Code(code));
+            }
+        }
+        Ok(())
+    }
+
+    /// Registers a checked subscription in the session and the router.
+    pub fn subscribe(
+        &self,
+        filter: String,
+        options: SubscriptionOptions,
+        identifier: Option<u32>,
+    ) -> Granted {
+        let existed = self
+            .broker
+            .subscribe(&self.session, &filter, options, identifier);
+        Granted {
+            filter,
+            options,
+            identifier,
+            existed,
+        }
+    }
+
+    /// After the acknowledgement: queues the retained messages the subscription gets and
+    /// announces it.
+    pub fn complete_subscribe(&self, g: Granted) {
+        self.broker
+            .deliver_retained(&self.session, &g.filter, g.options, g.identifier, g.existed);
+        let client = self.client.clone();
+        let qos = g.options.qos;
+        self.broker
+            .hooks
+            .emit(|| Event::SessionSubscribed(client, g.filter, qos));
+    }
+
+    /// Returns whether the subscription existed.
+    pub fn unsubscribe(&self, filter: &str) -> bool {
+        let existed = self.broker.unsubscribe(&self.session, filter);
+        if existed {
+            let client = self.client.clone();
+            let filter = filter.to_string();
+            self.broker
+                .hooks
+                .emit(|| Event::SessionUnsubscribed(client, filter));
+        }
+        existed
+    }
+
+    /// Moves what the session may send now into `out`; counts and announces it.
+    pub fn fill(&self, acks: Acks, out: &mut dyn Outlet) {
+        let broker = &self.broker;
+        let observe = broker.hooks.wants(HookSet::MESSAGE_EVENTS);
+        let batch = self
+            .session
+            .fill(self.id, acks, &broker.backpressure, observe, out);
+        if batch.sent > 0 {
+            Metrics::add(&broker.metrics.messages_sent, batch.sent);
+        }
+        if batch.dropped > 0 {
+            Metrics::add(&broker.metrics.messages_dropped, batch.dropped);
+        }
+        let client_id = &self.client.client_id;
+        for msg in batch.delivered {
+            broker
+                .hooks
+                .emit(|| Event::MessageDelivered(client_id.clone(), msg));
+        }
+        for (msg, why) in batch.dropped_msgs {
+            broker
+                .hooks
+                .emit(|| Event::MessageDropped(Some(client_id.clone()), msg, why));
+        }
+    }
+
+    /// The client acknowledged a QoS 1/2 delivery (PUBACK, PUBCOMP).
+    pub fn acked(&self, msg: Arc<Message>) {
+        let client_id = self.client.client_id.clone();
+        self.broker
+            .hooks
+            .emit(|| Event::MessageAcked(client_id, msg));
+    }
+
+    /// The authorize check a will passes before it is published.
+    pub async fn may_publish(&self, topic: &str, qos: QoS) -> bool {
+        let hooks = &self.broker.hooks;
+        !hooks.wants(HookSet::AUTHORIZE)
+            || !matches!(
+                hooks
+                    .authorize(&self.client, Access::Publish, topic, qos)
+                    .await,
+                AclDecision::Deny(_)
+            )
+    }
+}

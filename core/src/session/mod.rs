@@ -1,0 +1,468 @@
+//! Sessions: what survives a connection (subscriptions, unacknowledged QoS 1/2 messages, the
+//! queue of messages waiting to go out) for as long as the Session Expiry Interval says.
+//!
+//! - this module: [`Session`], which owns its state machine — attach, detach and take-over by
+//!   [`AttachId`], the subscriptions it holds, the bounded queue, the outbound batch
+//!   ([`Session::fill`]), the PUBACK / PUBREC / PUBREL / PUBCOMP transitions and the incoming
+//!   QoS 2 bookkeeping. Nothing outside touches its fields.
+//! - [`state`]: the fields behind the session's lock and the inflight window.
+//! - [`backpressure`]: the one policy for publishers facing a congested subscriber.
+//! - [`store`]: [`SessionStore`], where sessions live between connections, and the in-memory
+//!   store.
+//!
+//! A session is shared between the router (which enqueues) and at most one connection (which
+//! drains). The queue lives here, not in a channel, so the same bounded queue serves an online
+//! and an offline session and a reconnect finds it intact.
+
+mod backpressure;
+mod state;
+mod store;
+
+pub use backpressure::Backpressure;
+pub use state::{Inflight, InflightState, StoredSubscription};
+pub use store::{MemoryStore, Opened, SessionClaim, SessionOwnedByOther, SessionStore};
+
+use crate::message::Message;
+use crate::protocol::{QoS, SubscriptionOptions};
+use parking_lot::Mutex;
+use state::SessionState;
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::sync::Notify;
+
+/// One message on its way to this session's client.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub msg: Arc<Message>,
+    /// The QoS it is delivered at: min(message QoS, subscription QoS).
+    pub qos: QoS,
+    /// The RETAIN flag on the wire (set for retained messages sent on subscribe, or when the
+    /// subscription has Retain As Published).
+    pub retain: bool,
+    /// Subscription identifiers of every matching subscription; empty (no allocation) usually.
+    pub subscription_ids: Vec<u32>,
+}
+
+/// Identifies one attach of a connection to a session. Unique for the broker's lifetime and
+/// increasing, so it says both who owns a session now and whether a session was resumed since
+/// (wills and expiry timers compare it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct AttachId(pub(crate) u64);
+
+/// Outcome of offering a delivery to a session's queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Enqueued {
+    Queued,
+    /// The queue was full: the oldest QoS 0 message made room.
+    DroppedOther,
+    Refused,
+    /// QoS 0 for an offline session is not stored (as in Mosquitto's default).
+    Skipped,
+}
+
+/// Where a front end writes the deliveries [`Session::fill`] hands it.
+pub trait Outlet {
+    /// `bytes` (an estimate) are about to be written: one allocation instead of doubling.
+    fn reserve(&mut self, _bytes: usize) {}
+    /// Whether another message fits in this batch.
+    fn has_room(&self) -> bool;
+    /// Writes one delivery (`dup` on a resend). Returns false, having written nothing, when it
+    /// is larger than the client accepts: the message is dropped.
+    fn put(&mut self, d: &Delivery, packet_id: u16, dup: bool, now: Instant) -> bool;
+    /// Writes a PUBREL for a QoS 2 message the client has acknowledged with PUBREC.
+    fn put_release(&mut self, packet_id: u16);
+}
+
+/// How the client acknowledges what it is sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Acks {
+    /// MQTT: QoS 1/2 deliveries wait in the inflight window for PUBACK / PUBCOMP.
+    Mqtt { window: usize },
+    /// The front end has no acknowledgements (`ws-json`): everything is handed over once.
+    None,
+}
+
+/// What one [`Session::fill`] did, for metrics and events (told after the lock is released).
+#[derive(Debug, Default)]
+pub struct Batch {
+    pub sent: u64,
+    pub dropped: u64,
+    /// Filled only when observed.
+    pub delivered: Vec<Arc<Message>>,
+    pub dropped_msgs: Vec<(Arc<Message>, &'static str)>,
+}
+
+/// Answer to an incoming QoS 2 PUBLISH.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IncomingQos2 {
+    /// Not seen before: route it.
+    New,
+    /// A resend of one already routed: acknowledge again, never route twice.
+    Duplicate,
+    /// More unreleased QoS 2 messages than the client was allowed.
+    TooMany,
+}
+
+/// Answer to a PUBREC.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PubRecOutcome {
+    /// Send PUBREL.
+    Release,
+    /// The receiver refused the message (error code): the exchange ends here.
+    Ended,
+    /// No such packet id waiting for PUBREC: PUBREL with 0x92.
+    Unknown,
+}
+
+pub struct Session {
+    pub client_id: Arc<str>,
+    /// The user name that created the session (sessions are bound to it; see `SessionClaim`).
+    owner_user: Option<Arc<str>>,
+    state: Mutex<SessionState>,
+    /// Wakes the attached connection: new messages, or it has been taken over.
+    wake: Notify,
+    /// Wakes publishers held back because this session's queue was congested.
+    space: Notify,
+}
+
+impl Session {
+    pub fn new(client_id: Arc<str>, owner_user: Option<Arc<str>>, expiry_interval: u32) -> Self {
+        Self {
+            client_id,
+            owner_user,
+            state: Mutex::new(SessionState::new(expiry_interval)),
+            wake: Notify::new(),
+            space: Notify::new(),
+        }
+    }
+
+    pub fn owner_user(&self) -> Option<&Arc<str>> {
+        self.owner_user.as_ref()
+    }
+
+    pub fn is_connected(&self) -> bool {
+        self.state.lock().attached.is_some()
+    }
+
+    /// Whether the connection of `id` still owns the session.
+    pub fn is_attached(&self, id: AttachId) -> bool {
+        self.state.lock().attached == Some(id)
+    }
+
+    /// Makes `id` the owner. A connection that owned it before is woken and, seeing it is no
+    /// longer attached, closes (taken over). Returns false if the session has ended.
+    pub(crate) fn attach(&self, id: AttachId, expiry_interval: u32) -> bool {
+        let mut st = self.state.lock();
+        if st.ended {
+            return false;
+        }
+        let had_owner = st.attached.is_some();
+        st.attached = Some(id);
+        st.last_attach = id;
+        st.expiry_interval = expiry_interval;
+        drop(st);
+        if had_owner {
+            self.wake.notify_one();
+        }
+        true
+    }
+
+    /// The owning connection `id` went away. Returns the expiry interval to honour, or `None`
+    /// if `id` no longer owned the session. QoS 0 messages are not kept for offline sessions.
+    pub(crate) fn detach(&self, id: AttachId) -> Option<u32> {
+        let mut st = self.state.lock();
+        if st.attached != Some(id) {
+            return None;
+        }
+        st.attached = None;
+        st.queue.retain(|d| d.qos != QoS::AtMostOnce);
+        let expiry = st.expiry_interval;
+        drop(st);
+        // Publishers held back by this session's queue need not wait for an offline client.
+        self.space.notify_waiters();
+        Some(expiry)
+    }
+
+    /// Still offline and not resumed since the attach `id` ended (expiry timers ask).
+    pub(crate) fn idle_since(&self, id: AttachId) -> bool {
+        let st = self.state.lock();
+        st.attached.is_none() && st.last_attach == id && !st.ended
+    }
+
+    /// Another connection attached after `id` (a will with a delay is then cancelled).
+    pub(crate) fn resumed_after(&self, id: AttachId) -> bool {
+        let st = self.state.lock();
+        st.last_attach != id && !st.ended
+    }
+
+    pub fn has_ended(&self) -> bool {
+        self.state.lock().ended
+    }
+
+    pub fn expiry_interval(&self) -> u32 {
+        self.state.lock().expiry_interval
+    }
+
+    pub(crate) fn set_expiry_interval(&self, expiry: u32) {
+        self.state.lock().expiry_interval = expiry;
+    }
+
+    /// Discards the session (clean start, expiry): nothing may be added any more. Returns the
+    /// filters it was subscribed to, for the router to forget.
+    pub(crate) fn end(&self) -> Vec<String> {
+        let mut st = self.state.lock();
+        st.ended = true;
+        let had_owner = st.attached.take().is_some();
+        let filters = st.subscriptions.drain().map(|(f, _)| f).collect();
+        st.queue.clear();
+        st.inflight.clear();
+        drop(st);
+        if had_owner {
+            self.wake.notify_one();
+        }
+        self.space.notify_waiters();
+        filters
+    }
+
+    /// Wakes the attached connection (shutdown, take-over).
+    pub(crate) fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Resolves when the session has news for its connection.
+    pub fn notified(&self) -> tokio::sync::futures::Notified<'_> {
+        self.wake.notified()
+    }
+
+    /// Records a subscription. `None` if the session has ended, else whether it existed.
+    pub(crate) fn add_subscription(
+        &self,
+        filter: &str,
+        options: SubscriptionOptions,
+        identifier: Option<u32>,
+    ) -> Option<bool> {
+        let mut st = self.state.lock();
+        if st.ended {
+            return None;
+        }
+        let sub = StoredSubscription {
+            options,
+            identifier,
+        };
+        Some(st.subscriptions.insert(filter.to_string(), sub).is_some())
+    }
+
+    pub(crate) fn remove_subscription(&self, filter: &str) -> bool {
+        self.state.lock().subscriptions.remove(filter).is_some()
+    }
+
+    /// The subscriptions, as subscribed (for stores and operators).
+    pub fn subscriptions(&self) -> Vec<(String, StoredSubscription)> {
+        let st = self.state.lock();
+        st.subscriptions
+            .iter()
+            .map(|(f, s)| (f.clone(), s.clone()))
+            .collect()
+    }
+
+    pub fn queued(&self) -> usize {
+        self.state.lock().queue.len()
+    }
+
+    pub fn inflight(&self) -> usize {
+        self.state.lock().inflight.len()
+    }
+
+    /// Adds a delivery to the bounded queue and wakes the connection. The flag says the queue
+    /// of this online session is past the high-water mark: the publisher should wait for it.
+    pub(crate) fn enqueue(&self, d: Delivery, bp: &Backpressure) -> (Enqueued, bool) {
+        let mut st = self.state.lock();
+        if st.ended {
+            return (Enqueued::Refused, false);
+        }
+        let online = st.attached.is_some();
+        if !online && d.qos == QoS::AtMostOnce {
+            return (Enqueued::Skipped, false);
+        }
+        let mut outcome = Enqueued::Queued;
+        if st.queue.len() >= bp.max_queued {
+            match st.queue.iter().position(|q| q.qos == QoS::AtMostOnce) {
+                Some(i) => {
+                    st.queue.remove(i);
+                    outcome = Enqueued::DroppedOther;
+                }
+                None => return (Enqueued::Refused, false),
+            }
+        }
+        st.queue.push_back(d);
+        let congested = online && !st.slow && st.queue.len() >= bp.high_water();
+        drop(st);
+        if online {
+            self.wake.notify_one();
+        }
+        (outcome, congested)
+    }
+
+    /// Moves queued deliveries to `out` as far as the acknowledgement window and the outlet
+    /// allow: expired messages and those larger than the client accepts are dropped, QoS 1/2
+    /// deliveries get a packet id and wait in the inflight window. Publishers held back by this
+    /// queue are released once it drains below the low-water mark. Nothing happens unless `id`
+    /// still owns the session.
+    pub fn fill(
+        &self,
+        id: AttachId,
+        acks: Acks,
+        bp: &Backpressure,
+        observe: bool,
+        out: &mut dyn Outlet,
+    ) -> Batch {
+        let mut batch = Batch::default();
+        let mut st = self.state.lock();
+        if st.attached != Some(id) {
+            return batch;
+        }
+        let now = Instant::now();
+        let low = bp.low_water();
+        let was_above = st.queue.len() > low;
+        if st.queue.len() > 4 {
+            let estimate = st
+                .queue
+                .front()
+                .map_or(64, |d| d.msg.payload.len() + d.msg.topic.len() + 16);
+            out.reserve(estimate * st.queue.len());
+        }
+        while out.has_room() {
+            let Some(front) = st.queue.front() else { break };
+            let tracked = front.qos != QoS::AtMostOnce && acks != Acks::None;
+            if let Acks::Mqtt { window } = acks {
+                if tracked && st.inflight.len() >= window {
+                    break;
+                }
+            }
+            let Some(d) = st.queue.pop_front() else { break };
+            if d.msg.is_expired(now) {
+                batch.dropped += 1;
+                if observe {
+                    batch.dropped_msgs.push((d.msg, "expired"));
+                }
+                continue;
+            }
+            let packet_id = if tracked { st.allocate_packet_id() } else { 0 };
+            if !out.put(&d, packet_id, false, now) {
+                batch.dropped += 1;
+                if observe {
+                    batch
+                        .dropped_msgs
+                        .push((d.msg, "larger than the client's maximum packet size"));
+                }
+                continue;
+            }
+            batch.sent += 1;
+            if observe {
+                batch.delivered.push(d.msg.clone());
+            }
+            if tracked {
+                st.start_inflight(packet_id, d);
+            }
+        }
+        let released = was_above && st.queue.len() <= low;
+        if released {
+            st.slow = false;
+        }
+        drop(st);
+        if released {
+            self.space.notify_waiters();
+        }
+        batch
+    }
+
+    /// Whether [`Session::fill`] would find more to send right now.
+    pub fn has_ready(&self, acks: Acks) -> bool {
+        let st = self.state.lock();
+        let Some(front) = st.queue.front() else {
+            return false;
+        };
+        match acks {
+            Acks::None => true,
+            Acks::Mqtt { window } => front.qos == QoS::AtMostOnce || st.inflight.len() < window,
+        }
+    }
+
+    /// After a reconnect, every unacknowledged message goes out again (DUP set), and PUBREL for
+    /// those the client already acknowledged with PUBREC.
+    pub fn resend_inflight(&self, out: &mut dyn Outlet) {
+        let st = self.state.lock();
+        let now = Instant::now();
+        for f in &st.inflight {
+            match f.state {
+                InflightState::AwaitingPubComp => out.put_release(f.packet_id),
+                _ => {
+                    out.put(&f.delivery, f.packet_id, true, now);
+                }
+            }
+        }
+    }
+
+    /// PUBACK: the QoS 1 delivery is done. Returns its message.
+    pub fn on_puback(&self, packet_id: u16) -> Option<Arc<Message>> {
+        let mut st = self.state.lock();
+        st.take_inflight(packet_id, InflightState::AwaitingPubAck)
+            .map(|f| f.delivery.msg)
+    }
+
+    /// PUBREC for a QoS 2 delivery; `refused`: its reason code is an error.
+    pub fn on_pubrec(&self, packet_id: u16, refused: bool) -> PubRecOutcome {
+        let mut st = self.state.lock();
+        if refused {
+            return match st.take_inflight(packet_id, InflightState::AwaitingPubRec) {
+                Some(_) => PubRecOutcome::Ended,
+                None => PubRecOutcome::Unknown,
+            };
+        }
+        if st.advance_inflight(
+            packet_id,
+            InflightState::AwaitingPubRec,
+            InflightState::AwaitingPubComp,
+        ) {
+            PubRecOutcome::Release
+        } else {
+            PubRecOutcome::Unknown
+        }
+    }
+
+    /// PUBCOMP: the QoS 2 delivery is done. Returns its message.
+    pub fn on_pubcomp(&self, packet_id: u16) -> Option<Arc<Message>> {
+        let mut st = self.state.lock();
+        st.take_inflight(packet_id, InflightState::AwaitingPubComp)
+            .map(|f| f.delivery.msg)
+    }
+
+    /// An incoming QoS 2 PUBLISH; `limit` is the Receive Maximum the client was told, if any.
+    pub fn check_incoming_qos2(&self, packet_id: u16, limit: Option<usize>) -> IncomingQos2 {
+        let st = self.state.lock();
+        if st.incoming_qos2.contains(&packet_id) {
+            IncomingQos2::Duplicate
+        } else if limit.is_some_and(|l| st.incoming_qos2.len() >= l) {
+            IncomingQos2::TooMany
+        } else {
+            IncomingQos2::New
+        }
+    }
+
+    /// The incoming QoS 2 message was routed and PUBREC sent: remember it until PUBREL.
+    pub fn record_incoming_qos2(&self, packet_id: u16) {
+        self.state.lock().incoming_qos2.push(packet_id);
+    }
+
+    /// PUBREL: returns whether the packet id was waiting for it.
+    pub fn release_incoming_qos2(&self, packet_id: u16) -> bool {
+        let mut st = self.state.lock();
+        match st.incoming_qos2.iter().position(|id| *id == packet_id) {
+            Some(i) => {
+                st.incoming_qos2.swap_remove(i);
+                true
+            }
+            None => false,
+        }
+    }
+}

@@ -1,0 +1,123 @@
+//! The fields behind a session's lock. Only [`super::Session`] reads or writes them.
+
+use super::{AttachId, Delivery};
+use crate::protocol::SubscriptionOptions;
+use std::collections::{HashMap, VecDeque};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InflightState {
+    /// QoS 1 sent, waiting for PUBACK.
+    AwaitingPubAck,
+    /// QoS 2 sent, waiting for PUBREC.
+    AwaitingPubRec,
+    /// PUBREL sent, waiting for PUBCOMP.
+    AwaitingPubComp,
+}
+
+#[derive(Debug)]
+pub struct Inflight {
+    pub packet_id: u16,
+    pub delivery: Delivery,
+    pub state: InflightState,
+}
+
+#[derive(Debug, Clone)]
+pub struct StoredSubscription {
+    pub options: SubscriptionOptions,
+    pub identifier: Option<u32>,
+}
+
+#[derive(Debug)]
+pub(super) struct SessionState {
+    /// Keyed by the filter exactly as subscribed (`$share/...` included).
+    pub(super) subscriptions: HashMap<String, StoredSubscription>,
+    pub(super) queue: VecDeque<Delivery>,
+    /// Outgoing QoS 1/2 messages not yet acknowledged, in send order.
+    pub(super) inflight: VecDeque<Inflight>,
+    /// Incoming QoS 2 packet ids between PUBREC and PUBREL (exactly-once across reconnects).
+    pub(super) incoming_qos2: Vec<u16>,
+    next_packet_id: u16,
+    /// The connection attached now, if any.
+    pub(super) attached: Option<AttachId>,
+    /// The latest attach, kept after it ends: timers started for it compare.
+    pub(super) last_attach: AttachId,
+    pub(super) expiry_interval: u32,
+    /// The session was discarded (clean start, expiry): nothing may be added to it any more.
+    pub(super) ended: bool,
+    /// The client did not drain its queue within the backpressure timeout: publishers stop
+    /// waiting for it (its overflow is dropped and counted) until it catches up.
+    pub(super) slow: bool,
+}
+
+impl SessionState {
+    pub(super) fn new(expiry_interval: u32) -> Self {
+        Self {
+            subscriptions: HashMap::new(),
+            queue: VecDeque::new(),
+            inflight: VecDeque::new(),
+            incoming_qos2: Vec::new(),
+            next_packet_id: 1,
+            attached: None,
+            last_attach: AttachId(0),
+            expiry_interval,
+            ended: false,
+            slow: false,
+        }
+    }
+
+    /// The next packet id not in use by an inflight message.
+    pub(super) fn allocate_packet_id(&mut self) -> u16 {
+        loop {
+            let id = self.next_packet_id;
+            self.next_packet_id = self.next_packet_id.wrapping_add(1).max(1);
+            if !self.inflight.iter().any(|i| i.packet_id == id) {
+                return id;
+            }
+        }
+    }
+
+    pub(super) fn start_inflight(&mut self, packet_id: u16, delivery: Delivery) {
+        let state = if delivery.qos == crate::protocol::QoS::AtLeastOnce {
+            InflightState::AwaitingPubAck
+        } else {
+            InflightState::AwaitingPubRec
+        };
+        self.inflight.push_back(Inflight {
+            packet_id,
+            delivery,
+            state,
+        });
+    }
+
+    pub(super) fn take_inflight(
+        &mut self,
+        packet_id: u16,
+        state: InflightState,
+    ) -> Option<Inflight> {
+        let i = self
+            .inflight
+            .iter()
+            .position(|f| f.packet_id == packet_id && f.state == state)?;
+        self.inflight.remove(i)
+    }
+
+    /// Moves one inflight message from `from` to `to`; false if none was in `from`.
+    pub(super) fn advance_inflight(
+        &mut self,
+        packet_id: u16,
+        from: InflightState,
+        to: InflightState,
+    ) -> bool {
+        match self
+            .inflight
+            .iter_mut()
+            .find(|f| f.packet_id == packet_id && f.state == from)
+        {
+            Some(f) => {
+                f.state = to;
+                true
+            }
+            None => false,
+        }
+    }
+}
