@@ -9,6 +9,7 @@ use crate::hooks::{Event, HookChain};
 use crate::message::Message;
 use crate::metrics::{Metrics, MetricsSource};
 use crate::protocol::{QoS, RetainHandling, SubscriptionOptions};
+use crate::read_check::ReadCheck;
 use crate::session::{
     AttachId, Backpressure, Delivery, Enqueued, MemoryStore, Session, SessionClaim,
     SessionOwnedByOther, SessionStore,
@@ -26,6 +27,8 @@ struct Subscriber {
     session: Arc<Session>,
     options: SubscriptionOptions,
     identifier: Option<u32>,
+    /// Set when the subscription was granted with `AclDecision::Filter`.
+    reads: Option<Arc<ReadCheck>>,
 }
 
 impl TreeEntry for Subscriber {
@@ -36,6 +39,15 @@ impl TreeEntry for Subscriber {
 
 /// A matched subscription: session, granted QoS, RETAIN flag to send, subscription id.
 type Target = (Arc<Session>, QoS, bool, Option<u32>);
+
+/// A match waiting for its subscription's first read check of this topic.
+pub struct PendingRead {
+    session: Arc<Session>,
+    qos: QoS,
+    retain: bool,
+    identifier: Option<u32>,
+    check: Arc<ReadCheck>,
+}
 
 /// Where a publish went.
 #[derive(Default)]
@@ -217,6 +229,7 @@ impl Broker {
         filter: &str,
         options: SubscriptionOptions,
         identifier: Option<u32>,
+        reads: Option<Arc<ReadCheck>>,
     ) -> bool {
         let Some(existed) = session.add_subscription(filter, options, identifier) else {
             return false;
@@ -229,6 +242,7 @@ impl Broker {
                 session: session.clone(),
                 options,
                 identifier,
+                reads,
             },
         );
         existed
@@ -246,14 +260,30 @@ impl Broker {
         existed
     }
 
-    /// Routes a message to every matching subscription and updates the retained store.
-    pub fn publish(&self, msg: Arc<Message>) -> Routed {
+    /// Routes a message to every matching subscription and updates the retained store. Read
+    /// checks not answered from their caches finish in a task of their own.
+    pub fn publish(self: &Arc<Self>, msg: Arc<Message>) -> Routed {
+        let (routed, pending) = self.route(&msg);
+        if !pending.is_empty() {
+            let broker = self.clone();
+            tokio::spawn(async move {
+                broker.resolve_reads(&msg, pending).await;
+            });
+        }
+        routed
+    }
+
+    /// Routes a message to every subscription that may have it now; returns the matches whose
+    /// read check has yet to be asked (see [`Broker::resolve_reads`]).
+    pub fn route(&self, msg: &Arc<Message>) -> (Routed, Vec<PendingRead>) {
         if msg.retain {
-            self.store_retained(&msg);
+            self.store_retained(msg);
         }
         // Most topics have a handful of subscribers: keep them on the stack.
         let mut targets: smallvec::SmallVec<[Target; 4]> = smallvec::SmallVec::new();
+        let mut pending = Vec::new();
         {
+            let version = self.hooks.version();
             let tree = self.subscriptions.read();
             tree.for_each_match(
                 &msg.topic,
@@ -265,17 +295,35 @@ impl Broker {
                     {
                         return;
                     }
-                    targets.push((
-                        s.session.clone(),
-                        msg.qos.min(s.options.qos),
-                        s.options.retain_as_published && msg.retain,
-                        s.identifier,
-                    ));
+                    let qos = msg.qos.min(s.options.qos);
+                    let retain = s.options.retain_as_published && msg.retain;
+                    if let Some(check) = &s.reads {
+                        match check.cached(&msg.topic, version) {
+                            Some(true) => {}
+                            Some(false) => return,
+                            None => {
+                                pending.push(PendingRead {
+                                    session: s.session.clone(),
+                                    qos,
+                                    retain,
+                                    identifier: s.identifier,
+                                    check: check.clone(),
+                                });
+                                return;
+                            }
+                        }
+                    }
+                    targets.push((s.session.clone(), qos, retain, s.identifier));
                 },
             );
         }
         if targets.len() > 1 {
             targets.sort_by_key(|t| Arc::as_ptr(&t.0) as usize);
+        }
+        if !pending.is_empty() {
+            // A session that gets the message through another subscription gets it once.
+            pending.retain(|p| !targets.iter().any(|t| Arc::ptr_eq(&t.0, &p.session)));
+            pending.dedup_by(|a, b| Arc::ptr_eq(&a.session, &b.session));
         }
         let mut routed = Routed::default();
         let mut i = 0;
@@ -292,38 +340,61 @@ impl Broker {
                 j += 1;
             }
             i = j;
-            let (outcome, congested) = session.enqueue(
-                Delivery {
-                    msg: msg.clone(),
-                    qos,
-                    retain,
-                    subscription_ids: ids,
-                },
-                &self.backpressure,
-            );
-            match outcome {
-                Enqueued::Queued => routed.queued += 1,
-                Enqueued::DroppedOther => {
-                    routed.queued += 1;
-                    Metrics::add(&self.metrics.messages_dropped, 1);
-                }
-                Enqueued::Refused => {
-                    Metrics::add(&self.metrics.messages_dropped, 1);
-                    self.hooks.emit(|| {
-                        Event::MessageDropped(
-                            Some(session.client_id.clone()),
-                            msg.clone(),
-                            "queue full",
-                        )
-                    });
-                }
-                Enqueued::Skipped => {}
-            }
-            if congested && routed.congested.is_none() {
-                routed.congested = Some(session);
-            }
+            let delivery = Delivery {
+                msg: msg.clone(),
+                qos,
+                retain,
+                subscription_ids: ids,
+            };
+            self.deliver(session, delivery, &mut routed);
         }
-        routed
+        (routed, pending)
+    }
+
+    /// Asks the read checks [`Broker::route`] left open and delivers where they allow. Returns
+    /// a congested subscriber, as [`Routed::congested`].
+    pub async fn resolve_reads(
+        &self,
+        msg: &Arc<Message>,
+        pending: Vec<PendingRead>,
+    ) -> Option<Arc<Session>> {
+        let mut routed = Routed::default();
+        for p in pending {
+            if !p.check.check(&self.hooks, &msg.topic, p.qos).await {
+                continue;
+            }
+            let delivery = Delivery {
+                msg: msg.clone(),
+                qos: p.qos,
+                retain: p.retain,
+                subscription_ids: p.identifier.into_iter().collect(),
+            };
+            self.deliver(p.session, delivery, &mut routed);
+        }
+        routed.congested
+    }
+
+    /// Queues one delivery, counting and announcing what could not be queued.
+    fn deliver(&self, session: Arc<Session>, delivery: Delivery, routed: &mut Routed) {
+        let msg = delivery.msg.clone();
+        let (outcome, congested) = session.enqueue(delivery, &self.backpressure);
+        match outcome {
+            Enqueued::Queued => routed.queued += 1,
+            Enqueued::DroppedOther => {
+                routed.queued += 1;
+                Metrics::add(&self.metrics.messages_dropped, 1);
+            }
+            Enqueued::Refused => {
+                Metrics::add(&self.metrics.messages_dropped, 1);
+                self.hooks.emit(|| {
+                    Event::MessageDropped(Some(session.client_id.clone()), msg, "queue full")
+                });
+            }
+            Enqueued::Skipped => {}
+        }
+        if congested && routed.congested.is_none() {
+            routed.congested = Some(session);
+        }
     }
 
     fn store_retained(&self, msg: &Arc<Message>) {
@@ -356,15 +427,13 @@ impl Broker {
         found
     }
 
-    /// Queues the retained messages a new subscription should get, per its Retain Handling.
-    pub fn deliver_retained(
+    /// The retained messages a new subscription should get, per its Retain Handling.
+    pub fn retained_for(
         &self,
-        session: &Arc<Session>,
         filter: &str,
         options: SubscriptionOptions,
-        identifier: Option<u32>,
         existed: bool,
-    ) {
+    ) -> Vec<Arc<Message>> {
         let send = match options.retain_handling {
             RetainHandling::SendOnSubscribe => true,
             RetainHandling::SendIfNew => !existed,
@@ -372,9 +441,20 @@ impl Broker {
         };
         // Shared subscriptions never get retained messages on subscribe.
         if !send || topic::parse_shared(filter).is_some() {
-            return;
+            return Vec::new();
         }
-        for msg in self.retained_matching(filter) {
+        self.retained_matching(filter)
+    }
+
+    /// Queues retained messages for a subscription.
+    pub fn enqueue_retained(
+        &self,
+        session: &Arc<Session>,
+        msgs: Vec<Arc<Message>>,
+        options: SubscriptionOptions,
+        identifier: Option<u32>,
+    ) {
+        for msg in msgs {
             let qos = msg.qos.min(options.qos);
             let _ = session.enqueue(
                 Delivery {
@@ -424,7 +504,12 @@ impl Broker {
     }
 
     /// Publishes a message from the broker itself (no publisher, no hooks).
-    pub fn publish_internal(&self, topic: &str, payload: impl Into<bytes::Bytes>, retain: bool) {
+    pub fn publish_internal(
+        self: &Arc<Self>,
+        topic: &str,
+        payload: impl Into<bytes::Bytes>,
+        retain: bool,
+    ) {
         self.publish(Arc::new(Message::new(
             topic,
             payload,

@@ -8,7 +8,7 @@ use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use bytes::Bytes;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 
 /// Which hooks a [`Hook`] wants; the chain skips the rest without building a future.
@@ -83,7 +83,11 @@ impl ClientInfo {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Access {
     Publish,
+    /// A subscription, asked with its filter (wildcards included).
     Subscribe,
+    /// May this subscriber receive a message on this topic? Asked only for subscriptions that
+    /// were granted with [`AclDecision::Filter`], once per subscription and topic (cached).
+    Read,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -100,6 +104,11 @@ pub enum AuthDecision {
 pub enum AclDecision {
     Allow,
     Deny(ReasonCode),
+    /// For a subscription: grant it, but deliver only what an [`Access::Read`] check allows,
+    /// topic by topic. The answer for a wildcard filter that overlaps a denied tree without
+    /// lying inside it (Mosquitto's read model: `#` next to `deny secret/x` is granted, and
+    /// `secret/x` is not delivered).
+    Filter,
     Ignore,
 }
 
@@ -175,6 +184,9 @@ pub struct HookChain {
     /// The union of every hook's interests, readable with one relaxed load: `wants` is asked
     /// several times per message and must cost nothing when no hook is registered.
     interests: AtomicU8,
+    /// Bumped whenever the chain changes: cached authorization answers of an older chain
+    /// (read checks) are stale.
+    version: AtomicU64,
 }
 
 impl Default for HookChain {
@@ -185,6 +197,7 @@ impl Default for HookChain {
                 interests: HookSet::NONE,
             }),
             interests: AtomicU8::new(0),
+            version: AtomicU64::new(0),
         }
     }
 }
@@ -250,6 +263,12 @@ impl HookChain {
     fn publish_interests(&self) {
         let union = self.inner.load().interests;
         self.interests.store(union.0, Ordering::Relaxed);
+        self.version.fetch_add(1, Ordering::Release);
+    }
+
+    /// Changes whenever a hook is registered, replaced or removed.
+    pub fn version(&self) -> u64 {
+        self.version.load(Ordering::Acquire)
     }
 
     pub async fn authenticate(&self, c: &ConnectInfo) -> AuthDecision {

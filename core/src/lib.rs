@@ -2,9 +2,11 @@
 //!
 //! - [`protocol`]: MQTT 3.1/3.1.1/5.0 packets, decode and encode, reason codes.
 //! - [`topic`]: topic name/filter validation and the subscription tree.
-//! - [`session`]: per-client session state (subscriptions, queue, inflight window).
+//! - [`session`]: the session state machine, backpressure and the [`session::SessionStore`].
 //! - [`broker`]: the router and session registry; retained messages; wills.
-//! - [`connection`]: one task per client connection (read, drain queue, keep-alive).
+//! - [`client`]: the client pipeline every front end shares, and the MQTT connection
+//!   (handshake, inbound, outbound).
+//! - [`read_check`]: per-topic read checks of wildcard subscriptions next to deny rules.
 //! - [`transport`]: TCP, TLS, WebSocket, WSS listeners and the `ws-json` bridge.
 //! - [`hooks`]: the [`hooks::Hook`] trait that plugins, rules and built-ins implement.
 //! - [`auth`]: the built-in password file and ACL rules.
@@ -22,6 +24,7 @@ pub mod http;
 pub mod message;
 pub mod metrics;
 pub mod protocol;
+pub mod read_check;
 pub mod server;
 pub mod session;
 pub mod sys;

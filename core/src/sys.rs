@@ -8,7 +8,7 @@ use std::time::Duration;
 pub const VERSION: &str = concat!("switchyard ", env!("CARGO_PKG_VERSION"));
 
 /// Publishes the statistics once.
-pub fn publish_stats(broker: &Broker) {
+pub fn publish_stats(broker: &Arc<Broker>) {
     let m = &broker.metrics;
     let stats: [(&str, String); 11] = [
         ("$SYS/broker/version", VERSION.to_string()),

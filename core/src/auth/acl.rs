@@ -38,53 +38,86 @@ impl AclRules {
         Some(Cow::Owned(t))
     }
 
-    pub fn check(&self, client: &ClientInfo, access: Access, target: &str) -> Permission {
-        // A shared subscription is checked by the filter it shares.
-        let target = match (access, topic::parse_shared(target)) {
-            (Access::Subscribe, Some(Ok((_, inner)))) => inner,
-            _ => target,
-        };
-        for rule in &self.rules {
+    /// The rules that apply to `client` for `access`, with their filters resolved.
+    fn applicable<'a>(
+        &'a self,
+        client: &'a ClientInfo,
+        access: Access,
+    ) -> impl Iterator<Item = (Permission, Cow<'a, str>)> + 'a {
+        self.rules.iter().filter_map(move |rule| {
             let action_matches = matches!(
                 (rule.action, access),
                 (AclAction::All, _)
                     | (AclAction::Publish, Access::Publish)
-                    | (AclAction::Subscribe, Access::Subscribe)
+                    | (AclAction::Subscribe, Access::Subscribe | Access::Read)
             );
-            if !action_matches {
-                continue;
-            }
-            if rule
+            let user_matches = rule
                 .user
                 .as_deref()
-                .is_some_and(|u| client.username.as_deref() != Some(u))
-            {
-                continue;
-            }
-            if rule
+                .is_none_or(|u| client.username.as_deref() == Some(u));
+            let client_matches = rule
                 .client
                 .as_deref()
-                .is_some_and(|c| &*client.client_id != c)
-            {
-                continue;
+                .is_none_or(|c| &*client.client_id == c);
+            if !(action_matches && user_matches && client_matches) {
+                return None;
             }
-            let Some(filter) = Self::rule_filter(rule, client) else {
-                continue;
-            };
-            let hit = match access {
-                Access::Publish => topic::matches(&filter, target),
-                // Allowing needs the rule to cover the whole subscription; denying needs only an
-                // overlap, so `#` cannot be used to read a denied tree.
-                Access::Subscribe => match rule.permission {
-                    Permission::Allow => topic::filter_covers(&filter, target),
-                    Permission::Deny => topic::filters_overlap(&filter, target),
-                },
-            };
-            if hit {
-                return rule.permission;
+            Some((rule.permission, Self::rule_filter(rule, client)?))
+        })
+    }
+
+    /// First match wins. A publish or a read (one delivered topic) takes the first rule whose
+    /// filter matches the topic.
+    pub fn check(&self, client: &ClientInfo, access: Access, target: &str) -> AclDecision {
+        if access == Access::Subscribe {
+            return self.check_subscription(client, target);
+        }
+        let permission = self
+            .applicable(client, access)
+            .find(|(_, filter)| topic::matches(filter, target))
+            .map_or(self.default, |(p, _)| p);
+        Self::decision(permission)
+    }
+
+    /// A subscription is decided by the first rule whose filter covers it whole — unless an
+    /// earlier rule with the other permission overlaps part of it: then the subscription is
+    /// granted with read checks (`Filter`) and the first-match rule decides each delivered
+    /// topic. So `#` next to `deny secret/x` is granted without `secret/x`, and a
+    /// subscription inside a denied tree is refused.
+    fn check_subscription(&self, client: &ClientInfo, target: &str) -> AclDecision {
+        // A shared subscription is checked by the filter it shares.
+        let target = match topic::parse_shared(target) {
+            Some(Ok((_, inner))) => inner,
+            _ => target,
+        };
+        let mut overlapped = [false; 2];
+        let seen = |p: Permission| usize::from(p == Permission::Deny);
+        let mut decided = self.default;
+        for (permission, filter) in self.applicable(client, Access::Subscribe) {
+            if topic::filter_covers(&filter, target) {
+                decided = permission;
+                break;
+            }
+            if topic::filters_overlap(&filter, target) {
+                overlapped[seen(permission)] = true;
             }
         }
-        self.default
+        let other = match decided {
+            Permission::Allow => Permission::Deny,
+            Permission::Deny => Permission::Allow,
+        };
+        if overlapped[seen(other)] {
+            AclDecision::Filter
+        } else {
+            Self::decision(decided)
+        }
+    }
+
+    fn decision(p: Permission) -> AclDecision {
+        match p {
+            Permission::Allow => AclDecision::Allow,
+            Permission::Deny => AclDecision::Deny(ReasonCode::NOT_AUTHORIZED),
+        }
     }
 }
 
@@ -97,10 +130,7 @@ impl Hook for AclRules {
         HookSet::AUTHORIZE
     }
     async fn authorize(&self, c: &ClientInfo, a: Access, topic: &str, _q: QoS) -> AclDecision {
-        match self.check(c, a, topic) {
-            Permission::Allow => AclDecision::Allow,
-            Permission::Deny => AclDecision::Deny(ReasonCode::NOT_AUTHORIZED),
-        }
+        self.check(c, a, topic)
     }
 }
 
@@ -144,27 +174,73 @@ mod tests {
             Permission::Allow,
         );
         let alice = client(Some("alice"), "c1");
+        let deny = AclDecision::Deny(ReasonCode::NOT_AUTHORIZED);
         assert_eq!(
             acl.check(&alice, Access::Publish, "users/alice/x"),
-            Permission::Allow
+            AclDecision::Allow
         );
-        assert_eq!(
-            acl.check(&alice, Access::Publish, "users/bob/x"),
-            Permission::Deny
-        );
-        assert_eq!(
-            acl.check(&alice, Access::Subscribe, "secret/a"),
-            Permission::Deny
-        );
-        assert_eq!(acl.check(&alice, Access::Subscribe, "#"), Permission::Deny);
+        assert_eq!(acl.check(&alice, Access::Publish, "users/bob/x"), deny);
+        assert_eq!(acl.check(&alice, Access::Subscribe, "secret/a"), deny);
+        assert_eq!(acl.check(&alice, Access::Subscribe, "secret/#"), deny);
         assert_eq!(
             acl.check(&alice, Access::Subscribe, "public/a"),
-            Permission::Allow
+            AclDecision::Allow
         );
         let sneaky = client(Some("+"), "c2");
-        assert_eq!(
-            acl.check(&sneaky, Access::Publish, "users/x/y"),
-            Permission::Deny
+        assert_eq!(acl.check(&sneaky, Access::Publish, "users/x/y"), deny);
+    }
+
+    #[test]
+    fn wildcards_next_to_deny_rules_are_granted_with_read_checks() {
+        let acl = AclRules::new(
+            vec![
+                rule(Permission::Allow, AclAction::All, "users/%u/#"),
+                rule(Permission::Deny, AclAction::Subscribe, "secret/x"),
+                rule(Permission::Deny, AclAction::All, "users/#"),
+            ],
+            Permission::Allow,
         );
+        let alice = client(Some("alice"), "c1");
+        let deny = AclDecision::Deny(ReasonCode::NOT_AUTHORIZED);
+        for filter in ["#", "secret/+", "users/+/inbox", "$share/g/#"] {
+            assert_eq!(
+                acl.check(&alice, Access::Subscribe, filter),
+                AclDecision::Filter,
+                "{filter}"
+            );
+        }
+        // Inside a denied tree, or covered by one rule: decided outright.
+        assert_eq!(acl.check(&alice, Access::Subscribe, "users/bob/#"), deny);
+        assert_eq!(
+            acl.check(&alice, Access::Subscribe, "users/alice/#"),
+            AclDecision::Allow
+        );
+        assert_eq!(
+            acl.check(&alice, Access::Subscribe, "public/#"),
+            AclDecision::Allow
+        );
+        // What is read through `#`: the first rule matching each topic.
+        assert_eq!(acl.check(&alice, Access::Read, "secret/x"), deny);
+        assert_eq!(
+            acl.check(&alice, Access::Read, "secret/y"),
+            AclDecision::Allow
+        );
+        assert_eq!(acl.check(&alice, Access::Read, "users/bob/inbox"), deny);
+        assert_eq!(
+            acl.check(&alice, Access::Read, "users/alice/inbox"),
+            AclDecision::Allow
+        );
+        // Default deny with one allowed tree: `#` reads only that tree.
+        let strict = AclRules::new(
+            vec![rule(Permission::Allow, AclAction::All, "users/%u/#")],
+            Permission::Deny,
+        );
+        assert_eq!(acl_filter(&strict, &alice, "#"), AclDecision::Filter);
+        assert_eq!(acl_filter(&strict, &alice, "other/#"), deny);
+        assert_eq!(strict.check(&alice, Access::Read, "other/x"), deny);
+    }
+
+    fn acl_filter(acl: &AclRules, c: &ClientInfo, filter: &str) -> AclDecision {
+        acl.check(c, Access::Subscribe, filter)
     }
 }

@@ -165,9 +165,9 @@ where
         let mut granted = Vec::new();
         for (filter, options) in s.filters {
             match self.att.check_subscribe(&filter, &options).await {
-                Ok(()) => {
+                Ok(grant) => {
                     codes.push(ReasonCode(options.qos as u8));
-                    granted.push(self.att.subscribe(filter, options, identifier));
+                    granted.push(self.att.subscribe(filter, options, identifier, grant));
                 }
                 Err(SubscribeRefused::Code(code)) => codes.push(code),
                 Err(SubscribeRefused::Protocol(why)) => {
@@ -182,7 +182,7 @@ where
         }));
         // Retained messages go out after the SUBACK, through the session queue.
         for g in granted {
-            self.att.complete_subscribe(g);
+            self.att.complete_subscribe(g).await;
         }
         Ok(())
     }

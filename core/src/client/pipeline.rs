@@ -14,6 +14,7 @@ use crate::hooks::{Access, AclDecision, ClientInfo, Event, HookSet};
 use crate::message::Message;
 use crate::metrics::Metrics;
 use crate::protocol::{QoS, ReasonCode, SubscriptionOptions};
+use crate::read_check::ReadCheck;
 use crate::session::{Acks, AttachId, Outlet, Session, SessionOwnedByOther};
 use crate::topic;
 use std::sync::Arc;
@@ -41,12 +42,21 @@ pub enum SubscribeRefused {
 
 /// A subscription registered but not yet announced: the front end acknowledges it first,
 /// then calls [`Attachment::complete_subscribe`] (retained messages follow the SUBACK).
-#[derive(Debug)]
 pub struct Granted {
     pub filter: String,
     pub options: SubscriptionOptions,
     pub identifier: Option<u32>,
     existed: bool,
+    reads: Option<Arc<ReadCheck>>,
+}
+
+/// How a subscription may be granted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Grant {
+    /// Everything it matches.
+    Full,
+    /// Only topics a read check allows (its filter overlaps a denied tree).
+    ReadChecked,
 }
 
 /// A client attached to its session: what the pipeline acts for.
@@ -159,12 +169,17 @@ impl Attachment {
             msg
         };
         let msg = Arc::new(msg);
-        let routed = broker.publish(msg.clone());
+        let (routed, pending) = broker.route(&msg);
+        let mut congested = routed.congested;
+        if !pending.is_empty() {
+            let late = broker.resolve_reads(&msg, pending).await;
+            congested = congested.or(late);
+        }
         let client = &self.client;
         broker
             .hooks
             .emit(|| Event::MessageAccepted(client.clone(), msg));
-        if let Some(congested) = routed.congested {
+        if let Some(congested) = congested {
             broker
                 .backpressure
                 .wait(&congested, Some(&self.session))
@@ -178,7 +193,7 @@ impl Attachment {
         &self,
         filter: &str,
         options: &SubscriptionOptions,
-    ) -> Result<(), SubscribeRefused> {
+    ) -> Result<Grant, SubscribeRefused> {
         let cfg = &self.broker.config;
         let inner = match topic::parse_shared(filter) {
             Some(Err(())) => return Err(SubscribeRefused::Code(ReasonCode::TOPIC_FILTER_INVALID)),
@@ -201,21 +216,25 @@ impl Attachment {
             return Err(SubscribeRefused::Code(ReasonCode::TOPIC_FILTER_INVALID));
         }
         let hooks = &self.broker.hooks;
-        if hooks.wants(HookSet::AUTHORIZE) {
-            if let AclDecision::Deny(code) = hooks
-                .authorize(&self.client, Access::Subscribe, filter, options.qos)
-                .await
-            {
+        if !hooks.wants(HookSet::AUTHORIZE) {
+            return Ok(Grant::Full);
+        }
+        match hooks
+            .authorize(&self.client, Access::Subscribe, filter, options.qos)
+            .await
+        {
+            AclDecision::Deny(code) => {
                 debug!(client_id = %self.client.client_id, listener = %self.client.listener, filter, "subscribe denied");
                 let code = if code.is_error() {
                     code
                 } else {
                     ReasonCode::NOT_AUTHORIZED
                 };
-                return Err(SubscribeRefused::Code(code));
+                Err(SubscribeRefused::Code(code))
             }
+            AclDecision::Filter => Ok(Grant::ReadChecked),
+            AclDecision::Allow | AclDecision::Ignore => Ok(Grant::Full),
         }
-        Ok(())
     }
 
     /// Registers a checked subscription in the session and the router.
@@ -224,23 +243,37 @@ impl Attachment {
         filter: String,
         options: SubscriptionOptions,
         identifier: Option<u32>,
+        grant: Grant,
     ) -> Granted {
-        let existed = self
-            .broker
-            .subscribe(&self.session, &filter, options, identifier);
+        let reads =
+            (grant == Grant::ReadChecked).then(|| Arc::new(ReadCheck::new(self.client.clone())));
+        let existed =
+            self.broker
+                .subscribe(&self.session, &filter, options, identifier, reads.clone());
         Granted {
             filter,
             options,
             identifier,
             existed,
+            reads,
         }
     }
 
     /// After the acknowledgement: queues the retained messages the subscription gets and
     /// announces it.
-    pub fn complete_subscribe(&self, g: Granted) {
-        self.broker
-            .deliver_retained(&self.session, &g.filter, g.options, g.identifier, g.existed);
+    pub async fn complete_subscribe(&self, g: Granted) {
+        let broker = &self.broker;
+        let mut retained = broker.retained_for(&g.filter, g.options, g.existed);
+        if let Some(check) = &g.reads {
+            let mut allowed = Vec::with_capacity(retained.len());
+            for msg in retained {
+                if check.check(&broker.hooks, &msg.topic, msg.qos).await {
+                    allowed.push(msg);
+                }
+            }
+            retained = allowed;
+        }
+        broker.enqueue_retained(&self.session, retained, g.options, g.identifier);
         let client = self.client.clone();
         let qos = g.options.qos;
         self.broker

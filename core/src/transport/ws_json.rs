@@ -275,8 +275,8 @@ where
         retain_as_published: false,
         retain_handling: RetainHandling::SendOnSubscribe,
     };
-    match a.check_subscribe(filter, &options).await {
-        Ok(()) => {}
+    let grant = match a.check_subscribe(filter, &options).await {
+        Ok(grant) => grant,
         Err(SubscribeRefused::Code(ReasonCode::NOT_AUTHORIZED)) => {
             return Err(format!("not authorized to subscribe to {filter:?}"))
         }
@@ -287,11 +287,11 @@ where
             ))
         }
         Err(SubscribeRefused::Protocol(why)) => return Err(why.to_string()),
-    }
-    let granted = a.subscribe(filter.to_string(), options, None);
+    };
+    let granted = a.subscribe(filter.to_string(), options, None, grant);
     let ok = json!({"type": "success", "op": "subscribe", "topic": filter});
     let sent = send(ws, ok).await;
-    a.complete_subscribe(granted);
+    a.complete_subscribe(granted).await;
     match sent {
         Ok(()) => Ok(None),
         Err(()) => Err("write failed".into()),
