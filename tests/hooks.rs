@@ -61,16 +61,29 @@ impl Hook for Recorder {
     }
     fn on_event(&self, e: &Event) {
         let name = match e {
-            Event::ClientConnected(c) => format!("connected:{}", c.client_id),
-            Event::ClientDisconnected(c, _) => format!("disconnected:{}", c.client_id),
-            Event::SessionSubscribed(c, f, _) => format!("subscribed:{}:{f}", c.client_id),
-            Event::SessionUnsubscribed(c, f) => format!("unsubscribed:{}:{f}", c.client_id),
-            Event::MessageDelivered(id, m) => format!("delivered:{id}:{}", m.topic),
-            Event::MessageAcked(id, m) => format!("acked:{id}:{}", m.topic),
-            Event::MessageDropped(id, m, why) => {
+            Event::ClientConnected { client: c } => format!("connected:{}", c.client_id),
+            Event::ClientDisconnected { client: c, .. } => format!("disconnected:{}", c.client_id),
+            Event::SessionSubscribed {
+                client: c,
+                filter: f,
+                ..
+            } => format!("subscribed:{}:{f}", c.client_id),
+            Event::SessionUnsubscribed {
+                client: c,
+                filter: f,
+            } => format!("unsubscribed:{}:{f}", c.client_id),
+            Event::MessageDelivered { to: id, msg: m } => format!("delivered:{id}:{}", m.topic),
+            Event::MessageAcked { to: id, msg: m } => format!("acked:{id}:{}", m.topic),
+            Event::MessageDropped {
+                to: id,
+                msg: m,
+                reason: why,
+            } => {
                 format!("dropped:{}:{}:{why}", id.as_deref().unwrap_or("-"), m.topic)
             }
-            Event::MessageAccepted(c, m) => format!("accepted:{}:{}", c.client_id, m.topic),
+            Event::MessageAccepted { client: c, msg: m } => {
+                format!("accepted:{}:{}", c.client_id, m.topic)
+            }
         };
         self.events.lock().unwrap().push(name);
     }

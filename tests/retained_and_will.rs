@@ -26,6 +26,9 @@ async fn retained_set_replace_clear() {
         .publish("ret/b", v4::QoS::AtLeastOnce, true, "b")
         .await
         .unwrap();
+    // The client library acknowledges a publish call before the broker has the message:
+    // wait until the last one (ret/b, after both ret/a) is stored.
+    wait_until("retained stored", || server.broker.retained_count() == 2).await;
     let mut probe = v4::connect(v4::options(addr, "probe")).await;
     probe.subscribe("ret/b", v4::QoS::AtMostOnce).await;
     let p = probe.next_publish().await;

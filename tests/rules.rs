@@ -476,14 +476,14 @@ async fn rule_files_cannot_eval_import_or_name_unknown_sinks() {
     for (file, text, expect) in cases {
         let path = env.dir.path().join(file);
         std::fs::write(&path, text).unwrap();
-        let errors = env.rules.reload().expect_err(file).join("\n");
+        let errors = env.rules.reload().expect_err(file).to_string();
         assert!(
             errors.contains(file) && errors.contains(expect),
             "{file}: {errors}"
         );
         std::fs::remove_file(&path).unwrap();
     }
-    assert_eq!(env.rules.reload(), Ok(0));
+    assert_eq!(env.rules.reload().ok(), Some(0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

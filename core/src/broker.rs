@@ -386,8 +386,10 @@ impl Broker {
             }
             Enqueued::Refused => {
                 Metrics::add(&self.metrics.messages_dropped, 1);
-                self.hooks.emit(|| {
-                    Event::MessageDropped(Some(session.client_id.clone()), msg, "queue full")
+                self.hooks.emit(|| Event::MessageDropped {
+                    to: Some(session.client_id.clone()),
+                    msg,
+                    reason: "queue full",
                 });
             }
             Enqueued::Skipped => {}

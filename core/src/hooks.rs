@@ -123,25 +123,54 @@ pub enum MessageDecision {
 /// Something that happened, for observers. Never awaited by the routing path.
 #[derive(Debug, Clone)]
 pub enum Event {
-    ClientConnected(Arc<ClientInfo>),
-    ClientDisconnected(Arc<ClientInfo>, String),
-    SessionSubscribed(Arc<ClientInfo>, String, QoS),
-    SessionUnsubscribed(Arc<ClientInfo>, String),
-    MessageDelivered(Arc<str>, Arc<Message>),
-    MessageAcked(Arc<str>, Arc<Message>),
-    MessageDropped(Option<Arc<str>>, Arc<Message>, &'static str),
+    ClientConnected {
+        client: Arc<ClientInfo>,
+    },
+    ClientDisconnected {
+        client: Arc<ClientInfo>,
+        /// Why the connection ended (`client disconnected` for a DISCONNECT from the client).
+        reason: String,
+    },
+    SessionSubscribed {
+        client: Arc<ClientInfo>,
+        filter: String,
+        qos: QoS,
+    },
+    SessionUnsubscribed {
+        client: Arc<ClientInfo>,
+        filter: String,
+    },
+    /// Written to the receiving client `to`.
+    MessageDelivered {
+        to: Arc<str>,
+        msg: Arc<Message>,
+    },
+    /// Acknowledged (PUBACK / PUBCOMP) by the receiving client `to`.
+    MessageAcked {
+        to: Arc<str>,
+        msg: Arc<Message>,
+    },
+    /// Not delivered to `to` (or to anyone, when `None`).
+    MessageDropped {
+        to: Option<Arc<str>>,
+        msg: Arc<Message>,
+        reason: &'static str,
+    },
     /// A client's publish, as routed (after authorization and message hooks).
-    MessageAccepted(Arc<ClientInfo>, Arc<Message>),
+    MessageAccepted {
+        client: Arc<ClientInfo>,
+        msg: Arc<Message>,
+    },
 }
 
 impl Event {
     fn interest(&self) -> HookSet {
         match self {
-            Event::ClientConnected(..)
-            | Event::ClientDisconnected(..)
-            | Event::SessionSubscribed(..)
-            | Event::SessionUnsubscribed(..) => HookSet::CLIENT_EVENTS,
-            Event::MessageAccepted(..) => HookSet::MESSAGE_ACCEPTED,
+            Event::ClientConnected { .. }
+            | Event::ClientDisconnected { .. }
+            | Event::SessionSubscribed { .. }
+            | Event::SessionUnsubscribed { .. } => HookSet::CLIENT_EVENTS,
+            Event::MessageAccepted { .. } => HookSet::MESSAGE_ACCEPTED,
             _ => HookSet::MESSAGE_EVENTS,
         }
     }

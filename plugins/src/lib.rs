@@ -13,10 +13,25 @@
 //!   instance is thrown away; after repeated failures the plugin is disabled (its calls follow
 //!   `on_error` without running it).
 
+//!
+//! Modules:
+//! - [`settings`]: the `[[plugin]]` table and load errors;
+//! - `runtime`: engine, compile and link, warm instances, guarded calls ([`WasmPlugin`]);
+//! - `convert`: core types to WIT types and back, the per-connection guest client record;
+//! - `hook`: [`PluginHook`], a plugin as a link of the hook chain;
+//! - `host`: the host side of the WIT world (imports the guest calls, its key-value store);
+//! - `pool`: the per-thread pool of warm instances;
+//! - `manager`: [`PluginManager`], which plugins are loaded, reloads and the watcher.
+
+mod convert;
+mod hook;
 mod host;
 mod manager;
-mod plugin;
 mod pool;
+mod runtime;
+pub mod settings;
 
+pub use hook::PluginHook;
 pub use manager::PluginManager;
-pub use plugin::{LoadError, OnError, PluginHook, PluginSettings, WasmPlugin};
+pub use runtime::WasmPlugin;
+pub use settings::{LoadError, OnError, PluginSettings};

@@ -3,7 +3,8 @@
 //! is compiled and initialised off the hot path and swapped into the hook chain atomically; if
 //! it fails, the running version stays and the error is logged.
 
-use crate::plugin::{LoadError, PluginSettings, WasmPlugin};
+use crate::runtime::WasmPlugin;
+use crate::settings::{LoadError, PluginSettings};
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

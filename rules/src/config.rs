@@ -2,7 +2,6 @@
 
 use serde::Deserialize;
 use serde_json::{Map, Value};
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -47,11 +46,15 @@ impl Default for RulesConfig {
     }
 }
 
-/// One `[sink.NAME]` table: settings every sink has, plus the kind's own.
+/// One `[sink.NAME]` table: settings every sink has, plus the kind's own (checked by the kind,
+/// see `sink::KINDS`).
 #[derive(Debug, Clone)]
 pub struct SinkConfig {
     pub common: SinkCommon,
-    pub kind: SinkKind,
+    /// The `kind` key: `webhook`, `kafka`, `sqlite`, `postgres`, `mqtt`.
+    pub kind: &'static str,
+    /// The kind's own keys, as written.
+    pub options: Value,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -95,118 +98,6 @@ pub enum BufferKind {
     Disk,
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
-pub enum SinkKind {
-    Webhook(WebhookConfig),
-    Kafka(KafkaConfig),
-    Sqlite(SqlConfig),
-    Postgres(SqlConfig),
-    Mqtt(MqttSinkConfig),
-}
-
-impl SinkKind {
-    pub fn name(&self) -> &'static str {
-        match self {
-            SinkKind::Webhook(_) => "webhook",
-            SinkKind::Kafka(_) => "kafka",
-            SinkKind::Sqlite(_) => "sqlite",
-            SinkKind::Postgres(_) => "postgres",
-            SinkKind::Mqtt(_) => "mqtt",
-        }
-    }
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct WebhookConfig {
-    pub url: String,
-    #[serde(default = "default_method")]
-    pub method: String,
-    #[serde(default)]
-    pub headers: BTreeMap<String, String>,
-    /// A template (`${field}` from the rule's output); default: the output as JSON.
-    #[serde(default)]
-    pub body: Option<String>,
-    #[serde(default = "default_http_timeout")]
-    pub timeout_ms: u64,
-    /// Requests in flight at once.
-    #[serde(default = "default_concurrency")]
-    pub concurrency: usize,
-}
-
-fn default_method() -> String {
-    "POST".into()
-}
-fn default_http_timeout() -> u64 {
-    5_000
-}
-fn default_concurrency() -> usize {
-    16
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct KafkaConfig {
-    pub brokers: String,
-    /// Topic template; a rule's output may also name it in a `topic` field when this is empty.
-    pub topic: String,
-    /// Key template, e.g. `${device}`.
-    #[serde(default)]
-    pub key: Option<String>,
-    #[serde(default)]
-    pub headers: BTreeMap<String, String>,
-    /// none | gzip | snappy | lz4 | zstd
-    #[serde(default = "default_compression")]
-    pub compression: String,
-    #[serde(default = "default_kafka_linger")]
-    pub kafka_linger_ms: u64,
-    /// How long librdkafka keeps retrying one message before reporting it failed (we then retry
-    /// it ourselves with backoff).
-    #[serde(default = "default_message_timeout")]
-    pub message_timeout_ms: u64,
-    /// Extra librdkafka properties (`acks`, `security.protocol`, …).
-    #[serde(default)]
-    pub properties: BTreeMap<String, String>,
-}
-
-fn default_compression() -> String {
-    "none".into()
-}
-fn default_kafka_linger() -> u64 {
-    5
-}
-fn default_message_timeout() -> u64 {
-    30_000
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SqlConfig {
-    /// SQLite: the database file. Ignored for PostgreSQL.
-    #[serde(default)]
-    pub path: Option<PathBuf>,
-    /// PostgreSQL connection string, e.g. `host=127.0.0.1 user=switchyard dbname=iot`.
-    #[serde(default)]
-    pub url: Option<String>,
-    /// An INSERT with `:name` parameters filled from the rule's output fields.
-    pub statement: String,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct MqttSinkConfig {
-    /// Topic template, e.g. `processed/${device}`.
-    pub topic: String,
-    #[serde(default)]
-    pub qos: u8,
-    #[serde(default)]
-    pub retain: bool,
-    /// Payload template; default: the output as JSON (a string output is sent as is).
-    #[serde(default)]
-    pub payload: Option<String>,
-}
-
 const COMMON_KEYS: &[&str] = &[
     "buffer_size",
     "buffer",
@@ -231,8 +122,29 @@ impl<'de> Deserialize<'de> for SinkConfig {
             }
         }
         let common = SinkCommon::deserialize(Value::Object(common)).map_err(D::Error::custom)?;
-        let kind = SinkKind::deserialize(Value::Object(table)).map_err(D::Error::custom)?;
-        let config = SinkConfig { common, kind };
+        let kind = match table.remove("kind") {
+            Some(Value::String(k)) => k,
+            Some(other) => {
+                return Err(D::Error::custom(format!(
+                    "kind: expected a string, got {other}"
+                )))
+            }
+            None => return Err(D::Error::custom("kind: missing")),
+        };
+        let Some(def) = crate::sink::kind(&kind) else {
+            let known: Vec<&str> = crate::sink::KINDS.iter().map(|k| k.name).collect();
+            return Err(D::Error::custom(format!(
+                "kind: unknown sink kind {kind:?} (expected one of {})",
+                known.join(", ")
+            )));
+        };
+        let options = Value::Object(table);
+        (def.check)(&options).map_err(D::Error::custom)?;
+        let config = SinkConfig {
+            common,
+            kind: def.name,
+            options,
+        };
         config.validate().map_err(D::Error::custom)?;
         Ok(config)
     }
@@ -246,48 +158,6 @@ impl SinkConfig {
         }
         if c.retry_initial_ms == 0 || c.retry_max_ms < c.retry_initial_ms {
             return Err("retry_initial_ms must be > 0 and <= retry_max_ms".into());
-        }
-        match &self.kind {
-            SinkKind::Webhook(w) => {
-                if !(w.url.starts_with("http://") || w.url.starts_with("https://")) {
-                    return Err(format!(
-                        "url: expected http:// or https://, got {:?}",
-                        w.url
-                    ));
-                }
-                if w.concurrency == 0 {
-                    return Err("concurrency must be at least 1".into());
-                }
-            }
-            SinkKind::Kafka(k) => {
-                if k.brokers.is_empty() {
-                    return Err("brokers: empty".into());
-                }
-                if !["none", "gzip", "snappy", "lz4", "zstd"].contains(&k.compression.as_str()) {
-                    return Err(format!(
-                        "compression: expected none, gzip, snappy, lz4 or zstd, got {:?}",
-                        k.compression
-                    ));
-                }
-            }
-            SinkKind::Sqlite(s) => {
-                if s.path.is_none() {
-                    return Err("path: required for a sqlite sink".into());
-                }
-            }
-            SinkKind::Postgres(s) => {
-                if s.url.is_none() {
-                    return Err("url: required for a postgres sink".into());
-                }
-            }
-            SinkKind::Mqtt(m) => {
-                if m.qos > 2 {
-                    return Err(format!("qos: expected 0, 1 or 2, got {}", m.qos));
-                }
-                if m.topic.is_empty() {
-                    return Err("topic: empty".into());
-                }
-            }
         }
         Ok(())
     }
@@ -303,7 +173,7 @@ mod tests {
             serde_json::json!({"kind": "webhook", "url": "http://127.0.0.1:1/x", "batch_size": 7});
         let s: SinkConfig = serde_json::from_value(v).unwrap();
         assert_eq!(s.common.batch_size, 7);
-        assert!(matches!(s.kind, SinkKind::Webhook(_)));
+        assert_eq!(s.kind, "webhook");
     }
 
     #[test]

@@ -91,7 +91,9 @@ impl Attachment {
             session_present = attached.session_present,
             "client connected"
         );
-        broker.hooks.emit(|| Event::ClientConnected(client.clone()));
+        broker.hooks.emit(|| Event::ClientConnected {
+            client: client.clone(),
+        });
         let att = Attachment {
             broker: broker.clone(),
             client,
@@ -112,9 +114,10 @@ impl Attachment {
         self.broker.detach(&self.session, self.id);
         let client = self.client.clone();
         let why = why.to_string();
-        self.broker
-            .hooks
-            .emit(|| Event::ClientDisconnected(client, why));
+        self.broker.hooks.emit(|| Event::ClientDisconnected {
+            client,
+            reason: why,
+        });
     }
 
     /// The whole publish path for one message from this client.
@@ -176,9 +179,10 @@ impl Attachment {
             congested = congested.or(late);
         }
         let client = &self.client;
-        broker
-            .hooks
-            .emit(|| Event::MessageAccepted(client.clone(), msg));
+        broker.hooks.emit(|| Event::MessageAccepted {
+            client: client.clone(),
+            msg,
+        });
         if let Some(congested) = congested {
             broker
                 .backpressure
@@ -276,9 +280,11 @@ impl Attachment {
         broker.enqueue_retained(&self.session, retained, g.options, g.identifier);
         let client = self.client.clone();
         let qos = g.options.qos;
-        self.broker
-            .hooks
-            .emit(|| Event::SessionSubscribed(client, g.filter, qos));
+        self.broker.hooks.emit(|| Event::SessionSubscribed {
+            client,
+            filter: g.filter,
+            qos,
+        });
     }
 
     /// Returns whether the subscription existed.
@@ -289,7 +295,7 @@ impl Attachment {
             let filter = filter.to_string();
             self.broker
                 .hooks
-                .emit(|| Event::SessionUnsubscribed(client, filter));
+                .emit(|| Event::SessionUnsubscribed { client, filter });
         }
         existed
     }
@@ -309,14 +315,17 @@ impl Attachment {
         }
         let client_id = &self.client.client_id;
         for msg in batch.delivered {
-            broker
-                .hooks
-                .emit(|| Event::MessageDelivered(client_id.clone(), msg));
+            broker.hooks.emit(|| Event::MessageDelivered {
+                to: client_id.clone(),
+                msg,
+            });
         }
         for (msg, why) in batch.dropped_msgs {
-            broker
-                .hooks
-                .emit(|| Event::MessageDropped(Some(client_id.clone()), msg, why));
+            broker.hooks.emit(|| Event::MessageDropped {
+                to: Some(client_id.clone()),
+                msg,
+                reason: why,
+            });
         }
     }
 
@@ -325,7 +334,7 @@ impl Attachment {
         let client_id = self.client.client_id.clone();
         self.broker
             .hooks
-            .emit(|| Event::MessageAcked(client_id, msg));
+            .emit(|| Event::MessageAcked { to: client_id, msg });
     }
 
     /// The authorize check a will passes before it is published.

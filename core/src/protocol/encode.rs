@@ -1,48 +1,9 @@
 //! Encoding packets into a write buffer. The connection appends many packets to one buffer and
 //! writes it with one syscall.
 
+use super::wire::{header, put_binary, put_str, put_varint, varint_len};
 use super::*;
 use bytes::{BufMut, BytesMut};
-
-pub(crate) fn varint_len(v: usize) -> usize {
-    match v {
-        0..=127 => 1,
-        128..=16_383 => 2,
-        16_384..=2_097_151 => 3,
-        _ => 4,
-    }
-}
-
-pub(crate) fn put_varint(buf: &mut BytesMut, mut v: usize) {
-    loop {
-        let mut b = (v % 128) as u8;
-        v /= 128;
-        if v > 0 {
-            b |= 0x80;
-        }
-        buf.put_u8(b);
-        if v == 0 {
-            break;
-        }
-    }
-}
-
-pub(crate) fn put_str(buf: &mut BytesMut, s: &str) {
-    put_binary(buf, s.as_bytes());
-}
-
-pub(crate) fn put_binary(buf: &mut BytesMut, b: &[u8]) {
-    // Lengths above u16::MAX cannot be produced by our own decode; truncating is the safe choice.
-    let n = b.len().min(u16::MAX as usize);
-    buf.put_u16(n as u16);
-    buf.put_slice(&b[..n]);
-}
-
-fn header(buf: &mut BytesMut, first: u8, remaining: usize) {
-    buf.reserve(1 + varint_len(remaining) + remaining);
-    buf.put_u8(first);
-    put_varint(buf, remaining);
-}
 
 /// A PUBLISH as it goes to one subscriber: the shared message plus what differs per delivery.
 pub struct OutgoingPublish<'a> {

@@ -3,13 +3,23 @@
 //! Payloads and binary properties are `Bytes` slices of the read buffer, so a message fanned out
 //! to many subscribers is never copied by the codec.
 
+//!
+//! - [`wire`]: the reader and writers of strings and variable byte integers (no dependencies);
+//! - `error`: [`DecodeError`];
+//! - `properties`: v5 properties, on top of `wire`;
+//! - `decode`, `encode`: packets, on top of `wire` and `properties`;
+//! - `reason`: reason codes and their v3 return codes.
+
 mod decode;
 mod encode;
+mod error;
 mod properties;
 mod reason;
+pub(crate) mod wire;
 
-pub use decode::{decode_packet, DecodeError};
+pub use decode::decode_packet;
 pub use encode::{encode_packet, encode_publish, publish_size, OutgoingPublish};
+pub use error::DecodeError;
 pub use properties::{Properties, Props};
 pub use reason::ReasonCode;
 

@@ -1,8 +1,8 @@
 //! MQTT 5 properties (spec 2.2.2): one struct for every packet, with the set of properties each
 //! packet may carry checked on decode.
 
-use super::decode::{DecodeError, Reader};
-use super::encode::{put_binary, put_str, put_varint, varint_len};
+use super::wire::{put_binary, put_str, put_varint, varint_len, Reader};
+use super::DecodeError;
 use bytes::{BufMut, Bytes, BytesMut};
 
 /// Which packet a property block belongs to; decides which identifiers are allowed.

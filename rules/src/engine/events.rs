@@ -7,14 +7,14 @@ use crate::script;
 
 pub(super) fn event_name(e: &Event) -> Option<&'static str> {
     Some(match e {
-        Event::ClientConnected(..) => "client.connected",
-        Event::ClientDisconnected(..) => "client.disconnected",
-        Event::SessionSubscribed(..) => "session.subscribed",
-        Event::SessionUnsubscribed(..) => "session.unsubscribed",
-        Event::MessageDelivered(..) => "message.delivered",
-        Event::MessageAcked(..) => "message.acked",
-        Event::MessageDropped(..) => "message.dropped",
-        Event::MessageAccepted(..) => return None,
+        Event::ClientConnected { .. } => "client.connected",
+        Event::ClientDisconnected { .. } => "client.disconnected",
+        Event::SessionSubscribed { .. } => "session.subscribed",
+        Event::SessionUnsubscribed { .. } => "session.unsubscribed",
+        Event::MessageDelivered { .. } => "message.delivered",
+        Event::MessageAcked { .. } => "message.acked",
+        Event::MessageDropped { .. } => "message.dropped",
+        Event::MessageAccepted { .. } => return None,
     })
 }
 
@@ -27,10 +27,10 @@ pub(super) fn event_map(name: &str, e: &Event) -> Map {
     put("event", name.to_string().into());
     put("ts", script::millis(std::time::SystemTime::now()).into());
     let client = match e {
-        Event::ClientConnected(c)
-        | Event::ClientDisconnected(c, _)
-        | Event::SessionSubscribed(c, _, _)
-        | Event::SessionUnsubscribed(c, _) => Some(c),
+        Event::ClientConnected { client }
+        | Event::ClientDisconnected { client, .. }
+        | Event::SessionSubscribed { client, .. }
+        | Event::SessionUnsubscribed { client, .. } => Some(client),
         _ => None,
     };
     if let Some(c) = client {
@@ -46,7 +46,7 @@ pub(super) fn event_map(name: &str, e: &Event) -> Map {
         put("proto_ver", (c.protocol as u8 as i64).into());
     }
     match e {
-        Event::ClientDisconnected(_, why) => {
+        Event::ClientDisconnected { reason: why, .. } => {
             // A DISCONNECT from the client is what EMQX calls "normal".
             let reason = if why == "client disconnected" {
                 "normal"
@@ -55,16 +55,20 @@ pub(super) fn event_map(name: &str, e: &Event) -> Map {
             };
             put("reason", reason.to_string().into());
         }
-        Event::SessionSubscribed(_, filter, qos) => {
+        Event::SessionSubscribed { filter, qos, .. } => {
             put("topic", filter.clone().into());
             put("qos", (*qos as i64).into());
         }
-        Event::SessionUnsubscribed(_, filter) => put("topic", filter.clone().into()),
-        Event::MessageDelivered(to, msg) | Event::MessageAcked(to, msg) => {
+        Event::SessionUnsubscribed { filter, .. } => put("topic", filter.clone().into()),
+        Event::MessageDelivered { to, msg } | Event::MessageAcked { to, msg } => {
             put("clientid", to.to_string().into());
             message_fields(&mut put, msg);
         }
-        Event::MessageDropped(to, msg, why) => {
+        Event::MessageDropped {
+            to,
+            msg,
+            reason: why,
+        } => {
             put(
                 "clientid",
                 to.as_deref()

@@ -43,7 +43,7 @@ impl Hook for RulesHook {
         // A guard, not an Arc clone: most messages match no rule and cost only the lookup.
         let set = self.shared.rules.load();
         let work = match e {
-            Event::MessageAccepted(client, msg) => {
+            Event::MessageAccepted { client, msg } => {
                 let matched = set.matching(&msg.topic);
                 if matched.is_empty() {
                     return;
@@ -83,9 +83,9 @@ impl Hook for RulesHook {
             }
             // Messages the broker publishes itself (republished by a rule, `$SYS`) raise no
             // message events for rules: a rule forwarding its own deliveries would loop.
-            Event::MessageDelivered(_, m)
-            | Event::MessageAcked(_, m)
-            | Event::MessageDropped(_, m, _)
+            Event::MessageDelivered { msg: m, .. }
+            | Event::MessageAcked { msg: m, .. }
+            | Event::MessageDropped { msg: m, .. }
                 if m.publisher.is_none() =>
             {
                 return;

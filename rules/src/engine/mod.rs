@@ -217,9 +217,9 @@ impl RuleEngine {
             workers: Mutex::new(workers),
             watcher: Mutex::new(None),
         });
-        if let Err(errors) = engine.reload() {
+        if let Err(e) = engine.reload() {
             engine.shutdown().await;
-            return Err(RulesError::Load(errors));
+            return Err(e);
         }
         broker.set_metrics_source(HOOK_NAME, Arc::new(status::Metrics(engine.shared.clone())));
         Ok(engine)

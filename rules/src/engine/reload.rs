@@ -17,8 +17,8 @@ use tracing::{error, info};
 
 impl RuleEngine {
     /// Loads every rule file again and swaps the new set in, or keeps the running set and
-    /// returns the errors (`file:line:col: message`).
-    pub fn reload(&self) -> Result<usize, Vec<String>> {
+    /// returns the errors ([`RulesError::Load`], each `file:line:col: message`).
+    pub fn reload(&self) -> Result<usize, RulesError> {
         let s = &self.shared;
         let Some(dir) = s.config.dir.clone() else {
             return Ok(0);
@@ -47,7 +47,7 @@ impl RuleEngine {
                     error!(error = %e, "rule file rejected; the running rules stay");
                 }
                 *s.last_errors.lock() = errors.clone();
-                Err(errors)
+                Err(RulesError::Load(errors))
             }
         }
     }
@@ -123,7 +123,7 @@ impl RuleEngine {
         let kinds = Arc::new(
             sinks
                 .iter()
-                .map(|(n, c)| (n.clone(), c.kind.name()))
+                .map(|(n, c)| (n.clone(), c.kind))
                 .collect::<HashMap<_, _>>(),
         );
         let engine = script::build_engine(config);

@@ -5,12 +5,73 @@
 
 use super::template::{payload_bytes, Template};
 use super::{Deliver, Failure, Record};
-use crate::config::KafkaConfig;
+use super::{SinkKind, StartArgs};
 use async_trait::async_trait;
 use rdkafka::config::ClientConfig;
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+
+pub(super) const KIND: SinkKind = SinkKind {
+    name: "kafka",
+    check: |v| check(&super::options(v)?),
+    start: |a: StartArgs| {
+        Box::pin(async move {
+            let c: KafkaConfig = super::options(&a.options)?;
+            Ok(Box::new(Kafka::new(&c)?) as Box<dyn Deliver>)
+        })
+    },
+};
+
+fn check(k: &KafkaConfig) -> Result<(), String> {
+    if k.brokers.is_empty() {
+        return Err("brokers: empty".into());
+    }
+    if !["none", "gzip", "snappy", "lz4", "zstd"].contains(&k.compression.as_str()) {
+        return Err(format!(
+            "compression: expected none, gzip, snappy, lz4 or zstd, got {:?}",
+            k.compression
+        ));
+    }
+    Ok(())
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaConfig {
+    pub brokers: String,
+    /// Topic template; a rule's output may also name it in a `topic` field when this is empty.
+    pub topic: String,
+    /// Key template, e.g. `${device}`.
+    #[serde(default)]
+    pub key: Option<String>,
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// none | gzip | snappy | lz4 | zstd
+    #[serde(default = "default_compression")]
+    pub compression: String,
+    #[serde(default = "default_kafka_linger")]
+    pub kafka_linger_ms: u64,
+    /// How long librdkafka keeps retrying one message before reporting it failed (we then retry
+    /// it ourselves with backoff).
+    #[serde(default = "default_message_timeout")]
+    pub message_timeout_ms: u64,
+    /// Extra librdkafka properties (`acks`, `security.protocol`, …).
+    #[serde(default)]
+    pub properties: BTreeMap<String, String>,
+}
+
+fn default_compression() -> String {
+    "none".into()
+}
+fn default_kafka_linger() -> u64 {
+    5
+}
+fn default_message_timeout() -> u64 {
+    30_000
+}
 
 pub struct Kafka {
     producer: FutureProducer,

@@ -9,7 +9,7 @@ mod sql;
 pub mod template;
 mod webhook;
 
-use crate::config::{BufferKind, SinkCommon, SinkConfig, SinkKind};
+use crate::config::{BufferKind, SinkCommon, SinkConfig};
 use async_trait::async_trait;
 use serde_json::Value;
 use std::collections::VecDeque;
@@ -42,9 +42,49 @@ pub enum SinkError {
     Start(String, String),
 }
 
+/// One kind of sink: the `kind = "..."` name, how its own keys are checked, and how it starts.
+/// A new kind is one module (its config, its `Deliver`, its `SinkKind`) and one line in
+/// [`KINDS`].
+pub struct SinkKind {
+    pub name: &'static str,
+    /// Reads the kind's own keys (unknown keys and bad values are errors that name the key).
+    pub check: fn(&Value) -> Result<(), String>,
+    /// Starts delivering, from the same keys.
+    pub start: fn(StartArgs) -> StartFuture,
+}
+
+/// What a kind's `start` gets.
+pub struct StartArgs {
+    /// The sink's name (`[sink.NAME]`).
+    pub name: String,
+    pub options: Value,
+    pub broker: Arc<Broker>,
+}
+
+pub type StartFuture =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<Box<dyn Deliver>, String>> + Send>>;
+
+/// Every sink kind.
+pub const KINDS: &[SinkKind] = &[
+    webhook::KIND,
+    kafka::KIND,
+    sql::SQLITE,
+    sql::POSTGRES,
+    mqtt::KIND,
+];
+
+pub fn kind(name: &str) -> Option<&'static SinkKind> {
+    KINDS.iter().find(|k| k.name == name)
+}
+
+/// A kind's keys as its typed config.
+fn options<T: serde::de::DeserializeOwned>(v: &Value) -> Result<T, String> {
+    serde_json::from_value(v.clone()).map_err(|e| e.to_string())
+}
+
 /// How one kind of destination takes a batch.
 #[async_trait]
-pub(crate) trait Deliver: Send + 'static {
+pub trait Deliver: Send + 'static {
     /// Delivers `batch`; returns the records that failed (by index into `batch`).
     async fn deliver(&mut self, batch: &[Record]) -> Vec<(usize, Failure)>;
 }
@@ -94,15 +134,15 @@ impl Sink {
         broker: &Arc<Broker>,
     ) -> Result<Arc<Sink>, SinkError> {
         let start_err = |e: String| SinkError::Start(name.to_string(), e);
-        let deliver: Box<dyn Deliver> = match &config.kind {
-            SinkKind::Webhook(c) => Box::new(webhook::Webhook::new(c).map_err(start_err)?),
-            SinkKind::Kafka(c) => Box::new(kafka::Kafka::new(c).map_err(start_err)?),
-            SinkKind::Sqlite(c) => Box::new(sql::Sqlite::open(c).await.map_err(start_err)?),
-            SinkKind::Postgres(c) => Box::new(sql::Postgres::new(name, c).map_err(start_err)?),
-            SinkKind::Mqtt(c) => {
-                Box::new(mqtt::Republish::new(c, broker.clone()).map_err(start_err)?)
-            }
-        };
+        let def =
+            kind(config.kind).ok_or_else(|| start_err(format!("unknown kind {}", config.kind)))?;
+        let deliver = (def.start)(StartArgs {
+            name: name.to_string(),
+            options: config.options.clone(),
+            broker: broker.clone(),
+        })
+        .await
+        .map_err(start_err)?;
         let disk = match config.common.buffer {
             BufferKind::Memory => None,
             BufferKind::Disk => Some(
@@ -127,7 +167,7 @@ impl Sink {
         let task = tokio::spawn(driver.run());
         Ok(Arc::new(Sink {
             name: name.to_string(),
-            kind: config.kind.name(),
+            kind: config.kind,
             tx,
             counters,
             shutdown,

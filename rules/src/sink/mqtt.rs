@@ -4,13 +4,48 @@
 
 use super::template::{payload_bytes, Template};
 use super::{Deliver, Failure, Record};
-use crate::config::MqttSinkConfig;
+use super::{SinkKind, StartArgs};
 use async_trait::async_trait;
+use serde::Deserialize;
 use std::sync::Arc;
 use switchyard_core::broker::Broker;
 use switchyard_core::message::Message;
 use switchyard_core::protocol::QoS;
 use switchyard_core::topic;
+
+pub(super) const KIND: SinkKind = SinkKind {
+    name: "mqtt",
+    check: |v| {
+        let m: MqttSinkConfig = super::options(v)?;
+        if m.qos > 2 {
+            return Err(format!("qos: expected 0, 1 or 2, got {}", m.qos));
+        }
+        if m.topic.is_empty() {
+            return Err("topic: empty".into());
+        }
+        Ok(())
+    },
+    start: |a: StartArgs| {
+        Box::pin(async move {
+            let c: MqttSinkConfig = super::options(&a.options)?;
+            Ok(Box::new(Republish::new(&c, a.broker)?) as Box<dyn Deliver>)
+        })
+    },
+};
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MqttSinkConfig {
+    /// Topic template, e.g. `processed/${device}`.
+    pub topic: String,
+    #[serde(default)]
+    pub qos: u8,
+    #[serde(default)]
+    pub retain: bool,
+    /// Payload template; default: the output as JSON (a string output is sent as is).
+    #[serde(default)]
+    pub payload: Option<String>,
+}
 
 pub struct Republish {
     broker: Arc<Broker>,

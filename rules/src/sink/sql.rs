@@ -2,11 +2,58 @@
 //! transaction per batch. Values are always bound, never spliced into the SQL text.
 
 use super::{Deliver, Failure, Record};
-use crate::config::SqlConfig;
+use super::{SinkKind, StartArgs};
 use async_trait::async_trait;
+use serde::Deserialize;
 use serde_json::Value;
+use std::path::PathBuf;
 use std::sync::Arc;
 use tracing::warn;
+
+pub(super) const SQLITE: SinkKind = SinkKind {
+    name: "sqlite",
+    check: |v| {
+        let c: SqlConfig = super::options(v)?;
+        c.path
+            .map(drop)
+            .ok_or_else(|| "path: required for a sqlite sink".to_string())
+    },
+    start: |a: StartArgs| {
+        Box::pin(async move {
+            let c: SqlConfig = super::options(&a.options)?;
+            Ok(Box::new(Sqlite::open(&c).await?) as Box<dyn Deliver>)
+        })
+    },
+};
+
+pub(super) const POSTGRES: SinkKind = SinkKind {
+    name: "postgres",
+    check: |v| {
+        let c: SqlConfig = super::options(v)?;
+        c.url
+            .map(drop)
+            .ok_or_else(|| "url: required for a postgres sink".to_string())
+    },
+    start: |a: StartArgs| {
+        Box::pin(async move {
+            let c: SqlConfig = super::options(&a.options)?;
+            Ok(Box::new(Postgres::new(&a.name, &c)?) as Box<dyn Deliver>)
+        })
+    },
+};
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SqlConfig {
+    /// SQLite: the database file. Ignored for PostgreSQL.
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+    /// PostgreSQL connection string, e.g. `host=127.0.0.1 user=switchyard dbname=iot`.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// An INSERT with `:name` parameters filled from the rule's output fields.
+    pub statement: String,
+}
 
 /// The statement's parameter names in order of first appearance, and the statement with
 /// PostgreSQL's `$n` placeholders. Quoted text and `::casts` are left alone.

@@ -3,10 +3,64 @@
 
 use super::template::{payload_bytes, Template};
 use super::{Deliver, Failure, Record};
-use crate::config::WebhookConfig;
+use super::{SinkKind, StartArgs};
 use async_trait::async_trait;
 use futures_util::future::join_all;
+use serde::Deserialize;
+use std::collections::BTreeMap;
 use std::time::Duration;
+
+pub(super) const KIND: SinkKind = SinkKind {
+    name: "webhook",
+    check: |v| check(&super::options(v)?),
+    start: |a: StartArgs| {
+        Box::pin(async move {
+            let c: WebhookConfig = super::options(&a.options)?;
+            Ok(Box::new(Webhook::new(&c)?) as Box<dyn Deliver>)
+        })
+    },
+};
+
+fn check(w: &WebhookConfig) -> Result<(), String> {
+    if !(w.url.starts_with("http://") || w.url.starts_with("https://")) {
+        return Err(format!(
+            "url: expected http:// or https://, got {:?}",
+            w.url
+        ));
+    }
+    if w.concurrency == 0 {
+        return Err("concurrency must be at least 1".into());
+    }
+    Ok(())
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    pub url: String,
+    #[serde(default = "default_method")]
+    pub method: String,
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// A template (`${field}` from the rule's output); default: the output as JSON.
+    #[serde(default)]
+    pub body: Option<String>,
+    #[serde(default = "default_http_timeout")]
+    pub timeout_ms: u64,
+    /// Requests in flight at once.
+    #[serde(default = "default_concurrency")]
+    pub concurrency: usize,
+}
+
+fn default_method() -> String {
+    "POST".into()
+}
+fn default_http_timeout() -> u64 {
+    5_000
+}
+fn default_concurrency() -> usize {
+    16
+}
 
 pub struct Webhook {
     client: reqwest::Client,

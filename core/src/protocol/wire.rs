@@ -1,0 +1,131 @@
+//! The wire primitives every part of the codec shares: a bounds-checked reader over one
+//! packet, MQTT strings, and the variable byte integer, read and written. Decode, encode and
+//! properties depend on this module and not on each other.
+
+use super::DecodeError;
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+
+/// A cursor over one packet's bytes. Slices share the underlying buffer.
+pub(crate) struct Reader {
+    buf: Bytes,
+}
+
+impl Reader {
+    pub(crate) fn new(buf: Bytes) -> Self {
+        Self { buf }
+    }
+    pub(crate) fn remaining(&self) -> usize {
+        self.buf.len()
+    }
+    fn need(&self, n: usize) -> Result<(), DecodeError> {
+        if self.buf.len() < n {
+            Err(DecodeError::Truncated)
+        } else {
+            Ok(())
+        }
+    }
+    pub(crate) fn u8(&mut self) -> Result<u8, DecodeError> {
+        self.need(1)?;
+        Ok(self.buf.get_u8())
+    }
+    pub(crate) fn u16(&mut self) -> Result<u16, DecodeError> {
+        self.need(2)?;
+        Ok(self.buf.get_u16())
+    }
+    pub(crate) fn u32(&mut self) -> Result<u32, DecodeError> {
+        self.need(4)?;
+        Ok(self.buf.get_u32())
+    }
+    pub(crate) fn varint(&mut self) -> Result<u32, DecodeError> {
+        let mut value: u32 = 0;
+        for i in 0..4 {
+            let b = self.u8()?;
+            value |= u32::from(b & 0x7F) << (7 * i);
+            if b & 0x80 == 0 {
+                return Ok(value);
+            }
+        }
+        Err(DecodeError::MalformedRemainingLength)
+    }
+    pub(crate) fn bytes(&mut self, n: usize) -> Result<Bytes, DecodeError> {
+        self.need(n)?;
+        Ok(self.buf.split_to(n))
+    }
+    pub(crate) fn binary(&mut self) -> Result<Bytes, DecodeError> {
+        let n = self.u16()? as usize;
+        self.bytes(n)
+    }
+    pub(crate) fn string(&mut self) -> Result<String, DecodeError> {
+        let raw = self.binary()?;
+        Ok(checked_str(&raw)?.to_owned())
+    }
+    pub(crate) fn sub(&mut self, n: usize) -> Result<Reader, DecodeError> {
+        Ok(Reader {
+            buf: self.bytes(n)?,
+        })
+    }
+    pub(crate) fn rest(&mut self) -> Bytes {
+        std::mem::take(&mut self.buf)
+    }
+    pub(crate) fn finish(&self) -> Result<(), DecodeError> {
+        if self.buf.is_empty() {
+            Ok(())
+        } else {
+            Err(DecodeError::TrailingBytes)
+        }
+    }
+    pub(crate) fn packet_id(&mut self) -> Result<u16, DecodeError> {
+        match self.u16()? {
+            0 => Err(DecodeError::ZeroPacketId),
+            id => Ok(id),
+        }
+    }
+}
+
+/// UTF-8 validated once; U+0000 is not allowed in MQTT strings.
+pub(crate) fn checked_str(raw: &[u8]) -> Result<&str, DecodeError> {
+    if raw.contains(&0) {
+        return Err(DecodeError::InvalidUtf8);
+    }
+    std::str::from_utf8(raw).map_err(|_| DecodeError::InvalidUtf8)
+}
+
+pub(crate) fn varint_len(v: usize) -> usize {
+    match v {
+        0..=127 => 1,
+        128..=16_383 => 2,
+        16_384..=2_097_151 => 3,
+        _ => 4,
+    }
+}
+
+pub(crate) fn put_varint(buf: &mut BytesMut, mut v: usize) {
+    loop {
+        let mut b = (v % 128) as u8;
+        v /= 128;
+        if v > 0 {
+            b |= 0x80;
+        }
+        buf.put_u8(b);
+        if v == 0 {
+            break;
+        }
+    }
+}
+
+pub(crate) fn put_str(buf: &mut BytesMut, s: &str) {
+    put_binary(buf, s.as_bytes());
+}
+
+pub(crate) fn put_binary(buf: &mut BytesMut, b: &[u8]) {
+    // Lengths above u16::MAX cannot be produced by our own decode; truncating is the safe choice.
+    let n = b.len().min(u16::MAX as usize);
+    buf.put_u16(n as u16);
+    buf.put_slice(&b[..n]);
+}
+
+pub(crate) fn header(buf: &mut BytesMut, first: u8, remaining: usize) {
+    buf.reserve(1 + varint_len(remaining) + remaining);
+    buf.put_u8(first);
+    put_varint(buf, remaining);
+}
