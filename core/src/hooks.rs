@@ -8,12 +8,13 @@ use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use bytes::Bytes;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 
 /// Which hooks a [`Hook`] wants; the chain skips the rest without building a future.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct HookSet(u8);
+/// A bit set; 32 bits leave room for hooks to come (a hook is one constant here).
+pub struct HookSet(u32);
 
 impl HookSet {
     pub const NONE: Self = Self(0);
@@ -212,7 +213,7 @@ pub struct HookChain {
     inner: ArcSwap<ChainInner>,
     /// The union of every hook's interests, readable with one relaxed load: `wants` is asked
     /// several times per message and must cost nothing when no hook is registered.
-    interests: AtomicU8,
+    interests: AtomicU32,
     /// Bumped whenever the chain changes: cached authorization answers of an older chain
     /// (read checks) are stale.
     version: AtomicU64,
@@ -225,7 +226,7 @@ impl Default for HookChain {
                 hooks: Vec::new(),
                 interests: HookSet::NONE,
             }),
-            interests: AtomicU8::new(0),
+            interests: AtomicU32::new(0),
             version: AtomicU64::new(0),
         }
     }
