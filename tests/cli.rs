@@ -356,3 +356,79 @@ async fn rules_reload_on_sighup_and_sinks_flush_on_sigterm() {
         .unwrap();
     assert_eq!(burst, 300, "every accepted message reached the database");
 }
+
+#[test]
+fn check_config_compiles_rules_and_plugins_and_a_bad_rule_stops_the_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("rules");
+    std::fs::create_dir(&rules).unwrap();
+    std::fs::write(
+        rules.join("fwd.rhai"),
+        "rule(\"fwd\").from([\"a/#\"]).to(mqtt(\"out\"));\n",
+    )
+    .unwrap();
+    let plugin =
+        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/plugins/acl.wasm");
+    assert!(
+        plugin.exists(),
+        "run scripts/build-plugins (scripts/test does)"
+    );
+    let config = dir.path().join("switchyard.toml");
+    let write_config = |plugin: &std::path::Path| {
+        std::fs::write(
+            &config,
+            format!(
+                "[[listener]]\nkind = \"tcp\"\nbind = \"127.0.0.1:0\"\n[http]\nenabled = false\n\
+                 [[plugin]]\npath = \"{}\"\n[rules]\ndir = \"{}\"\n\
+                 [sink.out]\nkind = \"mqtt\"\ntopic = \"copy/${{topic}}\"\n",
+                plugin.display(),
+                rules.display()
+            ),
+        )
+        .unwrap();
+    };
+    write_config(&plugin);
+    let check = run(&["check-config", config.to_str().unwrap()]);
+    let out = String::from_utf8_lossy(&check.stdout);
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    assert!(out.contains("1 plugins, 1 rules"), "{out}");
+
+    // A rule file with a syntax error: check-config and the start both name file:line:col.
+    let bad = rules.join("broken.rhai");
+    std::fs::write(
+        &bad,
+        "rule(\"x\")\n    .from([\"b\"]\n    .to(mqtt(\"out\"));\n",
+    )
+    .unwrap();
+    for args in [
+        vec!["check-config", config.to_str().unwrap()],
+        vec!["--config", config.to_str().unwrap()],
+    ] {
+        let out = run(&args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} must fail");
+        let at = format!("{}:", bad.display());
+        let pos = err.find(&at).map(|i| &err[i + at.len()..]).unwrap_or("");
+        let mut parts = pos.splitn(3, ':');
+        let numeric = |p: Option<&str>| {
+            p.is_some_and(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_digit()))
+        };
+        assert!(
+            numeric(parts.next()) && numeric(parts.next()),
+            "{args:?}: {err}"
+        );
+    }
+    std::fs::remove_file(&bad).unwrap();
+
+    // A plugin that is not a component.
+    let fake = dir.path().join("fake.wasm");
+    std::fs::write(&fake, b"not wasm").unwrap();
+    write_config(&fake);
+    let out = run(&["check-config", config.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("fake.wasm"), "{err}");
+}
