@@ -1,6 +1,15 @@
 //! Switchyard's rule engine: Rhai rule files pick messages and client events, filter and
 //! reshape them, and forward them to sinks (webhook, Kafka, SQLite, PostgreSQL, MQTT). Rules
 //! run on worker threads fed by a bounded queue, never on the routing path.
+//!
+//! - [`config`]: the `[rules]` table and `[sink.NAME]` tables (common keys; each kind checks
+//!   its own).
+//! - [`script`]: the Rhai side: the rule builder API, message and event values, helpers, limits.
+//! - [`native`]: simple `when` filters compiled to Rust, run on the routing thread.
+//! - `engine`: the running engine (hook, events, reload, workers, status).
+//! - `queue`: the bounded queue between routing and the workers.
+//! - [`sink`]: sink kinds (one table, `sink::KINDS`) and the driver they share (buffer,
+//!   batches, retries, disk buffer, counters).
 
 pub mod config;
 mod engine;
