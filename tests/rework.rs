@@ -167,16 +167,6 @@ on("session.unsubscribed").to(mqtt("unsubscribed"));
     assert!(p.topic.ends_with("ws/b"), "{}", p.topic);
 }
 
-/// A port that was free a moment ago. Only this test needs one before the broker binds: it
-/// connects to the port while the broker is still starting.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn hs256(claims: Value, secret: &str) -> String {
     use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
     use base64::Engine;

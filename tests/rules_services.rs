@@ -15,14 +15,6 @@ use std::time::Duration;
 use switchyard_rules::sink::SinkCounters;
 use switchyard_rules::{RuleEngine, RulesConfig, SinkConfig};
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 async fn wait_for_port(port: u16) {
     let deadline = tokio::time::Instant::now() + WAIT;
     while tokio::net::TcpStream::connect(("127.0.0.1", port))

@@ -5,7 +5,7 @@
 
 use crate::config::MqttConfig;
 use crate::hooks::ClientInfo;
-use crate::hooks::{Event, HookChain};
+use crate::hooks::{Event, HookChain, HookSet};
 use crate::message::Message;
 use crate::metrics::{Metrics, MetricsSource};
 use crate::protocol::{QoS, RetainHandling, SubscriptionOptions};
@@ -376,7 +376,12 @@ impl Broker {
 
     /// Queues one delivery, counting and announcing what could not be queued.
     fn deliver(&self, session: Arc<Session>, delivery: Delivery, routed: &mut Routed) {
-        let msg = delivery.msg.clone();
+        // Kept only for the drop event: a clone per delivery is a shared counter every core
+        // would write.
+        let msg = self
+            .hooks
+            .wants(HookSet::MESSAGE_EVENTS)
+            .then(|| delivery.msg.clone());
         let (outcome, congested) = session.enqueue(delivery, &self.backpressure);
         match outcome {
             Enqueued::Queued => routed.queued += 1,
@@ -386,11 +391,13 @@ impl Broker {
             }
             Enqueued::Refused => {
                 Metrics::add(&self.metrics.messages_dropped, 1);
-                self.hooks.emit(|| Event::MessageDropped {
-                    to: Some(session.client_id.clone()),
-                    msg,
-                    reason: "queue full",
-                });
+                if let Some(msg) = msg {
+                    self.hooks.emit(|| Event::MessageDropped {
+                        to: Some(session.client_id.clone()),
+                        msg,
+                        reason: "queue full",
+                    });
+                }
             }
             Enqueued::Skipped => {}
         }

@@ -2,6 +2,7 @@
 //!
 //! - [`protocol`]: MQTT 3.1/3.1.1/5.0 packets, decode and encode, reason codes.
 //! - [`topic`]: topic name/filter validation and the subscription tree.
+//! - [`message`]: a message as routed (topic, payload, properties, expiry, publisher).
 //! - [`session`]: the session state machine, backpressure and the [`session::SessionStore`].
 //! - [`broker`]: the router and session registry; retained messages; wills.
 //! - [`client`]: the client pipeline every front end shares, and the MQTT connection

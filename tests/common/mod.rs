@@ -76,6 +76,16 @@ pub async fn wait_for_json(
     }
 }
 
+/// A port that was free a moment ago, for the few tests that must know a port before a server
+/// binds it (a client that knocks while the broker starts, a service restarted on its port).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 pub fn local(kind: ListenerKind) -> ListenerConfig {
     ListenerConfig::new(kind, "127.0.0.1:0".parse().unwrap())
 }

@@ -55,7 +55,9 @@ where
                 self.send(&Packet::PubComp(PubResponse::new(r.packet_id, code)));
                 Ok(())
             }
-            Packet::Subscribe(s) => self.on_subscribe(s).await,
+            // Boxed: rare, and its future (authorization, read checks of retained messages)
+            // would otherwise enlarge every read's future, which is allocated per read.
+            Packet::Subscribe(s) => Box::pin(self.on_subscribe(s)).await,
             Packet::Unsubscribe(u) => self.on_unsubscribe(u),
             Packet::PingReq => {
                 self.send(&Packet::PingResp);

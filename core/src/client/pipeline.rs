@@ -120,7 +120,8 @@ impl Attachment {
         });
     }
 
-    /// The whole publish path for one message from this client.
+    /// The whole publish path for one message from this client. Its topic name is
+    /// syntactically valid already: each front end's decoder checks that, as MQTT's does.
     pub async fn publish(&self, msg: Message) -> Result<(), PublishRefused> {
         let broker = &self.broker;
         let cfg = &broker.config;
@@ -129,12 +130,6 @@ impl Attachment {
             return Err(PublishRefused::Invalid(
                 ReasonCode::PROTOCOL_ERROR,
                 "empty topic name",
-            ));
-        }
-        if !topic::valid_topic_name(&msg.topic) {
-            return Err(PublishRefused::Invalid(
-                ReasonCode::TOPIC_NAME_INVALID,
-                "invalid topic name",
             ));
         }
         if topic::level_count(&msg.topic) > cfg.max_topic_levels {
@@ -149,19 +144,24 @@ impl Attachment {
                 "retain not supported",
             ));
         }
+        // The hook calls are boxed: they run only when a hook asked for them, and inline they
+        // would push every read's future (allocated per read) past the allocator's fast size.
         if broker.hooks.wants(HookSet::AUTHORIZE) {
-            if let AclDecision::Deny(code) = broker
-                .hooks
-                .authorize(&self.client, Access::Publish, &msg.topic, msg.qos)
-                .await
-            {
+            let decision = Box::pin(broker.hooks.authorize(
+                &self.client,
+                Access::Publish,
+                &msg.topic,
+                msg.qos,
+            ))
+            .await;
+            if let AclDecision::Deny(code) = decision {
                 Metrics::add(&broker.metrics.publishes_denied, 1);
                 debug!(client_id = %self.client.client_id, listener = %self.client.listener, topic = %msg.topic, reason = %code, "publish denied");
                 return Err(PublishRefused::Denied(code));
             }
         }
         let msg = if broker.hooks.wants(HookSet::MESSAGE_PUBLISH) {
-            match broker.hooks.on_publish(&self.client, msg).await {
+            match Box::pin(broker.hooks.on_publish(&self.client, msg)).await {
                 Some(m) => m,
                 None => {
                     Metrics::add(&broker.metrics.publishes_denied, 1);
@@ -175,7 +175,8 @@ impl Attachment {
         let (routed, pending) = broker.route(&msg);
         let mut congested = routed.congested;
         if !pending.is_empty() {
-            let late = broker.resolve_reads(&msg, pending).await;
+            // Boxed, as the wait below: rare paths kept out of every publish's future.
+            let late = Box::pin(broker.resolve_reads(&msg, pending)).await;
             congested = congested.or(late);
         }
         let client = &self.client;
@@ -184,10 +185,7 @@ impl Attachment {
             msg,
         });
         if let Some(congested) = congested {
-            broker
-                .backpressure
-                .wait(&congested, Some(&self.session))
-                .await;
+            Box::pin(broker.backpressure.wait(&congested, Some(&self.session))).await;
         }
         Ok(())
     }

@@ -11,12 +11,15 @@ pub(crate) struct Reader {
 }
 
 impl Reader {
+    #[inline]
     pub(crate) fn new(buf: Bytes) -> Self {
         Self { buf }
     }
+    #[inline]
     pub(crate) fn remaining(&self) -> usize {
         self.buf.len()
     }
+    #[inline]
     fn need(&self, n: usize) -> Result<(), DecodeError> {
         if self.buf.len() < n {
             Err(DecodeError::Truncated)
@@ -24,18 +27,22 @@ impl Reader {
             Ok(())
         }
     }
+    #[inline]
     pub(crate) fn u8(&mut self) -> Result<u8, DecodeError> {
         self.need(1)?;
         Ok(self.buf.get_u8())
     }
+    #[inline]
     pub(crate) fn u16(&mut self) -> Result<u16, DecodeError> {
         self.need(2)?;
         Ok(self.buf.get_u16())
     }
+    #[inline]
     pub(crate) fn u32(&mut self) -> Result<u32, DecodeError> {
         self.need(4)?;
         Ok(self.buf.get_u32())
     }
+    #[inline]
     pub(crate) fn varint(&mut self) -> Result<u32, DecodeError> {
         let mut value: u32 = 0;
         for i in 0..4 {
@@ -47,26 +54,32 @@ impl Reader {
         }
         Err(DecodeError::MalformedRemainingLength)
     }
+    #[inline]
     pub(crate) fn bytes(&mut self, n: usize) -> Result<Bytes, DecodeError> {
         self.need(n)?;
         Ok(self.buf.split_to(n))
     }
+    #[inline]
     pub(crate) fn binary(&mut self) -> Result<Bytes, DecodeError> {
         let n = self.u16()? as usize;
         self.bytes(n)
     }
+    #[inline]
     pub(crate) fn string(&mut self) -> Result<String, DecodeError> {
         let raw = self.binary()?;
         Ok(checked_str(&raw)?.to_owned())
     }
+    #[inline]
     pub(crate) fn sub(&mut self, n: usize) -> Result<Reader, DecodeError> {
         Ok(Reader {
             buf: self.bytes(n)?,
         })
     }
+    #[inline]
     pub(crate) fn rest(&mut self) -> Bytes {
         std::mem::take(&mut self.buf)
     }
+    #[inline]
     pub(crate) fn finish(&self) -> Result<(), DecodeError> {
         if self.buf.is_empty() {
             Ok(())
@@ -74,6 +87,7 @@ impl Reader {
             Err(DecodeError::TrailingBytes)
         }
     }
+    #[inline]
     pub(crate) fn packet_id(&mut self) -> Result<u16, DecodeError> {
         match self.u16()? {
             0 => Err(DecodeError::ZeroPacketId),
@@ -83,6 +97,7 @@ impl Reader {
 }
 
 /// UTF-8 validated once; U+0000 is not allowed in MQTT strings.
+#[inline]
 pub(crate) fn checked_str(raw: &[u8]) -> Result<&str, DecodeError> {
     if raw.contains(&0) {
         return Err(DecodeError::InvalidUtf8);
@@ -90,6 +105,7 @@ pub(crate) fn checked_str(raw: &[u8]) -> Result<&str, DecodeError> {
     std::str::from_utf8(raw).map_err(|_| DecodeError::InvalidUtf8)
 }
 
+#[inline]
 pub(crate) fn varint_len(v: usize) -> usize {
     match v {
         0..=127 => 1,
@@ -99,6 +115,7 @@ pub(crate) fn varint_len(v: usize) -> usize {
     }
 }
 
+#[inline]
 pub(crate) fn put_varint(buf: &mut BytesMut, mut v: usize) {
     loop {
         let mut b = (v % 128) as u8;
@@ -113,10 +130,12 @@ pub(crate) fn put_varint(buf: &mut BytesMut, mut v: usize) {
     }
 }
 
+#[inline]
 pub(crate) fn put_str(buf: &mut BytesMut, s: &str) {
     put_binary(buf, s.as_bytes());
 }
 
+#[inline]
 pub(crate) fn put_binary(buf: &mut BytesMut, b: &[u8]) {
     // Lengths above u16::MAX cannot be produced by our own decode; truncating is the safe choice.
     let n = b.len().min(u16::MAX as usize);
@@ -124,6 +143,7 @@ pub(crate) fn put_binary(buf: &mut BytesMut, b: &[u8]) {
     buf.put_slice(&b[..n]);
 }
 
+#[inline]
 pub(crate) fn header(buf: &mut BytesMut, first: u8, remaining: usize) {
     buf.reserve(1 + varint_len(remaining) + remaining);
     buf.put_u8(first);

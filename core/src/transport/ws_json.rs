@@ -310,6 +310,10 @@ fn unsubscribe(a: &Attachment, request: &Value) -> Reply {
 
 async fn publish(a: &Attachment, request: &Value) -> Reply {
     let topic_name = topic_field(request)?;
+    // The framing's own check, as MQTT's decoder makes it; the pipeline checks the rest.
+    if !crate::topic::valid_topic_name(topic_name) {
+        return Err(format!("invalid topic name {topic_name:?}"));
+    }
     let qos = qos_field(request)?;
     let retain = request
         .get("retain")
