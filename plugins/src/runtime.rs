@@ -23,6 +23,20 @@ const EPOCH_TICK: Duration = Duration::from_millis(1);
 const DISABLE_AFTER: u32 = 5;
 
 /// The engine shared by every plugin, with its epoch ticker.
+/// Why a fresh instance is not ready for calls.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum InstanceError {
+    /// Instantiation trapped, ran out of memory or time.
+    #[error("instantiation failed: {0:#}")]
+    Instantiate(wasmtime::Error),
+    /// The call into the guest's `init` failed (trap, limit).
+    #[error("trapped: {0:#}")]
+    InitTrapped(wasmtime::Error),
+    /// The guest's `init` returned an error: its own words.
+    #[error("{0}")]
+    InitRefused(String),
+}
+
 fn engine() -> Result<&'static Engine, String> {
     static ENGINE: OnceLock<Result<Engine, String>> = OnceLock::new();
     ENGINE
@@ -146,14 +160,10 @@ impl WasmPlugin {
             events: OnceLock::new(),
             events_dropped: AtomicU64::new(0),
         };
-        let (warm, registration) =
-            plugin
-                .instantiate()
-                .await
-                .map_err(|message| LoadError::Init {
-                    path: path.clone(),
-                    message,
-                })?;
+        let (warm, registration) = plugin.instantiate().await.map_err(|e| LoadError::Init {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
         plugin.interests = interests_of(registration.hooks);
         plugin.topic_filters = registration.topic_filters;
         plugin.pool.put(warm);
@@ -212,7 +222,7 @@ impl WasmPlugin {
     }
 
     /// A fresh instance with its `init` done.
-    async fn instantiate(&self) -> Result<(Warm, wit::Registration), String> {
+    async fn instantiate(&self) -> Result<(Warm, wit::Registration), InstanceError> {
         let engine = self.pre.engine();
         let limits = StoreLimitsBuilder::new()
             .memory_size((self.settings.memory_mb as usize) << 20)
@@ -249,12 +259,13 @@ impl WasmPlugin {
                 .pre
                 .instantiate_async(&mut store)
                 .await
-                .map_err(|e| format!("{e:#}"))?;
+                .map_err(InstanceError::Instantiate)?;
             let registration = bindings
                 .call_init(&mut store, &self.config_json)
                 .await
-                .map_err(|e| format!("{e:#}"))??;
-            Ok::<_, String>((bindings, registration))
+                .map_err(InstanceError::InitTrapped)?
+                .map_err(InstanceError::InitRefused)?;
+            Ok::<_, InstanceError>((bindings, registration))
         };
         let (bindings, registration) = started.await?;
         store.data_mut().budget = self.deadline();
@@ -273,7 +284,7 @@ impl WasmPlugin {
             None => match self.instantiate().await {
                 Ok((w, _)) => w,
                 Err(e) => {
-                    self.failed(&e);
+                    self.failed(&e.to_string());
                     return None;
                 }
             },

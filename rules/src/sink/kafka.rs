@@ -5,7 +5,7 @@
 
 use super::template::{payload_bytes, Template};
 use super::{Deliver, Failure, Record};
-use super::{SinkKind, StartArgs};
+use super::{KindError, SinkKind, StartArgs};
 use async_trait::async_trait;
 use rdkafka::config::ClientConfig;
 use rdkafka::error::KafkaError;
@@ -20,20 +20,20 @@ pub(super) const KIND: SinkKind = SinkKind {
     start: |a: StartArgs| {
         Box::pin(async move {
             let c: KafkaConfig = super::options(&a.options)?;
-            Ok(Box::new(Kafka::new(&c)?) as Box<dyn Deliver>)
+            Ok(Box::new(Kafka::new(&c).map_err(KindError::Unusable)?) as Box<dyn Deliver>)
         })
     },
 };
 
-fn check(k: &KafkaConfig) -> Result<(), String> {
+fn check(k: &KafkaConfig) -> Result<(), KindError> {
     if k.brokers.is_empty() {
-        return Err("brokers: empty".into());
+        return Err(KindError::Invalid("brokers: empty".into()));
     }
     if !["none", "gzip", "snappy", "lz4", "zstd"].contains(&k.compression.as_str()) {
-        return Err(format!(
+        return Err(KindError::Invalid(format!(
             "compression: expected none, gzip, snappy, lz4 or zstd, got {:?}",
             k.compression
-        ));
+        )));
     }
     Ok(())
 }

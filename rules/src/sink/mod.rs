@@ -38,8 +38,27 @@ pub enum Failure {
 
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
-    #[error("sink {0}: {1}")]
-    Start(String, String),
+    #[error("sink {sink}: {source}")]
+    Start {
+        sink: String,
+        #[source]
+        source: KindError,
+    },
+}
+
+/// What is wrong with a sink kind's keys, or why its destination cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum KindError {
+    /// A key is unknown, missing or of the wrong type (serde names it).
+    #[error(transparent)]
+    Keys(#[from] serde_json::Error),
+    /// A key's value is out of range or does not fit another key.
+    #[error("{0}")]
+    Invalid(String),
+    /// The destination cannot be used: a missing table, a bad template, a client that does
+    /// not build, a disk buffer that does not open.
+    #[error("{0}")]
+    Unusable(String),
 }
 
 /// One kind of sink: the `kind = "..."` name, how its own keys are checked, and how it starts.
@@ -48,7 +67,7 @@ pub enum SinkError {
 pub struct SinkKind {
     pub name: &'static str,
     /// Reads the kind's own keys (unknown keys and bad values are errors that name the key).
-    pub check: fn(&Value) -> Result<(), String>,
+    pub check: fn(&Value) -> Result<(), KindError>,
     /// Starts delivering, from the same keys.
     pub start: fn(StartArgs) -> StartFuture,
 }
@@ -61,8 +80,9 @@ pub struct StartArgs {
     pub broker: Arc<Broker>,
 }
 
-pub type StartFuture =
-    std::pin::Pin<Box<dyn std::future::Future<Output = Result<Box<dyn Deliver>, String>> + Send>>;
+pub type StartFuture = std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<Box<dyn Deliver>, KindError>> + Send>,
+>;
 
 /// Every sink kind.
 pub const KINDS: &[SinkKind] = &[
@@ -78,8 +98,8 @@ pub fn kind(name: &str) -> Option<&'static SinkKind> {
 }
 
 /// A kind's keys as its typed config.
-fn options<T: serde::de::DeserializeOwned>(v: &Value) -> Result<T, String> {
-    serde_json::from_value(v.clone()).map_err(|e| e.to_string())
+fn options<T: serde::de::DeserializeOwned>(v: &Value) -> Result<T, KindError> {
+    Ok(serde_json::from_value(v.clone())?)
 }
 
 /// How one kind of destination takes a batch.
@@ -133,9 +153,13 @@ impl Sink {
         config: &SinkConfig,
         broker: &Arc<Broker>,
     ) -> Result<Arc<Sink>, SinkError> {
-        let start_err = |e: String| SinkError::Start(name.to_string(), e);
-        let def =
-            kind(config.kind).ok_or_else(|| start_err(format!("unknown kind {}", config.kind)))?;
+        let start_err = |source: KindError| SinkError::Start {
+            sink: name.to_string(),
+            source,
+        };
+        let def = kind(config.kind).ok_or_else(|| {
+            start_err(KindError::Invalid(format!("unknown kind {}", config.kind)))
+        })?;
         let deliver = (def.start)(StartArgs {
             name: name.to_string(),
             options: config.options.clone(),
@@ -148,7 +172,7 @@ impl Sink {
             BufferKind::Disk => Some(
                 DiskQueue::open(&config.common.buffer_dir, name)
                     .await
-                    .map_err(start_err)?,
+                    .map_err(|e| start_err(KindError::Unusable(e)))?,
             ),
         };
         let (tx, rx) = mpsc::channel(config.common.buffer_size);

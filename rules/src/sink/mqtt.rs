@@ -4,7 +4,7 @@
 
 use super::template::{payload_bytes, Template};
 use super::{Deliver, Failure, Record};
-use super::{SinkKind, StartArgs};
+use super::{KindError, SinkKind, StartArgs};
 use async_trait::async_trait;
 use serde::Deserialize;
 use std::sync::Arc;
@@ -18,17 +18,23 @@ pub(super) const KIND: SinkKind = SinkKind {
     check: |v| {
         let m: MqttSinkConfig = super::options(v)?;
         if m.qos > 2 {
-            return Err(format!("qos: expected 0, 1 or 2, got {}", m.qos));
+            return Err(KindError::Invalid(format!(
+                "qos: expected 0, 1 or 2, got {}",
+                m.qos
+            )));
         }
         if m.topic.is_empty() {
-            return Err("topic: empty".into());
+            return Err(KindError::Invalid("topic: empty".into()));
         }
         Ok(())
     },
     start: |a: StartArgs| {
         Box::pin(async move {
             let c: MqttSinkConfig = super::options(&a.options)?;
-            Ok(Box::new(Republish::new(&c, a.broker)?) as Box<dyn Deliver>)
+            Ok(
+                Box::new(Republish::new(&c, a.broker).map_err(KindError::Unusable)?)
+                    as Box<dyn Deliver>,
+            )
         })
     },
 };

@@ -2,7 +2,7 @@
 //! transaction per batch. Values are always bound, never spliced into the SQL text.
 
 use super::{Deliver, Failure, Record};
-use super::{SinkKind, StartArgs};
+use super::{KindError, SinkKind, StartArgs};
 use async_trait::async_trait;
 use serde::Deserialize;
 use serde_json::Value;
@@ -16,12 +16,12 @@ pub(super) const SQLITE: SinkKind = SinkKind {
         let c: SqlConfig = super::options(v)?;
         c.path
             .map(drop)
-            .ok_or_else(|| "path: required for a sqlite sink".to_string())
+            .ok_or_else(|| KindError::Invalid("path: required for a sqlite sink".into()))
     },
     start: |a: StartArgs| {
         Box::pin(async move {
             let c: SqlConfig = super::options(&a.options)?;
-            Ok(Box::new(Sqlite::open(&c).await?) as Box<dyn Deliver>)
+            Ok(Box::new(Sqlite::open(&c).await.map_err(KindError::Unusable)?) as Box<dyn Deliver>)
         })
     },
 };
@@ -32,12 +32,15 @@ pub(super) const POSTGRES: SinkKind = SinkKind {
         let c: SqlConfig = super::options(v)?;
         c.url
             .map(drop)
-            .ok_or_else(|| "url: required for a postgres sink".to_string())
+            .ok_or_else(|| KindError::Invalid("url: required for a postgres sink".into()))
     },
     start: |a: StartArgs| {
         Box::pin(async move {
             let c: SqlConfig = super::options(&a.options)?;
-            Ok(Box::new(Postgres::new(&a.name, &c)?) as Box<dyn Deliver>)
+            Ok(
+                Box::new(Postgres::new(&a.name, &c).map_err(KindError::Unusable)?)
+                    as Box<dyn Deliver>,
+            )
         })
     },
 };

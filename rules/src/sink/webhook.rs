@@ -3,7 +3,7 @@
 
 use super::template::{payload_bytes, Template};
 use super::{Deliver, Failure, Record};
-use super::{SinkKind, StartArgs};
+use super::{KindError, SinkKind, StartArgs};
 use async_trait::async_trait;
 use futures_util::future::join_all;
 use serde::Deserialize;
@@ -16,20 +16,20 @@ pub(super) const KIND: SinkKind = SinkKind {
     start: |a: StartArgs| {
         Box::pin(async move {
             let c: WebhookConfig = super::options(&a.options)?;
-            Ok(Box::new(Webhook::new(&c)?) as Box<dyn Deliver>)
+            Ok(Box::new(Webhook::new(&c).map_err(KindError::Unusable)?) as Box<dyn Deliver>)
         })
     },
 };
 
-fn check(w: &WebhookConfig) -> Result<(), String> {
+fn check(w: &WebhookConfig) -> Result<(), KindError> {
     if !(w.url.starts_with("http://") || w.url.starts_with("https://")) {
-        return Err(format!(
+        return Err(KindError::Invalid(format!(
             "url: expected http:// or https://, got {:?}",
             w.url
-        ));
+        )));
     }
     if w.concurrency == 0 {
-        return Err("concurrency must be at least 1".into());
+        return Err(KindError::Invalid("concurrency must be at least 1".into()));
     }
     Ok(())
 }
