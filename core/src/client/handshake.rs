@@ -250,8 +250,12 @@ where
     } else {
         usize::from(cfg.max_inflight)
     };
+    // The client's maximum, capped by ours: the map keeps each aliased topic alive, and a
+    // client asking for 65535 aliases must not make the broker pin that many topic names.
     let out_aliases = match connect.properties.topic_alias_maximum {
-        Some(max) if v5 && max > 0 => Some(Box::new(OutAliases::new(max))),
+        Some(max) if v5 && max > 0 && cfg.topic_alias_max > 0 => {
+            Some(Box::new(OutAliases::new(max.min(cfg.topic_alias_max))))
+        }
         _ => None,
     };
     let mut conn = Connection {

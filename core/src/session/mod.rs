@@ -256,21 +256,8 @@ impl Session {
         self.state.lock().subscriptions.remove(filter).is_some()
     }
 
-    /// The subscriptions, as subscribed (for stores and operators).
-    pub fn subscriptions(&self) -> Vec<(String, StoredSubscription)> {
-        let st = self.state.lock();
-        st.subscriptions
-            .iter()
-            .map(|(f, s)| (f.clone(), s.clone()))
-            .collect()
-    }
-
     pub fn queued(&self) -> usize {
         self.state.lock().queue.len()
-    }
-
-    pub fn inflight(&self) -> usize {
-        self.state.lock().inflight.len()
     }
 
     /// Adds a delivery to the bounded queue and wakes the connection. The flag says the queue
