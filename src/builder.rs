@@ -23,6 +23,8 @@ pub enum StartError {
     Plugin(#[from] LoadError),
     #[error(transparent)]
     Rules(#[from] RulesError),
+    #[error(transparent)]
+    Hook(#[from] switchyard_core::hooks::DuplicateHook),
 }
 
 /// Entry point: `Switchyard::builder(config).start().await`.
@@ -91,7 +93,7 @@ impl Builder {
         let prepared = Server::prepare(config.core)?;
         let broker = prepared.broker.clone();
         for (priority, hook) in hooks {
-            broker.hooks.register(priority, hook);
+            broker.hooks.register(priority, hook)?;
         }
         let plugins = PluginManager::new(broker.clone(), config.plugins, config.plugins_dir);
         plugins.start().await?;

@@ -72,12 +72,15 @@ impl Hook for Recorder {
                 client: c,
                 filter: f,
             } => format!("unsubscribed:{}:{f}", c.client_id),
-            Event::MessageDelivered { to: id, msg: m } => format!("delivered:{id}:{}", m.topic),
-            Event::MessageAcked { to: id, msg: m } => format!("acked:{id}:{}", m.topic),
+            Event::MessageDelivered { to, msg: m } => {
+                format!("delivered:{}:{}", to.client_id, m.topic)
+            }
+            Event::MessageAcked { to, msg: m } => format!("acked:{}:{}", to.client_id, m.topic),
             Event::MessageDropped {
                 to: id,
                 msg: m,
                 reason: why,
+                ..
             } => {
                 format!("dropped:{}:{}:{why}", id.as_deref().unwrap_or("-"), m.topic)
             }
@@ -101,7 +104,7 @@ async fn every_hook_point_is_called_and_decides() {
     cfg.mqtt.max_queued_messages = 1;
     let server = start(cfg).await;
     let rec = Arc::new(Recorder::default());
-    server.broker.hooks.register(0, rec.clone());
+    server.broker.hooks.register(0, rec.clone()).unwrap();
     let addr = tcp_addr(&server);
 
     // authenticate: deny with a reason.
@@ -226,11 +229,12 @@ impl Hook for DenyAll {
 async fn chain_runs_in_priority_order_and_ignore_passes_on() {
     let server = start(test_config()).await;
     // Registered out of order: priority decides.
-    server.broker.hooks.register(20, Arc::new(DenyAll));
+    server.broker.hooks.register(20, Arc::new(DenyAll)).unwrap();
     server
         .broker
         .hooks
-        .register(10, Arc::new(AllowPrefix("ok-")));
+        .register(10, Arc::new(AllowPrefix("ok-")))
+        .unwrap();
     let addr = tcp_addr(&server);
     let mut raw = Raw::connect(addr).await;
     assert_eq!(

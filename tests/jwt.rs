@@ -110,7 +110,7 @@ async fn hs256_and_rs256_tokens_are_verified() {
         "jwt_auth",
         json!({"secret": SECRET, "public_key": public_pem}),
     );
-    server.broker.hooks.register(0, jwt.await.hook());
+    server.broker.hooks.register(0, jwt.await.hook()).unwrap();
     let addr = tcp_addr(&server);
     let good = json!({"sub": "dev1", "exp": now() + 600});
 
@@ -172,10 +172,14 @@ async fn rs256_token_is_refused_when_only_a_secret_is_configured() {
     let dir = tempfile::tempdir().unwrap();
     let (key, _) = rsa_keys(dir.path());
     let server = start(test_config()).await;
-    server.broker.hooks.register(
-        0,
-        plugin("jwt_auth", json!({"secret": SECRET})).await.hook(),
-    );
+    server
+        .broker
+        .hooks
+        .register(
+            0,
+            plugin("jwt_auth", json!({"secret": SECRET})).await.hook(),
+        )
+        .unwrap();
     let token = rs256(json!({"sub": "dev1", "exp": now() + 600}), &key, dir.path());
     assert!(try_connect(tcp_addr(&server), "x", "dev1", &token)
         .await
@@ -185,14 +189,19 @@ async fn rs256_token_is_refused_when_only_a_secret_is_configured() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn topic_claims_are_enforced_by_the_acl_plugin() {
     let server = start(test_config()).await;
-    server.broker.hooks.register(
-        0,
-        plugin("jwt_auth", json!({"secret": SECRET})).await.hook(),
-    );
     server
         .broker
         .hooks
-        .register(1, plugin("acl", json!({"default": "allow"})).await.hook());
+        .register(
+            0,
+            plugin("jwt_auth", json!({"secret": SECRET})).await.hook(),
+        )
+        .unwrap();
+    server
+        .broker
+        .hooks
+        .register(1, plugin("acl", json!({"default": "allow"})).await.hook())
+        .unwrap();
     let addr = tcp_addr(&server);
     let claims = json!({"sub": "dev2", "exp": now() + 600, "pub_topics": ["devices/dev2/#"], "sub_topics": ["commands/dev2"]});
     let mut c = try_connect(addr, "dev2", "dev2", &hs256(claims, SECRET))

@@ -24,14 +24,10 @@ fn plugin_path(name: &str) -> PathBuf {
 
 fn settings(name: &str, config: serde_json::Value) -> PluginSettings {
     PluginSettings {
-        path: plugin_path(name),
-        priority: 0,
         config,
         timeout_ms: 50,
-        memory_mb: 16,
         on_error: OnError::Deny,
-        instances: 4,
-        authorize_cache_ms: 0,
+        ..PluginSettings::for_path(plugin_path(name))
     }
 }
 
@@ -47,7 +43,11 @@ async fn acl_plugin_allows_and_denies_publish_and_subscribe() {
     ))
     .await
     .unwrap();
-    server.broker.hooks.register(acl.priority(), acl.hook());
+    server
+        .broker
+        .hooks
+        .register(acl.priority(), acl.hook())
+        .unwrap();
     let addr = tcp_addr(&server);
 
     let mut o = v5::options(addr, "alice5");
@@ -109,7 +109,7 @@ async fn acl_plugin_allows_and_denies_publish_and_subscribe() {
 }
 
 /// A plugin that misbehaves on every call: connecting through it fails closed, the failure is
-/// counted, the plugin is disabled, and a client connected before keeps working.
+/// counted, the plugin's breaker opens, and a client connected before keeps working.
 async fn misbehaving_plugin_fails_closed(mode: &str) {
     let server = start(test_config()).await;
     let addr = tcp_addr(&server);
@@ -119,7 +119,7 @@ async fn misbehaving_plugin_fails_closed(mode: &str) {
     let plugin = WasmPlugin::load(settings("misbehave", json!({ "mode": mode })))
         .await
         .unwrap();
-    server.broker.hooks.register(0, plugin.hook());
+    server.broker.hooks.register(0, plugin.hook()).unwrap();
     for i in 0..6 {
         let mut raw = Raw::connect(addr).await;
         let started = Instant::now();
@@ -135,15 +135,15 @@ async fn misbehaving_plugin_fails_closed(mode: &str) {
     }
     assert!(plugin.failures() >= 5, "{mode}: failures counted");
     assert!(
-        plugin.is_disabled(),
-        "{mode}: disabled after repeated failures"
+        plugin.breaker_state() == "open",
+        "{mode}: breaker open after repeated failures"
     );
-    // New clients still go through the disabled plugin, which now fails closed at once.
+    // New clients still go through the plugin, whose open breaker fails closed at once.
     let started = Instant::now();
     assert!(v4::connect_any(v4::options(addr, "late")).await.is_err());
     assert!(
         started.elapsed() < Duration::from_millis(500),
-        "{mode}: disabled plugin answers at once"
+        "{mode}: an open breaker answers at once"
     );
     // The client connected before keeps being served at normal speed (its authorization goes
     // through the same fail-closed plugin, so its new subscription is refused, promptly).
@@ -308,7 +308,7 @@ async fn enrich_plugin_modifies_matching_messages_and_drops_oversized_ones() {
     ))
     .await
     .unwrap();
-    server.broker.hooks.register(0, enrich.hook());
+    server.broker.hooks.register(0, enrich.hook()).unwrap();
     let addr = tcp_addr(&server);
     let mut sub = v5::connect(v5::options(addr, "reader")).await;
     sub.subscribe("#", v5::QoS::AtLeastOnce).await;
@@ -358,7 +358,7 @@ async fn a_plugin_in_c_built_from_the_wit_file_alone_works() {
     let c = WasmPlugin::load(settings("c_deny", json!({})))
         .await
         .unwrap();
-    server.broker.hooks.register(0, c.hook());
+    server.broker.hooks.register(0, c.hook()).unwrap();
     let mut client = v5::connect(v5::options(tcp_addr(&server), "c-user")).await;
     for _ in 0..3 {
         // Repeated calls on the same warm instance (its allocator restarts per call).
@@ -383,7 +383,7 @@ async fn authorize_answers_are_cached_per_client_when_configured() {
     );
     s.authorize_cache_ms = 60_000;
     let acl = WasmPlugin::load(s).await.unwrap();
-    server.broker.hooks.register(0, acl.hook());
+    server.broker.hooks.register(0, acl.hook()).unwrap();
     let mut c = v5::connect(v5::options(tcp_addr(&server), "cached")).await;
     for _ in 0..5 {
         c.client
@@ -418,8 +418,12 @@ async fn a_failing_plugin_with_on_error_ignore_passes_the_decision_to_the_next_o
     acl.priority = 10;
     let acl = WasmPlugin::load(acl).await.unwrap();
     // Registered in reverse: the chain orders by priority, so the broken plugin asks first.
-    server.broker.hooks.register(acl.priority(), acl.hook());
-    server.broker.hooks.register(0, broken.hook());
+    server
+        .broker
+        .hooks
+        .register(acl.priority(), acl.hook())
+        .unwrap();
+    server.broker.hooks.register(0, broken.hook()).unwrap();
     assert_eq!(
         server.broker.hooks.names()[..2],
         ["misbehave".to_string(), "acl".to_string()]
@@ -445,8 +449,10 @@ async fn client_and_message_events_reach_plugins_that_ask_for_them() {
     let plugin = WasmPlugin::load(settings("misbehave", json!({"mode": "events"})))
         .await
         .unwrap();
-    server.broker.hooks.register(0, plugin.hook());
-    let mut c = v5::connect(v5::options(tcp_addr(&server), "watched")).await;
+    server.broker.hooks.register(0, plugin.hook()).unwrap();
+    let mut o = v5::options(tcp_addr(&server), "watched");
+    o.set_credentials("wu", "");
+    let mut c = v5::connect(o).await;
     c.subscribe("ev/t", v5::QoS::AtLeastOnce).await;
     c.client
         .publish("ev/t", v5::QoS::AtLeastOnce, false, "m")
@@ -460,17 +466,18 @@ async fn client_and_message_events_reach_plugins_that_ask_for_them() {
     c.expect_closed().await;
     let log = || String::from_utf8(plugin.kv_get("events").unwrap_or_default()).unwrap_or_default();
     wait_until("the plugin saw the disconnect", || {
-        log().contains("watched=disconnected:")
+        log().contains("watched=disconnected(")
     })
     .await;
     let log = log();
     let order: Vec<usize> = [
         "watched=connected;",
-        "watched=subscribed:ev/t;",
-        "watched=delivered:ev/t;",
-        "watched=acked:ev/t;",
-        "watched=unsubscribed:ev/t;",
-        "watched=disconnected:",
+        "watched=subscribed(ev/t);",
+        // Typed message events, with the receiving client's own record (its user name).
+        "watched=delivered(ev/t|wu);",
+        "watched=acked(ev/t|wu);",
+        "watched=unsubscribed(ev/t);",
+        "watched=disconnected(",
     ]
     .iter()
     .map(|e| {
@@ -483,7 +490,7 @@ async fn client_and_message_events_reach_plugins_that_ask_for_them() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn plugin_failures_and_disabling_show_in_metrics() {
+async fn plugin_failures_and_an_open_breaker_show_in_metrics() {
     let server = start(test_config()).await;
     let addr = tcp_addr(&server);
     let mut entry = settings("misbehave", json!({ "mode": "trap" }));
@@ -506,5 +513,8 @@ async fn plugin_failures_and_disabling_show_in_metrics() {
             .unwrap_or_else(|| panic!("{name} missing from:\n{body}"))
     };
     assert!(value("switchyard_plugin_failures_total{plugin=\"misbehave\"}") >= 5);
-    assert_eq!(value("switchyard_plugin_disabled{plugin=\"misbehave\"}"), 1);
+    assert_eq!(
+        value("switchyard_plugin_breaker_open{plugin=\"misbehave\"}"),
+        1
+    );
 }

@@ -42,7 +42,7 @@ async fn tls_and_mtls_with_common_name_for_hooks() {
     cfg.listeners.push(mtls);
     let server = start(cfg).await;
     let seen = Arc::new(SeenBy(Mutex::new(Vec::new())));
-    server.broker.hooks.register(0, seen.clone());
+    server.broker.hooks.register(0, seen.clone()).unwrap();
     let tls_addrs: Vec<_> = server
         .listeners
         .iter()

@@ -97,7 +97,7 @@ async fn main() -> Result<()> {
         password: Some(token.into_bytes().into()),
         clean_start: true,
         keep_alive: 60,
-        auth_method: None,
+        auth: None,
     });
     measure(
         "jwt-auth authenticate (HS256)",

@@ -119,6 +119,16 @@ impl Broker {
         source.status()
     }
 
+    /// What the registered sources report as wrong now (a required plugin missing, a breaker
+    /// open): `/health` turns `degraded` and lists them.
+    pub fn problems(&self) -> Vec<String> {
+        self.metrics_sources
+            .read()
+            .iter()
+            .flat_map(|(_, source)| source.problems())
+            .collect()
+    }
+
     /// Renders every registered [`MetricsSource`] into `out`.
     pub fn render_metrics_sources(&self, out: &mut String) {
         for (_, source) in self.metrics_sources.read().iter() {
@@ -394,6 +404,7 @@ impl Broker {
                 if let Some(msg) = msg {
                     self.hooks.emit(|| Event::MessageDropped {
                         to: Some(session.client_id.clone()),
+                        receiver: None,
                         msg,
                         reason: "queue full",
                     });

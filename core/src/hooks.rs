@@ -50,8 +50,18 @@ pub struct ConnectInfo {
     pub password: Option<Bytes>,
     pub clean_start: bool,
     pub keep_alive: u16,
-    /// v5 Authentication Method, if the client asked for enhanced authentication.
-    pub auth_method: Option<String>,
+    /// Set when a v5 client asked for enhanced authentication.
+    pub auth: Option<AuthStep>,
+}
+
+/// One step of MQTT 5 enhanced authentication: the method and data of a CONNECT or AUTH
+/// packet, and what the hook that continued the exchange last returned.
+#[derive(Debug, Clone)]
+pub struct AuthStep {
+    pub method: String,
+    pub data: Option<Bytes>,
+    /// The continuing hook's own state from its previous challenge; empty on the first step.
+    pub state: Vec<u8>,
 }
 
 /// A connected client, shared by every hook call of its connection.
@@ -95,10 +105,37 @@ pub enum Access {
 pub enum AuthDecision {
     /// Let the client in, with attributes for later hooks.
     Allow(Vec<(String, String)>),
+    /// Let the client in at the end of an enhanced authentication exchange, with
+    /// Authentication Data for the CONNACK.
+    AllowWithData(Vec<(String, String)>, Bytes),
     /// Refuse with this CONNACK reason (mapped to a v3 return code for older clients).
     Deny(ReasonCode),
     /// No opinion: ask the next hook.
     Ignore,
+    /// Enhanced authentication goes on: send the client an AUTH packet with this data; its
+    /// answer comes back to the same hook with `state`.
+    Continue(AuthChallenge),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct AuthChallenge {
+    pub data: Bytes,
+    pub state: Vec<u8>,
+}
+
+/// The chain's answer to a CONNECT (or to one step of an enhanced exchange).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Admission {
+    Admit {
+        attributes: Vec<(String, String)>,
+        /// Authentication Data for the CONNACK.
+        auth_data: Option<Bytes>,
+    },
+    /// The hook with id `hook` challenges the client.
+    Challenge {
+        hook: String,
+        challenge: AuthChallenge,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -143,17 +180,19 @@ pub enum Event {
     },
     /// Written to the receiving client `to`.
     MessageDelivered {
-        to: Arc<str>,
+        to: Arc<ClientInfo>,
         msg: Arc<Message>,
     },
     /// Acknowledged (PUBACK / PUBCOMP) by the receiving client `to`.
     MessageAcked {
-        to: Arc<str>,
+        to: Arc<ClientInfo>,
         msg: Arc<Message>,
     },
-    /// Not delivered to `to` (or to anyone, when `None`).
+    /// Not delivered to the client id `to` (or to anyone, when `None`); `receiver` is that
+    /// client's record when it was connected.
     MessageDropped {
         to: Option<Arc<str>>,
+        receiver: Option<Arc<ClientInfo>>,
         msg: Arc<Message>,
         reason: &'static str,
     },
@@ -179,7 +218,14 @@ impl Event {
 
 #[async_trait]
 pub trait Hook: Send + Sync + 'static {
+    /// What logs and status pages call this hook (a plugin's file stem, `rules`, …).
     fn name(&self) -> &str;
+    /// What the chain knows this hook by: kind and, for files, the canonical path
+    /// (`plugin:/srv/plugins/acl.wasm`, `builtin:acl`, `rules`). Two hooks never share one, so a
+    /// plugin named `rules.wasm` or two `acl.wasm` in different folders cannot evict each other.
+    fn id(&self) -> &str {
+        self.name()
+    }
     fn interests(&self) -> HookSet;
     async fn authenticate(&self, _c: &ConnectInfo) -> AuthDecision {
         AuthDecision::Ignore
@@ -232,27 +278,42 @@ impl Default for HookChain {
     }
 }
 
+/// A hook whose id the chain already holds.
+#[derive(Debug, thiserror::Error)]
+#[error("a hook with id {0:?} is already registered")]
+pub struct DuplicateHook(pub String);
+
 impl HookChain {
-    /// Adds a hook at `priority`; hooks of equal priority keep insertion order.
-    pub fn register(&self, priority: i32, hook: Arc<dyn Hook>) {
+    /// Adds a hook at `priority`; hooks of equal priority keep insertion order. A hook whose id
+    /// is already in the chain is refused (use [`HookChain::replace`] to swap a version).
+    pub fn register(&self, priority: i32, hook: Arc<dyn Hook>) -> Result<(), DuplicateHook> {
+        let mut duplicate = false;
         self.inner.rcu(|cur| {
+            duplicate = cur.hooks.iter().any(|(_, h)| h.id() == hook.id());
+            if duplicate {
+                return cur.clone();
+            }
             let mut hooks = cur.hooks.clone();
             hooks.push((priority, hook.clone()));
             hooks.sort_by_key(|(p, _)| *p);
             ChainInner::new(hooks)
         });
+        if duplicate {
+            return Err(DuplicateHook(hook.id().to_string()));
+        }
         self.publish_interests();
+        Ok(())
     }
 
-    /// Puts `hook` in place of every hook with the same name, in one atomic swap: calls in
-    /// flight finish on the old hook and no call ever sees neither (hot reload).
+    /// Puts `hook` in place of the hook with the same id, in one atomic swap: calls in flight
+    /// finish on the old hook and no call ever sees neither (hot reload).
     pub fn replace(&self, priority: i32, hook: Arc<dyn Hook>) {
-        let name = hook.name().to_string();
+        let id = hook.id().to_string();
         self.inner.rcu(|cur| {
             let mut hooks: Vec<_> = cur
                 .hooks
                 .iter()
-                .filter(|(_, h)| h.name() != name)
+                .filter(|(_, h)| h.id() != id)
                 .cloned()
                 .collect();
             hooks.push((priority, hook.clone()));
@@ -272,13 +333,23 @@ impl HookChain {
             .collect()
     }
 
-    /// Removes every hook called `name`.
-    pub fn unregister(&self, name: &str) {
+    /// Ids of the registered hooks, in call order.
+    pub fn ids(&self) -> Vec<String> {
+        self.inner
+            .load()
+            .hooks
+            .iter()
+            .map(|(_, h)| h.id().to_string())
+            .collect()
+    }
+
+    /// Removes the hook with id `id`.
+    pub fn unregister(&self, id: &str) {
         self.inner.rcu(|cur| {
             let hooks = cur
                 .hooks
                 .iter()
-                .filter(|(_, h)| h.name() != name)
+                .filter(|(_, h)| h.id() != id)
                 .cloned()
                 .collect();
             ChainInner::new(hooks)
@@ -301,39 +372,82 @@ impl HookChain {
         self.version.load(Ordering::Acquire)
     }
 
-    pub async fn authenticate(&self, c: &ConnectInfo) -> AuthDecision {
+    /// The first answer that is not `Ignore`, and the id of the hook that gave it.
+    pub async fn authenticate(&self, c: &ConnectInfo) -> (AuthDecision, Option<String>) {
         let inner = self.inner.load_full();
         for (_, h) in &inner.hooks {
             if h.interests().contains(HookSet::AUTHENTICATE) {
                 match h.authenticate(c).await {
                     AuthDecision::Ignore => continue,
-                    d => return d,
+                    d => return (d, Some(h.id().to_string())),
                 }
             }
         }
-        AuthDecision::Ignore
+        (AuthDecision::Ignore, None)
     }
 
     /// The whole CONNECT-time decision: the chain's answer, or the listener's anonymous policy
-    /// when every hook ignores. Returns the client's attributes, or the refusal reason.
+    /// when every hook ignores. A client that named an Authentication Method nobody answered
+    /// is refused with Bad Authentication Method (spec 4.12).
     pub async fn admit(
         &self,
-        req: ConnectInfo,
+        req: &ConnectInfo,
         allow_anonymous: bool,
-    ) -> Result<Vec<(String, String)>, ReasonCode> {
-        let decision = if self.wants(HookSet::AUTHENTICATE) {
-            self.authenticate(&req).await
+    ) -> Result<Admission, ReasonCode> {
+        let (decision, hook) = if self.wants(HookSet::AUTHENTICATE) {
+            self.authenticate(req).await
         } else {
-            AuthDecision::Ignore
+            (AuthDecision::Ignore, None)
         };
         match decision {
-            AuthDecision::Allow(attrs) => Ok(attrs),
-            AuthDecision::Deny(code) => Err(code),
-            AuthDecision::Ignore if allow_anonymous => Ok(Vec::new()),
+            AuthDecision::Ignore if req.auth.is_some() => {
+                Err(ReasonCode::BAD_AUTHENTICATION_METHOD)
+            }
+            AuthDecision::Ignore if allow_anonymous => Ok(Admission::Admit {
+                attributes: Vec::new(),
+                auth_data: None,
+            }),
             AuthDecision::Ignore if req.client.username.is_some() => {
                 Err(ReasonCode::BAD_USER_NAME_OR_PASSWORD)
             }
             AuthDecision::Ignore => Err(ReasonCode::NOT_AUTHORIZED),
+            d => Self::settle(d, hook.unwrap_or_default(), req.auth.is_some()),
+        }
+    }
+
+    /// The next step of an enhanced exchange, answered by the hook that continued it only.
+    pub async fn continue_auth(
+        &self,
+        hook: &str,
+        req: &ConnectInfo,
+    ) -> Result<Admission, ReasonCode> {
+        let inner = self.inner.load_full();
+        let Some((_, h)) = inner.hooks.iter().find(|(_, h)| h.id() == hook) else {
+            // Removed mid-exchange: nobody can finish it.
+            return Err(ReasonCode::NOT_AUTHORIZED);
+        };
+        match h.authenticate(req).await {
+            AuthDecision::Ignore => Err(ReasonCode::NOT_AUTHORIZED),
+            d => Self::settle(d, hook.to_string(), true),
+        }
+    }
+
+    fn settle(d: AuthDecision, hook: String, enhanced: bool) -> Result<Admission, ReasonCode> {
+        match d {
+            AuthDecision::Allow(attributes) => Ok(Admission::Admit {
+                attributes,
+                auth_data: None,
+            }),
+            AuthDecision::AllowWithData(attributes, data) => Ok(Admission::Admit {
+                attributes,
+                auth_data: Some(data),
+            }),
+            AuthDecision::Deny(code) => Err(code),
+            // A challenge only makes sense to a client that asked for a method.
+            AuthDecision::Continue(challenge) if enhanced => {
+                Ok(Admission::Challenge { hook, challenge })
+            }
+            AuthDecision::Continue(_) | AuthDecision::Ignore => Err(ReasonCode::NOT_AUTHORIZED),
         }
     }
 

@@ -70,12 +70,21 @@ async fn serve(mut stream: TcpStream, broker: &Broker) -> std::io::Result<()> {
     let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
     match (method, path.split('?').next().unwrap_or("")) {
         ("GET", "/health") => {
-            let body = format!(
-                "{{\"status\":\"ok\",\"uptime_s\":{},\"clients_connected\":{}}}\n",
-                broker.started.elapsed().as_secs(),
-                Metrics::get(&broker.metrics.clients_connected)
-            );
-            respond(&mut stream, "200 OK", "application/json", &body).await
+            // Degraded still answers 200: the broker serves, but an operator must look.
+            let problems = broker.problems();
+            let body = serde_json::json!({
+                "status": if problems.is_empty() { "ok" } else { "degraded" },
+                "uptime_s": broker.started.elapsed().as_secs(),
+                "clients_connected": Metrics::get(&broker.metrics.clients_connected),
+                "problems": problems,
+            });
+            respond(
+                &mut stream,
+                "200 OK",
+                "application/json",
+                &format!("{body}\n"),
+            )
+            .await
         }
         ("GET", "/metrics") => {
             respond(

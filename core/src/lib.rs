@@ -15,6 +15,7 @@
 //! - [`server`]: start and stop a whole broker from a config.
 //! - [`sys`], [`metrics`]: counters and the `$SYS` topics.
 //! - [`http`]: `/health` and Prometheus `/metrics` for operators.
+//! - [`log_limit`]: rate and size limits for what extensions write to the log.
 
 pub mod auth;
 pub mod broker;
@@ -22,6 +23,7 @@ pub mod client;
 pub mod config;
 pub mod hooks;
 pub mod http;
+pub mod log_limit;
 pub mod message;
 pub mod metrics;
 pub mod protocol;

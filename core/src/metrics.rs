@@ -25,6 +25,10 @@ pub trait MetricsSource: Send + Sync {
     fn status(&self) -> Option<serde_json::Value> {
         None
     }
+    /// Conditions an operator must know about (each a sentence); none when all is well.
+    fn problems(&self) -> Vec<String> {
+        Vec::new()
+    }
 }
 
 impl Metrics {

@@ -1,11 +1,12 @@
 //! Between the core's types and the WIT world's: clients, QoS, reasons, messages, hook sets,
 //! and the per-connection record of the client as guests see it.
 
-use crate::host::{wit, ClientRef};
+use crate::bindings::wit;
+use crate::host::ClientRef;
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::sync::Arc;
-use switchyard_core::hooks::{AclDecision, ClientInfo, HookSet};
+use switchyard_core::hooks::{Access, AclDecision, ClientInfo, HookSet};
 use switchyard_core::protocol::{ProtocolVersion, QoS, ReasonCode};
 use switchyard_core::Message;
 
@@ -35,8 +36,16 @@ pub(crate) const EVENT_QUEUE: usize = 1024;
 /// Authorize answers remembered per connection and plugin, at most this many.
 pub(crate) const DECISION_CACHE_ENTRIES: usize = 256;
 
-/// (plugin, publish?, topic or filter)
-pub(crate) type DecisionKey = (Arc<str>, bool, String);
+/// (the plugin's load serial, access, topic or filter)
+pub(crate) type DecisionKey = (u64, u8, String);
+
+pub(crate) fn access_code(a: Access) -> u8 {
+    match a {
+        Access::Publish => 0,
+        Access::Subscribe => 1,
+        Access::Read => 2,
+    }
+}
 
 /// What the host keeps per connection: the client as guests see it (built once, not per
 /// call) and, when enabled, recent authorize answers.
@@ -63,17 +72,56 @@ pub(crate) fn cached_client(c: &ClientInfo) -> ClientRef {
     guest_client(c).client.clone()
 }
 
-/// The receiving client of a message event: only its id is known where the event is raised.
-pub(crate) fn receiver(client_id: &str) -> ClientRef {
-    ClientRef::new(wit::ClientInfo {
-        client_id: client_id.to_string(),
-        username: None,
-        peer_addr: String::new(),
-        protocol: wit::ProtocolVersion::V5,
-        listener: String::new(),
-        cert_common_name: None,
-        attributes: Vec::new(),
-    })
+/// The receiver of a message event that reached no connected client: handle 0, which
+/// `lookup-client` never answers.
+pub(crate) fn nobody() -> ClientRef {
+    ClientRef {
+        handle: 0,
+        info: Arc::new(wit::ClientInfo {
+            client_id: String::new(),
+            username: None,
+            peer_addr: String::new(),
+            protocol: wit::ProtocolVersion::V5,
+            listener: String::new(),
+            cert_common_name: None,
+            attributes: Vec::new(),
+        }),
+    }
+}
+
+pub(crate) fn message_event(kind: wit::MessageEventKind, m: &Message) -> wit::MessageEvent {
+    wit::MessageEvent {
+        kind,
+        topic: m.topic.to_string(),
+        qos: qos_of(m.qos),
+    }
+}
+
+/// A patch's optional properties: `Some(None)` removes one, `Some(Some(v))` sets it.
+pub(crate) fn apply_properties(
+    m: &mut Message,
+    content_type: Option<Option<String>>,
+    response_topic: Option<Option<String>>,
+    correlation_data: Option<Option<Vec<u8>>>,
+    message_expiry: Option<Option<u32>>,
+) {
+    let p = &mut m.properties;
+    if let Some(v) = content_type {
+        p.content_type = v;
+    }
+    if let Some(v) =
+        response_topic.map(|t| t.filter(|t| switchyard_core::topic::valid_topic_name(t)))
+    {
+        p.response_topic = v;
+    }
+    if let Some(v) = correlation_data {
+        p.correlation_data = v.map(Into::into);
+    }
+    if let Some(v) = message_expiry {
+        p.message_expiry_interval = v;
+        m.expires_at =
+            v.map(|s| std::time::Instant::now() + std::time::Duration::from_secs(u64::from(s)));
+    }
 }
 
 pub(crate) fn client_of(c: &ClientInfo) -> wit::ClientInfo {
@@ -115,6 +163,7 @@ pub(crate) fn reason_of(r: wit::DenyReason) -> ReasonCode {
         wit::DenyReason::Banned => ReasonCode::BANNED,
         wit::DenyReason::QuotaExceeded => ReasonCode::QUOTA_EXCEEDED,
         wit::DenyReason::TopicInvalid => ReasonCode::TOPIC_NAME_INVALID,
+        wit::DenyReason::BadAuthenticationMethod => ReasonCode::BAD_AUTHENTICATION_METHOD,
         wit::DenyReason::Unspecified => ReasonCode::UNSPECIFIED_ERROR,
     }
 }

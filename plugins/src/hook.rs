@@ -1,17 +1,19 @@
 //! A loaded plugin as a link of the core's hook chain: each [`Hook`] method becomes a guest
 //! call, with `on_error` applied to failed calls and optional caching of authorize answers.
 
+use crate::bindings::wit;
+use crate::call::{Call, Observed, Reply};
 use crate::convert::*;
-use crate::host::{wit, ClientRef};
-use crate::runtime::{Call, Reply, WasmPlugin};
+use crate::host::ClientRef;
+use crate::runtime::WasmPlugin;
 use crate::settings::OnError;
 use async_trait::async_trait;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 use switchyard_core::hooks::{
-    Access, AclDecision, AuthDecision, ClientInfo, ConnectInfo, Event, Hook, HookSet,
-    MessageDecision,
+    Access, AclDecision, AuthChallenge, AuthDecision, ClientInfo, ConnectInfo, Event, Hook,
+    HookSet, MessageDecision,
 };
 use switchyard_core::protocol::{QoS, ReasonCode};
 use switchyard_core::{topic, Message};
@@ -23,9 +25,9 @@ impl PluginHook {
     /// Queues an event for the plugin's event worker; a full queue drops it (counted).
     fn send_event(
         &self,
-        tx: &tokio::sync::mpsc::Sender<(ClientRef, String)>,
+        tx: &tokio::sync::mpsc::Sender<(ClientRef, Observed)>,
         client: ClientRef,
-        event: String,
+        event: Observed,
     ) {
         if tx.try_send((client, event)).is_err() {
             self.0.events_dropped.fetch_add(1, Ordering::Relaxed);
@@ -43,12 +45,18 @@ impl PluginHook {
     ) -> (AclDecision, bool) {
         let op = match a {
             Access::Publish => wit::Access::Publish,
-            Access::Subscribe | Access::Read => wit::Access::Subscribe,
+            Access::Subscribe => wit::Access::Subscribe,
+            Access::Read => wit::Access::Read,
         };
         let qos = qos_of(q);
         match self.0.run(Call::Authorize(client, op, t, qos)).await {
             Some(Reply::Acl(wit::AclResult::Allow)) => (AclDecision::Allow, true),
             Some(Reply::Acl(wit::AclResult::Deny(r))) => (AclDecision::Deny(reason_of(r)), true),
+            // Only a subscription can be granted per topic; elsewhere `filter` means allow.
+            Some(Reply::Acl(wit::AclResult::Filter)) if a == Access::Subscribe => {
+                (AclDecision::Filter, true)
+            }
+            Some(Reply::Acl(wit::AclResult::Filter)) => (AclDecision::Allow, true),
             Some(Reply::Acl(wit::AclResult::Ignore)) => (AclDecision::Ignore, true),
             _ => {
                 let d = match self.0.settings.on_error {
@@ -75,6 +83,10 @@ impl Hook for PluginHook {
         &self.0.name
     }
 
+    fn id(&self) -> &str {
+        &self.0.id
+    }
+
     fn interests(&self) -> HookSet {
         self.0.interests
     }
@@ -85,11 +97,25 @@ impl Hook for PluginHook {
             password: c.password.as_ref().map(|p| p.to_vec()),
             clean_start: c.clean_start,
             keep_alive: c.keep_alive,
+            auth: c.auth.as_ref().map(|a| wit::AuthStep {
+                method: a.method.clone(),
+                data: a.data.as_ref().map(|d| d.to_vec()),
+                state: a.state.clone(),
+            }),
         };
         match self.0.run(Call::Authenticate(req)).await {
-            Some(Reply::Auth(wit::AuthResult::Allow(attrs))) => AuthDecision::Allow(attrs),
+            Some(Reply::Auth(wit::AuthResult::Allow(ok))) => match ok.data {
+                Some(data) => AuthDecision::AllowWithData(ok.attributes, data.into()),
+                None => AuthDecision::Allow(ok.attributes),
+            },
             Some(Reply::Auth(wit::AuthResult::Deny(r))) => AuthDecision::Deny(reason_of(r)),
             Some(Reply::Auth(wit::AuthResult::Ignore)) => AuthDecision::Ignore,
+            Some(Reply::Auth(wit::AuthResult::Continue(c))) => {
+                AuthDecision::Continue(AuthChallenge {
+                    data: c.data.into(),
+                    state: c.state,
+                })
+            }
             _ => match self.0.settings.on_error {
                 OnError::Deny => AuthDecision::Deny(ReasonCode::NOT_AUTHORIZED),
                 OnError::Allow => AuthDecision::Allow(Vec::new()),
@@ -99,16 +125,13 @@ impl Hook for PluginHook {
     }
 
     async fn authorize(&self, c: &ClientInfo, a: Access, t: &str, q: QoS) -> AclDecision {
-        if a == Access::Read {
-            // Contract 0.2.0 has no read check: a plugin decided at subscribe time.
-            return AclDecision::Ignore;
-        }
         let ttl = self.0.settings.authorize_cache_ms;
         let guest = guest_client(c);
         if ttl == 0 {
             return self.authorize_uncached(&guest.client, a, t, q).await.0;
         }
-        let key = (self.0.name.clone(), a == Access::Publish, t.to_string());
+        // Keyed by the load serial: a hot-swapped version never inherits the old one's answers.
+        let key = (self.0.serial, access_code(a), t.to_string());
         if let Some((d, at)) = guest.decisions.lock().get(&key) {
             if at.elapsed() < Duration::from_millis(ttl) {
                 return *d;
@@ -129,37 +152,45 @@ impl Hook for PluginHook {
             return;
         };
         let (client, event) = match e {
-            Event::ClientConnected { client: c } => (c, "connected".to_string()),
-            Event::ClientDisconnected {
-                client: c,
-                reason: why,
-            } => (c, format!("disconnected:{why}")),
-            Event::SessionSubscribed {
-                client: c,
-                filter: f,
-                ..
-            } => (c, format!("subscribed:{f}")),
-            Event::SessionUnsubscribed {
-                client: c,
-                filter: f,
-            } => (c, format!("unsubscribed:{f}")),
-            Event::MessageDelivered { to, msg: m } => {
-                return self.send_event(tx, receiver(to), format!("delivered:{}", m.topic))
+            Event::ClientConnected { client } => (client, wit::ClientEvent::Connected),
+            Event::ClientDisconnected { client, reason } => {
+                (client, wit::ClientEvent::Disconnected(reason.clone()))
             }
-            Event::MessageAcked { to, msg: m } => {
-                return self.send_event(tx, receiver(to), format!("acked:{}", m.topic))
+            Event::SessionSubscribed {
+                client,
+                filter,
+                qos,
+            } => (
+                client,
+                wit::ClientEvent::Subscribed(wit::Subscription {
+                    filter: filter.clone(),
+                    qos: qos_of(*qos),
+                }),
+            ),
+            Event::SessionUnsubscribed { client, filter } => {
+                (client, wit::ClientEvent::Unsubscribed(filter.clone()))
+            }
+            Event::MessageDelivered { to, msg } => {
+                let ev = message_event(wit::MessageEventKind::Delivered, msg);
+                return self.send_event(tx, cached_client(to), Observed::Message(ev));
+            }
+            Event::MessageAcked { to, msg } => {
+                let ev = message_event(wit::MessageEventKind::Acked, msg);
+                return self.send_event(tx, cached_client(to), Observed::Message(ev));
             }
             Event::MessageDropped {
-                to,
-                msg: m,
-                reason: why,
+                receiver,
+                msg,
+                reason,
+                ..
             } => {
-                let to = to.as_deref().unwrap_or("");
-                return self.send_event(tx, receiver(to), format!("dropped:{}:{why}", m.topic));
+                let ev = message_event(wit::MessageEventKind::Dropped(reason.to_string()), msg);
+                let client = receiver.as_deref().map_or_else(nobody, cached_client);
+                return self.send_event(tx, client, Observed::Message(ev));
             }
             Event::MessageAccepted { .. } => return,
         };
-        self.send_event(tx, cached_client(client), event);
+        self.send_event(tx, cached_client(client), Observed::Client(event));
     }
 
     async fn on_publish(&self, c: &ClientInfo, m: &Message) -> MessageDecision {
@@ -188,6 +219,13 @@ impl Hook for PluginHook {
                 if let Some(props) = patch.user_properties {
                     changed.properties.user_properties = props;
                 }
+                apply_properties(
+                    &mut changed,
+                    patch.content_type,
+                    patch.response_topic,
+                    patch.correlation_data,
+                    patch.message_expiry,
+                );
                 MessageDecision::Modify(Box::new(changed))
             }
             _ => MessageDecision::Pass,

@@ -1,37 +1,52 @@
 //! Which plugins are loaded: the `[[plugin]]` entries and every `.wasm` in `plugins_dir`,
 //! reloaded when their files change (a debounced watcher) or on demand (SIGHUP). A new version
 //! is compiled and initialised off the hot path and swapped into the hook chain atomically; if
-//! it fails, the running version stays and the error is logged.
+//! it fails, the running version stays and the error is logged. A file that is gone after the
+//! debounce is a removal (`rm` + `cp` within it is a replacement): an authentication or ACL
+//! plugin removed is logged at warn and reported by `/health`; a `required` one leaves a
+//! stand-in that refuses everyone until the file is back.
 
-use crate::runtime::WasmPlugin;
+use crate::runtime::{plugin_id, WasmPlugin, ENGINE_INSTANCES};
 use crate::settings::{LoadError, PluginSettings};
+use crate::standin::StandIn;
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
+use switchyard_core::hooks::HookSet;
 use switchyard_core::Broker;
 use tracing::{error, info, warn};
 
 /// Changes arriving within this window are handled as one reload.
 const DEBOUNCE: Duration = Duration::from_millis(200);
 
-struct Loaded {
+pub(crate) struct Loaded {
     modified: Option<SystemTime>,
-    plugin: Arc<WasmPlugin>,
+    pub(crate) plugin: Arc<WasmPlugin>,
     /// Successful loads of this path so far.
-    version: u64,
+    pub(crate) version: u64,
+}
+
+/// A plugin whose file went away.
+pub(crate) struct Missing {
+    pub(crate) name: String,
+    pub(crate) since: SystemTime,
+    pub(crate) required: bool,
+    /// It authenticated or authorized: clients now meet the next hook or the listener default.
+    pub(crate) gate: bool,
 }
 
 pub struct PluginManager {
     broker: Arc<Broker>,
     explicit: Vec<PluginSettings>,
     dir: Option<PathBuf>,
-    loaded: Mutex<HashMap<PathBuf, Loaded>>,
+    pub(crate) loaded: Mutex<HashMap<PathBuf, Loaded>>,
+    pub(crate) missing: Mutex<HashMap<PathBuf, Missing>>,
     /// Serialises reloads (watcher and SIGHUP may ask at once).
     reloading: tokio::sync::Mutex<()>,
     /// Files that could not be loaded as they are now (a version before keeps running).
-    last_errors: Mutex<HashMap<PathBuf, String>>,
+    pub(crate) last_errors: Mutex<HashMap<PathBuf, String>>,
 }
 
 fn modified(path: &Path) -> Option<SystemTime> {
@@ -49,21 +64,35 @@ impl PluginManager {
             explicit,
             dir,
             loaded: Mutex::new(HashMap::new()),
+            missing: Mutex::new(HashMap::new()),
             reloading: tokio::sync::Mutex::new(()),
             last_errors: Mutex::new(HashMap::new()),
         })
     }
 
-    /// Loads every configured plugin. A `[[plugin]]` entry that cannot load is a start-up error;
-    /// a bad file in `plugins_dir` is logged and skipped.
+    /// Loads every configured plugin. A `[[plugin]]` entry that cannot load, or that names a
+    /// file another entry names too, is a start-up error; a bad file in `plugins_dir` is
+    /// logged and skipped.
     pub async fn start(self: &Arc<Self>) -> Result<(), LoadError> {
-        self.broker
-            .set_metrics_source("plugins", Arc::new(PluginMetrics(Arc::downgrade(self))));
+        check_duplicates(&self.explicit)?;
+        self.broker.set_metrics_source(
+            "plugins",
+            Arc::new(crate::status::PluginStatus(Arc::downgrade(self))),
+        );
         for s in &self.explicit {
-            let plugin = load(s.clone()).await?;
+            let plugin = WasmPlugin::load(s.clone()).await?;
             self.install(&s.path, plugin);
         }
         self.reload().await;
+        let caps: usize = self
+            .loaded
+            .lock()
+            .values()
+            .map(|l| l.plugin.settings.max_instances)
+            .sum();
+        if caps > ENGINE_INSTANCES {
+            warn!(instances = caps, pool = ENGINE_INSTANCES, "the plugins' max_instances add up to more than the engine's pool: under load some calls will find no instance");
+        }
         Ok(())
     }
 
@@ -79,28 +108,32 @@ impl PluginManager {
         explicit: &[PluginSettings],
         dir: Option<&Path>,
     ) -> Result<usize, LoadError> {
+        check_duplicates(explicit)?;
         let desired = desired_plugins(explicit, dir);
         for s in &desired {
-            load(s.clone()).await?;
+            WasmPlugin::load(s.clone()).await?;
         }
         Ok(desired.len())
     }
 
-    /// Loads what changed, drops what disappeared.
+    /// Loads what changed, takes out what disappeared.
     pub async fn reload(&self) {
         let _one_at_a_time = self.reloading.lock().await;
         let desired = self.desired();
         for s in &desired {
+            if !s.path.exists() {
+                self.went_missing(&s.path, s.required);
+                continue;
+            }
             let current = modified(&s.path);
-            let unchanged = self
-                .loaded
-                .lock()
-                .get(&s.path)
-                .is_some_and(|l| l.modified == current);
+            let (unchanged, kv) = match self.loaded.lock().get(&s.path) {
+                Some(l) => (l.modified == current, Some(l.plugin.kv.clone())),
+                None => (false, None),
+            };
             if unchanged {
                 continue;
             }
-            match load(s.clone()).await {
+            match WasmPlugin::load_with(s.clone(), kv).await {
                 Ok(plugin) => {
                     self.install(&s.path, plugin);
                     self.last_errors.lock().remove(&s.path);
@@ -129,18 +162,63 @@ impl PluginManager {
             .cloned()
             .collect();
         for path in gone {
-            if let Some(l) = self.loaded.lock().remove(&path) {
-                self.broker.hooks.unregister(l.plugin.name());
-                info!(plugin = l.plugin.name(), "plugin removed");
+            self.went_missing(&path, false);
+        }
+    }
+
+    /// Takes a plugin whose file is gone out of the chain (or, when required, puts its
+    /// stand-in in its place, in one swap).
+    fn went_missing(&self, path: &Path, required: bool) {
+        let Some(l) = self.loaded.lock().remove(path) else {
+            return;
+        };
+        let plugin = &l.plugin;
+        let gate = plugin.interests.contains(HookSet::AUTHENTICATE)
+            || plugin.interests.contains(HookSet::AUTHORIZE);
+        if required {
+            let stand_in = StandIn {
+                id: plugin.id.clone(),
+                name: plugin.name.clone(),
+            };
+            self.broker
+                .hooks
+                .replace(plugin.priority(), Arc::new(stand_in));
+            warn!(plugin = plugin.name(), path = %path.display(), "required plugin removed: every client and operation is refused until it is back");
+        } else {
+            self.broker.hooks.unregister(plugin.id());
+            if gate {
+                warn!(plugin = plugin.name(), path = %path.display(), "authentication/ACL plugin removed: clients now meet the next hook or the listener's defaults");
+            } else {
+                info!(plugin = plugin.name(), path = %path.display(), "plugin removed");
             }
+        }
+        if gate || required {
+            self.missing.lock().insert(
+                path.to_path_buf(),
+                Missing {
+                    name: plugin.name().to_string(),
+                    since: SystemTime::now(),
+                    required,
+                    gate,
+                },
+            );
         }
     }
 
     fn install(&self, path: &Path, plugin: Arc<WasmPlugin>) {
         self.broker.hooks.replace(plugin.priority(), plugin.hook());
+        if self.missing.lock().remove(path).is_some() {
+            info!(plugin = plugin.name(), "plugin is back");
+        }
         let mut loaded = self.loaded.lock();
         let version = loaded.get(path).map_or(0, |l| l.version) + 1;
-        info!(plugin = plugin.name(), version, "plugin loaded");
+        info!(
+            plugin = plugin.name(),
+            id = plugin.id(),
+            contract = plugin.contract(),
+            version,
+            "plugin loaded"
+        );
         loaded.insert(
             path.to_path_buf(),
             Loaded {
@@ -154,6 +232,20 @@ impl PluginManager {
     /// How many times the plugin at `path` has been loaded (0: not loaded).
     pub fn version(&self, path: &Path) -> u64 {
         self.loaded.lock().get(path).map_or(0, |l| l.version)
+    }
+
+    /// The loaded plugin at `path`.
+    pub fn plugin(&self, path: &Path) -> Option<Arc<WasmPlugin>> {
+        self.loaded.lock().get(path).map(|l| l.plugin.clone())
+    }
+
+    /// Closes every plugin's breaker and forgets removals of plugins that are not required
+    /// (an operator has seen them): SIGHUP.
+    pub fn reset_breakers(&self) {
+        for l in self.loaded.lock().values() {
+            l.plugin.reset_breaker();
+        }
+        self.missing.lock().retain(|_, m| m.required);
     }
 
     /// Watches `plugins_dir` and the folders of `[[plugin]]` files; reloads after changes.
@@ -238,76 +330,18 @@ fn same_file(a: &Path, b: &Path) -> bool {
     a == b || (a.canonicalize().ok().is_some() && a.canonicalize().ok() == b.canonicalize().ok())
 }
 
-/// Compiles (on the blocking pool) and initialises a plugin.
-async fn load(settings: PluginSettings) -> Result<Arc<WasmPlugin>, LoadError> {
-    WasmPlugin::load(settings).await
-}
-
-/// Per-plugin counters in `/metrics`: calls, failed calls, disabled, dropped events.
-struct PluginMetrics(std::sync::Weak<PluginManager>);
-
-impl switchyard_core::metrics::MetricsSource for PluginMetrics {
-    fn status(&self) -> Option<serde_json::Value> {
-        let manager = self.0.upgrade()?;
-        let loaded = manager.loaded.lock();
-        let mut plugins: Vec<serde_json::Value> = loaded
+/// Two `[[plugin]]` entries naming one file (however spelled) would be one hook twice.
+fn check_duplicates(explicit: &[PluginSettings]) -> Result<(), LoadError> {
+    for (i, a) in explicit.iter().enumerate() {
+        if let Some(b) = explicit[..i]
             .iter()
-            .map(|(path, l)| {
-                let p = &l.plugin;
-                serde_json::json!({
-                    "name": p.name(), "path": path, "version": l.version, "priority": p.priority(),
-                    "calls": p.calls(), "failures": p.failures(), "disabled": p.is_disabled(),
-                    "events_dropped": p.events_dropped(),
-                })
-            })
-            .collect();
-        plugins.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
-        Some(serde_json::json!({
-            "plugins": plugins,
-            "load_errors": manager.last_errors.lock().values().collect::<Vec<_>>(),
-        }))
-    }
-
-    fn render(&self, out: &mut String) {
-        use std::fmt::Write as _;
-        let Some(manager) = self.0.upgrade() else {
-            return;
-        };
-        let loaded = manager.loaded.lock();
-        let mut plugins: Vec<&Arc<WasmPlugin>> = loaded.values().map(|l| &l.plugin).collect();
-        plugins.sort_by(|a, b| a.name().cmp(b.name()));
-        type Read = fn(&WasmPlugin) -> u64;
-        let series: [(&str, &str, &str, Read); 4] = [
-            (
-                "switchyard_plugin_calls_total",
-                "counter",
-                "Hook calls into each WASM plugin.",
-                |p| p.calls(),
-            ),
-            (
-                "switchyard_plugin_failures_total",
-                "counter",
-                "Calls that trapped, timed out or ran out of memory.",
-                |p| p.failures(),
-            ),
-            (
-                "switchyard_plugin_disabled",
-                "gauge",
-                "1 when a plugin was disabled after repeated failures.",
-                |p| u64::from(p.is_disabled()),
-            ),
-            (
-                "switchyard_plugin_events_dropped_total",
-                "counter",
-                "Events not delivered: the plugin's queue was full.",
-                |p| p.events_dropped(),
-            ),
-        ];
-        for (name, kind, help, read) in series {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-            for p in &plugins {
-                let _ = writeln!(out, "{name}{{plugin=\"{}\"}} {}", p.name(), read(p));
-            }
+            .find(|b| plugin_id(&b.path) == plugin_id(&a.path))
+        {
+            return Err(LoadError::Duplicate {
+                path: a.path.clone(),
+                other: b.path.clone(),
+            });
         }
     }
+    Ok(())
 }

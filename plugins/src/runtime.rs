@@ -1,32 +1,38 @@
-//! One loaded plugin at run time: the shared engine and its epoch ticker, compiling and
-//! linking a component, warm instances, and guarded guest calls (deadline, memory cap,
-//! failure counting and disabling).
+//! One loaded plugin: the shared engine and its epoch ticker, compiling and linking a component
+//! (of either contract version), and making instances (memory cap, tick budget, the instance
+//! cap's permit). Guest calls are in `call`.
 
+use crate::bindings::{v2, v3, wit};
+use crate::breaker::Breaker;
+use crate::compat;
 use crate::convert::{interests_of, EVENT_QUEUE};
-use crate::host::{wit, ClientRef, KvStore, MqttPlugin, MqttPluginPre, State};
+use crate::host::{ClientRef, KvStore, State};
 use crate::pool::InstancePool;
 use crate::settings::{LoadError, PluginSettings};
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use switchyard_core::hooks::HookSet;
+use switchyard_core::log_limit::LogLimiter;
 use switchyard_core::topic;
-use tracing::{error, warn};
+use tracing::warn;
 use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
 use wasmtime::{
     Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, StoreLimitsBuilder,
 };
 
 /// How often the epoch advances: how long a busy guest runs before it yields to the executor.
-const EPOCH_TICK: Duration = Duration::from_millis(1);
-/// Consecutive failed calls after which a plugin is disabled.
-const DISABLE_AFTER: u32 = 5;
+pub(crate) const EPOCH_TICK: Duration = Duration::from_millis(1);
+/// Component instances the engine's pool holds, for all plugins together.
+pub const ENGINE_INSTANCES: usize = 256;
+/// The WASI poll interface as wasmtime-wasi links it; its waits are replaced by traps.
+const WASI_POLL: &str = "wasi:io/poll@0.2.12";
 
-/// The engine shared by every plugin, with its epoch ticker.
 /// Why a fresh instance is not ready for calls.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum InstanceError {
-    /// Instantiation trapped, ran out of memory or time.
+    /// Instantiation failed (the engine's pool exhausted, out of memory or time).
     #[error("instantiation failed: {0:#}")]
     Instantiate(wasmtime::Error),
     /// The call into the guest's `init` failed (trap, limit).
@@ -37,12 +43,13 @@ pub(crate) enum InstanceError {
     InitRefused(String),
 }
 
+/// The engine shared by every plugin, with its epoch ticker.
 fn engine() -> Result<&'static Engine, String> {
     static ENGINE: OnceLock<Result<Engine, String>> = OnceLock::new();
     ENGINE
         .get_or_init(|| {
             let mut pool = PoolingAllocationConfig::default();
-            pool.total_component_instances(256)
+            pool.total_component_instances(ENGINE_INSTANCES as u32)
                 .total_core_instances(2048)
                 .total_memories(256)
                 .total_tables(512)
@@ -78,12 +85,42 @@ fn engine() -> Result<&'static Engine, String> {
         .map_err(Clone::clone)
 }
 
-/// Reads, compiles and links a component against the host's imports.
-fn compile(path: &std::path::Path) -> Result<MqttPluginPre<State>, LoadError> {
-    let engine = engine().map_err(|message| LoadError::Link {
+/// A compiled plugin, ready to instantiate, for the contract version it was built against.
+pub(crate) enum Pre {
+    V3(v3::MqttPluginPre<State>),
+    V2(v2::MqttPluginPre<State>),
+}
+
+/// An instance's exports.
+pub(crate) enum Guest {
+    V3(v3::MqttPlugin),
+    V2(v2::MqttPlugin),
+}
+
+/// A guest may not wait: `poll` and `pollable.block` (what `std::thread::sleep` becomes on
+/// wasm32-wasip2) trap instead. A wait happens outside guest code, where no epoch deadline can
+/// interrupt it, and would hold an instance and a CONNECT for as long as the guest likes.
+fn forbid_waiting(linker: &mut Linker<State>) -> wasmtime::Result<()> {
+    linker.allow_shadowing(true);
+    let mut poll = linker.instance(WASI_POLL)?;
+    for name in ["poll", "[method]pollable.block"] {
+        poll.func_new(name, |_, _, _, _| {
+            Err(wasmtime::Error::msg(
+                "plugins may not wait (poll, sleep): the contract forbids it",
+            ))
+        })?;
+    }
+    linker.allow_shadowing(false);
+    Ok(())
+}
+
+/// Reads, compiles and links a component against the host's imports (both versions).
+fn compile(path: &Path) -> Result<Pre, LoadError> {
+    let link_err = |message: String| LoadError::Link {
         path: path.to_path_buf(),
         message,
-    })?;
+    };
+    let engine = engine().map_err(link_err)?;
     let bytes = std::fs::read(path).map_err(|source| LoadError::Read {
         path: path.to_path_buf(),
         source,
@@ -92,42 +129,77 @@ fn compile(path: &std::path::Path) -> Result<MqttPluginPre<State>, LoadError> {
         path: path.to_path_buf(),
         message: format!("{e:#}"),
     })?;
-    let link = |e: wasmtime::Error| LoadError::Link {
-        path: path.to_path_buf(),
-        message: format!("{e:#}"),
-    };
+    let link = |e: wasmtime::Error| link_err(format!("{e:#}"));
     let mut linker: Linker<State> = Linker::new(engine);
     wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(link)?;
-    MqttPlugin::add_to_linker::<State, HasSelf<State>>(&mut linker, |s| s).map_err(link)?;
-    MqttPluginPre::new(linker.instantiate_pre(&component).map_err(link)?).map_err(link)
+    forbid_waiting(&mut linker).map_err(link)?;
+    v3::MqttPlugin::add_to_linker::<State, HasSelf<State>>(&mut linker, |s| s).map_err(link)?;
+    v2::MqttPlugin::add_to_linker::<State, HasSelf<State>>(&mut linker, |s| s).map_err(link)?;
+    let pre = linker.instantiate_pre(&component).map_err(link)?;
+    match v3::MqttPluginPre::new(pre.clone()) {
+        Ok(p) => Ok(Pre::V3(p)),
+        Err(current) => v2::MqttPluginPre::new(pre).map(Pre::V2).map_err(|_| {
+            link_err(format!(
+                "exports neither contract 0.3.0 nor 0.2.0 ({current:#})"
+            ))
+        }),
+    }
 }
 
-struct Warm {
-    store: Store<State>,
-    bindings: MqttPlugin,
+/// A ready instance. Holds a permit of its plugin's instance cap for its whole life, so a call
+/// on a warm instance touches no shared counter.
+pub(crate) struct Warm {
+    pub(crate) store: Store<State>,
+    pub(crate) guest: Guest,
+    _permit: tokio::sync::OwnedSemaphorePermit,
 }
 
 pub struct WasmPlugin {
     pub(crate) name: Arc<str>,
+    /// `plugin:` and the canonical path: what the hook chain knows it by.
+    pub(crate) id: Arc<str>,
+    /// Unique per load: answers cached for one version are never served for another.
+    pub(crate) serial: u64,
     pub(crate) settings: PluginSettings,
     config_json: String,
-    pre: MqttPluginPre<State>,
-    kv: Arc<KvStore>,
-    pool: InstancePool<Warm>,
+    pre: Pre,
+    pub(crate) kv: Arc<KvStore>,
+    pub(crate) log: Arc<LogLimiter>,
+    pub(crate) pool: InstancePool<Warm>,
+    /// The instance cap; idle instances are returned through `returned`.
+    pub(crate) permits: Arc<tokio::sync::Semaphore>,
+    pub(crate) returned: tokio::sync::Notify,
+    pub(crate) waiting: AtomicUsize,
     pub(crate) interests: HookSet,
     topic_filters: Vec<String>,
-    consecutive_failures: AtomicU32,
-    failures: AtomicU64,
-    disabled: AtomicBool,
-    /// Client events on their way to the guest (bounded; see `EVENT_QUEUE`).
-    pub(crate) events: OnceLock<tokio::sync::mpsc::Sender<(ClientRef, String)>>,
+    pub(crate) breaker: Breaker,
+    pub(crate) failures: AtomicU64,
+    pub(crate) host_failures: AtomicU64,
+    pub(crate) rejected: AtomicU64,
+    /// Events on their way to the guest (bounded; see `EVENT_QUEUE`).
+    pub(crate) events: OnceLock<tokio::sync::mpsc::Sender<(ClientRef, crate::call::Observed)>>,
     pub(crate) events_dropped: AtomicU64,
+}
+
+/// The hook id of the plugin at `path`.
+pub fn plugin_id(path: &Path) -> String {
+    let canonical = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
+    format!("plugin:{}", canonical.display())
 }
 
 impl WasmPlugin {
     /// Compiles (on the blocking pool: it takes tens of milliseconds) and validates a plugin
-    /// (its `init` must succeed) without registering it.
+    /// (its `init` must succeed) without registering it. `kv` carries a store over from the
+    /// version this one replaces.
     pub async fn load(settings: PluginSettings) -> Result<Arc<Self>, LoadError> {
+        Self::load_with(settings, None).await
+    }
+
+    pub(crate) async fn load_with(
+        settings: PluginSettings,
+        kv: Option<Arc<KvStore>>,
+    ) -> Result<Arc<Self>, LoadError> {
+        settings.validate()?;
         let path = settings.path.clone();
         let compiled = {
             let path = path.clone();
@@ -138,32 +210,53 @@ impl WasmPlugin {
                     message: format!("compiler task failed: {e}"),
                 })??
         };
+        static SERIAL: AtomicU64 = AtomicU64::new(1);
         let name: Arc<str> = Arc::from(
             path.file_stem()
                 .map(|s| s.to_string_lossy().into_owned())
                 .unwrap_or_else(|| "plugin".into()),
         );
-        let config_json = settings.config.to_string();
-        let pool = InstancePool::new(settings.instances);
+        let kv = kv.unwrap_or_else(|| {
+            Arc::new(KvStore::new(settings.kv_max_entries, settings.kv_max_bytes))
+        });
         let mut plugin = WasmPlugin {
             name,
-            settings,
-            config_json,
+            id: Arc::from(plugin_id(&path)),
+            serial: SERIAL.fetch_add(1, Ordering::Relaxed),
+            config_json: settings.config.to_string(),
             pre: compiled,
-            kv: Arc::new(KvStore::default()),
-            pool,
+            kv,
+            log: Arc::new(LogLimiter::new(settings.log_per_s, settings.log_max_bytes)),
+            pool: InstancePool::new(settings.instances.min(settings.max_instances)),
+            permits: Arc::new(tokio::sync::Semaphore::new(settings.max_instances)),
+            returned: tokio::sync::Notify::new(),
+            waiting: AtomicUsize::new(0),
             interests: HookSet::NONE,
             topic_filters: Vec::new(),
-            consecutive_failures: AtomicU32::new(0),
+            breaker: Breaker::new(
+                settings.breaker_failures,
+                Duration::from_millis(settings.breaker_backoff_ms),
+            ),
             failures: AtomicU64::new(0),
-            disabled: AtomicBool::new(false),
+            host_failures: AtomicU64::new(0),
+            rejected: AtomicU64::new(0),
             events: OnceLock::new(),
             events_dropped: AtomicU64::new(0),
+            settings,
         };
-        let (warm, registration) = plugin.instantiate().await.map_err(|e| LoadError::Init {
+        let init_error = |message: String| LoadError::Init {
             path: path.clone(),
-            message: e.to_string(),
-        })?;
+            message,
+        };
+        let permit = plugin
+            .permits
+            .clone()
+            .try_acquire_owned()
+            .map_err(|e| init_error(e.to_string()))?;
+        let (warm, registration) = plugin
+            .instantiate(permit)
+            .await
+            .map_err(|e| init_error(e.to_string()))?;
         plugin.interests = interests_of(registration.hooks);
         plugin.topic_filters = registration.topic_filters;
         plugin.pool.put(warm);
@@ -178,7 +271,7 @@ impl WasmPlugin {
             tokio::spawn(async move {
                 while let Some((client, event)) = rx.recv().await {
                     let Some(plugin) = weak.upgrade() else { return };
-                    plugin.run(Call::ClientEvent(client, event)).await;
+                    plugin.run(crate::call::Call::Event(client, event)).await;
                 }
             });
         }
@@ -190,7 +283,7 @@ impl WasmPlugin {
         self.kv.get(key)
     }
 
-    /// Client events dropped because the plugin's queue was full.
+    /// Events dropped because the plugin's queue was full.
     pub fn events_dropped(&self) -> u64 {
         self.events_dropped.load(Ordering::Relaxed)
     }
@@ -199,8 +292,21 @@ impl WasmPlugin {
         &self.name
     }
 
+    /// What the hook chain knows this plugin by (`plugin:` and its canonical path).
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
     pub fn priority(&self) -> i32 {
         self.settings.priority
+    }
+
+    /// The contract version the guest was built against.
+    pub fn contract(&self) -> &'static str {
+        match self.pre {
+            Pre::V3(_) => "0.3.0",
+            Pre::V2(_) => "0.2.0",
+        }
     }
 
     /// Guest calls since load (hook calls answered from a cache are not counted).
@@ -208,36 +314,66 @@ impl WasmPlugin {
         self.pool.calls()
     }
 
-    /// Failed calls since load.
+    /// Calls the guest failed (trap, time or memory limit, a forbidden wait).
     pub fn failures(&self) -> u64 {
         self.failures.load(Ordering::Relaxed)
     }
 
-    pub fn is_disabled(&self) -> bool {
-        self.disabled.load(Ordering::Relaxed)
+    /// Calls the host could not run (no instance free in time, the engine's pool exhausted,
+    /// the executor too busy): not held against the plugin.
+    pub fn host_failures(&self) -> u64 {
+        self.host_failures.load(Ordering::Relaxed)
     }
 
-    fn deadline(&self) -> Duration {
-        Duration::from_millis(self.settings.timeout_ms.max(1))
+    /// Calls answered with `on_error` without running the guest, its breaker being open.
+    pub fn rejected(&self) -> u64 {
+        self.rejected.load(Ordering::Relaxed)
     }
 
-    /// A fresh instance with its `init` done.
-    async fn instantiate(&self) -> Result<(Warm, wit::Registration), InstanceError> {
-        let engine = self.pre.engine();
+    /// `closed`, `open` or `half-open`.
+    pub fn breaker_state(&self) -> &'static str {
+        self.breaker.state()
+    }
+
+    /// Closes the breaker (SIGHUP, an operator).
+    pub fn reset_breaker(&self) {
+        self.breaker.reset();
+    }
+
+    /// Log lines the plugin wrote over its rate.
+    pub fn log_dropped(&self) -> u64 {
+        self.log.dropped()
+    }
+
+    pub(crate) fn tick_budget(&self, ms: u64) -> u32 {
+        let ticks = ms / EPOCH_TICK.as_millis().max(1) as u64;
+        ticks.clamp(1, u64::from(u32::MAX)) as u32
+    }
+
+    /// A fresh instance with its `init` done, holding `permit`.
+    pub(crate) async fn instantiate(
+        &self,
+        permit: tokio::sync::OwnedSemaphorePermit,
+    ) -> Result<(Warm, wit::Registration), InstanceError> {
+        let engine = match &self.pre {
+            Pre::V3(p) => p.engine(),
+            Pre::V2(p) => p.engine(),
+        };
         let limits = StoreLimitsBuilder::new()
             .memory_size((self.settings.memory_mb as usize) << 20)
             .instances(64)
             .trap_on_grow_failure(true)
             .build();
         let state = State {
-            first_tick: None,
+            ticks: 0,
             // Instantiation and init may take longer than a hook call.
-            budget: self.deadline() * 10,
+            tick_budget: self.tick_budget(self.settings.timeout_ms.saturating_mul(10)),
             wasi: wasmtime_wasi::WasiCtx::builder().build(),
             table: ResourceTable::new(),
             limits,
             plugin: self.name.clone(),
             kv: self.kv.clone(),
+            log: self.log.clone(),
             current_client: None,
         };
         let mut store = Store::new(engine, state);
@@ -247,132 +383,52 @@ impl WasmPlugin {
         store.set_epoch_deadline(1);
         store.epoch_deadline_callback(|mut ctx| {
             let s = ctx.data_mut();
-            let first = *s.first_tick.get_or_insert_with(std::time::Instant::now);
-            if first.elapsed() + EPOCH_TICK > s.budget {
+            s.ticks += 1;
+            if s.ticks >= s.tick_budget {
                 Ok(wasmtime::UpdateDeadline::Interrupt)
             } else {
                 Ok(wasmtime::UpdateDeadline::Yield(1))
             }
         });
-        let started = async {
-            let bindings = self
-                .pre
-                .instantiate_async(&mut store)
-                .await
-                .map_err(InstanceError::Instantiate)?;
-            let registration = bindings
-                .call_init(&mut store, &self.config_json)
-                .await
-                .map_err(InstanceError::InitTrapped)?
-                .map_err(InstanceError::InitRefused)?;
-            Ok::<_, InstanceError>((bindings, registration))
+        let config = self.config_json.as_str();
+        let (guest, registration) = match &self.pre {
+            Pre::V3(pre) => {
+                let b = pre
+                    .instantiate_async(&mut store)
+                    .await
+                    .map_err(InstanceError::Instantiate)?;
+                let r = b
+                    .call_init(&mut store, config)
+                    .await
+                    .map_err(InstanceError::InitTrapped)?
+                    .map_err(InstanceError::InitRefused)?;
+                (Guest::V3(b), r)
+            }
+            Pre::V2(pre) => {
+                let b = pre
+                    .instantiate_async(&mut store)
+                    .await
+                    .map_err(InstanceError::Instantiate)?;
+                let r = b
+                    .call_init(&mut store, config)
+                    .await
+                    .map_err(InstanceError::InitTrapped)?
+                    .map_err(InstanceError::InitRefused)?;
+                (Guest::V2(b), compat::registration_v3(r))
+            }
         };
-        let (bindings, registration) = started.await?;
-        store.data_mut().budget = self.deadline();
-        Ok((Warm { store, bindings }, registration))
-    }
-
-    /// Runs one guest call on a warm instance under the deadline; any error or timeout throws
-    /// the instance away (a trapped or interrupted instance cannot be entered again).
-    pub(crate) async fn run(&self, call: Call<'_>) -> Option<Reply> {
-        if self.is_disabled() {
-            return None;
-        }
-        let warm = self.pool.take();
-        let mut warm = match warm {
-            Some(w) => w,
-            None => match self.instantiate().await {
-                Ok((w, _)) => w,
-                Err(e) => {
-                    self.failed(&e.to_string());
-                    return None;
-                }
+        store.data_mut().tick_budget = self.tick_budget(self.settings.timeout_ms);
+        Ok((
+            Warm {
+                store,
+                guest,
+                _permit: permit,
             },
-        };
-        let outcome = {
-            let Warm { store, bindings } = &mut warm;
-            store.data_mut().first_tick = None;
-            store.set_epoch_deadline(1);
-            invoke(bindings, store, &call).await
-        };
-        match outcome {
-            Ok(r) => {
-                // Read first: a store on every call would bounce the line between cores.
-                if self.consecutive_failures.load(Ordering::Relaxed) != 0 {
-                    self.consecutive_failures.store(0, Ordering::Relaxed);
-                }
-                self.pool.put(warm);
-                Some(r)
-            }
-            Err(e) => {
-                let interrupted = matches!(
-                    e.downcast_ref::<wasmtime::Trap>(),
-                    Some(wasmtime::Trap::Interrupt)
-                );
-                if interrupted {
-                    self.failed(&format!(
-                        "interrupted after {} ms",
-                        self.settings.timeout_ms
-                    ));
-                } else {
-                    self.failed(&format!("{e:#}"));
-                }
-                None
-            }
-        }
-    }
-
-    fn failed(&self, why: &str) {
-        self.failures.fetch_add(1, Ordering::Relaxed);
-        let n = self.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
-        warn!(plugin = &*self.name, error = why, "plugin call failed");
-        if n >= DISABLE_AFTER && !self.disabled.swap(true, Ordering::Relaxed) {
-            error!(plugin = &*self.name, failures = n, on_error = ?self.settings.on_error, "plugin disabled after repeated failures; its hooks now follow on_error");
-        }
+            registration,
+        ))
     }
 
     pub(crate) fn wants_topic(&self, t: &str) -> bool {
         self.topic_filters.is_empty() || self.topic_filters.iter().any(|f| topic::matches(f, t))
     }
-}
-
-/// One guest call, with its arguments (the topic of an authorize borrowed: it runs per publish).
-pub(crate) enum Call<'a> {
-    ClientEvent(ClientRef, String),
-    Authenticate(wit::ConnectRequest),
-    Authorize(&'a ClientRef, wit::Access, &'a str, wit::Qos),
-    Publish(ClientRef, wit::Message),
-}
-
-pub(crate) enum Reply {
-    Done,
-    Auth(wit::AuthResult),
-    Acl(wit::AclResult),
-    Message(wit::MessageResult),
-}
-
-async fn invoke(b: &MqttPlugin, s: &mut Store<State>, call: &Call<'_>) -> wasmtime::Result<Reply> {
-    // The call's client is what `lookup-client` answers while the call runs.
-    s.data_mut().current_client = match call {
-        Call::ClientEvent(c, _) | Call::Publish(c, _) => Some(c.clone()),
-        Call::Authorize(c, ..) => Some((*c).clone()),
-        Call::Authenticate(_) => None,
-    };
-    let reply = match call {
-        Call::ClientEvent(client, event) => b
-            .call_on_client_event(&mut *s, client.handle, event)
-            .await
-            .map(|()| Reply::Done),
-        Call::Authenticate(req) => b.call_authenticate(&mut *s, req).await.map(Reply::Auth),
-        Call::Authorize(client, op, topic, qos) => b
-            .call_authorize(&mut *s, client.handle, *op, topic, *qos)
-            .await
-            .map(Reply::Acl),
-        Call::Publish(client, msg) => b
-            .call_on_message_publish(&mut *s, client.handle, msg)
-            .await
-            .map(Reply::Message),
-    };
-    s.data_mut().current_client = None;
-    reply
 }

@@ -1,6 +1,6 @@
 //! Write a Switchyard plugin in Rust.
 //!
-//! The contract is the WIT world in `wit/plugin.wit` (`switchyard:plugin@0.2.0`); this crate
+//! The contract is the WIT world in `wit/plugin.wit` (`switchyard:plugin@0.3.0`); this crate
 //! generates its bindings and adds [`Plugin`], a trait with a default for every hook, so a
 //! plugin implements only what it needs:
 //!
@@ -59,7 +59,11 @@ pub trait Plugin {
         MessageResult::Pass
     }
 
-    fn on_client_event(_client: &ClientInfo, _event: String) {}
+    fn on_client_event(_client: &ClientInfo, _event: ClientEvent) {}
+
+    /// The client is the receiving one; for a message that reached no client its record is
+    /// empty (handle 0).
+    fn on_message_event(_client: &ClientInfo, _event: MessageEvent) {}
 }
 
 /// Bridges a [`Plugin`] to the generated exports; used by [`export_plugin!`].
@@ -79,8 +83,11 @@ impl<T: Plugin> Guest for Adapter<T> {
     fn on_message_publish(client: u64, msg: Message) -> MessageResult {
         with_client(client, |c| T::on_message_publish(c, msg))
     }
-    fn on_client_event(client: u64, event: String) {
+    fn on_client_event(client: u64, event: ClientEvent) {
         with_client(client, |c| T::on_client_event(c, event))
+    }
+    fn on_message_event(client: u64, event: MessageEvent) {
+        with_client(client, |c| T::on_message_event(c, event))
     }
 }
 

@@ -2,10 +2,11 @@
 //! authentication, the session attach and CONNACK.
 
 use super::connection::{Connection, READ_MIN};
+use super::enhanced_auth;
 use super::outbound::OutAliases;
 use super::pipeline::Attachment;
 use super::ListenerContext;
-use crate::hooks::{ClientInfo, ConnectInfo};
+use crate::hooks::{Admission, AuthStep, ClientInfo, ConnectInfo};
 use crate::metrics::Metrics;
 use crate::protocol::*;
 use bytes::BytesMut;
@@ -46,6 +47,7 @@ where
     let broker = ctx.broker.clone();
     let max_packet = broker.config.max_packet_size as usize;
     let mut rbuf = BytesMut::with_capacity(READ_MIN);
+    let started = Instant::now();
     let deadline = Duration::from_secs(broker.config.connect_timeout_s);
     let read = tokio::time::timeout(deadline, read_connect(&mut stream, &mut rbuf, max_packet));
     let (connect, len) = match read.await {
@@ -72,7 +74,7 @@ where
         }
     };
     Metrics::add(&broker.metrics.bytes_received, len as u64);
-    accept(stream, *connect, peer, cert_cn, ctx, rbuf).await
+    accept(stream, *connect, peer, cert_cn, ctx, rbuf, started).await
 }
 
 /// The CONNECT packet and its size on the wire, or `None` if the peer went away first.
@@ -117,6 +119,7 @@ async fn accept<S>(
     cert_cn: Option<Arc<str>>,
     ctx: Arc<ListenerContext>,
     rbuf: BytesMut,
+    accepted_at: Instant,
 ) -> Option<Connection<S>>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
@@ -126,14 +129,6 @@ where
     let version = connect.protocol;
     let v5 = version.is_v5();
     let mut ack_props = Properties::default();
-
-    if v5 && connect.properties.authentication_method.is_some() {
-        // No enhanced authentication method is supported (yet): say so per spec 4.12.
-        let _ = stream
-            .write_all(&refusal(ReasonCode::BAD_AUTHENTICATION_METHOD, version))
-            .await;
-        return None;
-    }
 
     let mut client_id = connect.client_id.clone();
     if client_id.is_empty() {
@@ -165,16 +160,45 @@ where
         extension: Default::default(),
     };
 
+    // Enhanced authentication is v5 only; a v3 CONNECT has no properties to name a method.
+    let auth = match &connect.properties.authentication_method {
+        Some(method) if v5 => Some(AuthStep {
+            method: method.clone(),
+            data: connect.properties.authentication_data.clone(),
+            state: Vec::new(),
+        }),
+        _ => None,
+    };
     let req = ConnectInfo {
         client: info.clone(),
         password: connect.password.clone(),
         clean_start: connect.clean_start,
         keep_alive: connect.keep_alive,
-        auth_method: None,
+        auth,
     };
-    match broker.hooks.admit(req, ctx.allow_anonymous).await {
+    let mut rbuf = rbuf;
+    let admitted = if req.auth.is_some() {
+        let method = req.auth.as_ref().map(|a| a.method.clone());
+        let deadline = tokio::time::Instant::from_std(accepted_at)
+            + Duration::from_secs(cfg.connect_timeout_s);
+        enhanced_auth::exchange(&mut stream, &mut rbuf, &ctx, req, deadline)
+            .await
+            .map(|a| {
+                ack_props.authentication_method = method;
+                ack_props.authentication_data = a.auth_data;
+                a.attributes
+            })
+    } else {
+        match broker.hooks.admit(&req, ctx.allow_anonymous).await {
+            Ok(Admission::Admit { attributes, .. }) => Ok(attributes),
+            Ok(Admission::Challenge { .. }) => Err(Some(ReasonCode::NOT_AUTHORIZED)),
+            Err(code) => Err(Some(code)),
+        }
+    };
+    match admitted {
         Ok(attrs) => info.attributes = attrs,
         Err(code) => {
+            let code = code.unwrap_or(ReasonCode::NOT_AUTHORIZED);
             info!(client_id = %info.client_id, listener = %ctx.name, %peer, reason = %code, "connection refused");
             let _ = stream.write_all(&refusal(code, version)).await;
             return None;

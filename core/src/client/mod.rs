@@ -4,6 +4,7 @@
 //!   outbound batch ([`pipeline::Attachment`]); the MQTT connection and `ws-json` both use it.
 //! - [`handshake`]: the first packet: CONNECT within the timeout, admission, session attach,
 //!   CONNACK.
+//! - [`enhanced_auth`]: MQTT 5 enhanced authentication (AUTH rounds) at CONNECT.
 //! - [`connection`]: one MQTT connection's state, its main loop (read, drain, keep-alive) and
 //!   its end (DISCONNECT, will, detach).
 //! - [`inbound`]: packets from the client, translated into pipeline calls and session
@@ -12,6 +13,7 @@
 //!   and writes that keep reading so neither side can deadlock.
 
 mod connection;
+mod enhanced_auth;
 mod handshake;
 mod inbound;
 mod outbound;

@@ -311,16 +311,16 @@ impl Attachment {
         if batch.dropped > 0 {
             Metrics::add(&broker.metrics.messages_dropped, batch.dropped);
         }
-        let client_id = &self.client.client_id;
         for msg in batch.delivered {
             broker.hooks.emit(|| Event::MessageDelivered {
-                to: client_id.clone(),
+                to: self.client.clone(),
                 msg,
             });
         }
         for (msg, why) in batch.dropped_msgs {
             broker.hooks.emit(|| Event::MessageDropped {
-                to: Some(client_id.clone()),
+                to: Some(self.client.client_id.clone()),
+                receiver: Some(self.client.clone()),
                 msg,
                 reason: why,
             });
@@ -329,10 +329,8 @@ impl Attachment {
 
     /// The client acknowledged a QoS 1/2 delivery (PUBACK, PUBCOMP).
     pub fn acked(&self, msg: Arc<Message>) {
-        let client_id = self.client.client_id.clone();
-        self.broker
-            .hooks
-            .emit(|| Event::MessageAcked { to: client_id, msg });
+        let to = self.client.clone();
+        self.broker.hooks.emit(|| Event::MessageAcked { to, msg });
     }
 
     /// The authorize check a will passes before it is published.

@@ -13,7 +13,7 @@
 
 use crate::client::pipeline::{PublishRefused, SubscribeRefused};
 use crate::client::{Attachment, ListenerContext};
-use crate::hooks::{ClientInfo, ConnectInfo};
+use crate::hooks::{Admission, ClientInfo, ConnectInfo};
 use crate::message::Message;
 use crate::metrics::Metrics;
 use crate::protocol::{ProtocolVersion, QoS, ReasonCode, RetainHandling, SubscriptionOptions};
@@ -238,9 +238,13 @@ async fn open(
             .map(|p| Bytes::from(p.clone().into_bytes())),
         clean_start: true,
         keep_alive: 0,
-        auth_method: None,
+        auth: None,
     };
-    info.attributes = broker.hooks.admit(req, ctx.allow_anonymous).await?;
+    info.attributes = match broker.hooks.admit(&req, ctx.allow_anonymous).await? {
+        Admission::Admit { attributes, .. } => attributes,
+        // No AUTH packets in JSON framing: a hook that would challenge cannot be answered.
+        Admission::Challenge { .. } => return Err(ReasonCode::NOT_AUTHORIZED),
+    };
     let (att, _) = Attachment::open(broker, Arc::new(info), true, 0)
         .map_err(|_| ReasonCode::NOT_AUTHORIZED)?;
     Ok(att)

@@ -61,13 +61,17 @@ pub(super) fn event_map(name: &str, e: &Event) -> Map {
         }
         Event::SessionUnsubscribed { filter, .. } => put("topic", filter.clone().into()),
         Event::MessageDelivered { to, msg } | Event::MessageAcked { to, msg } => {
-            put("clientid", to.to_string().into());
+            put("clientid", to.client_id.to_string().into());
+            if let Some(user) = &to.username {
+                put("username", user.to_string().into());
+            }
             message_fields(&mut put, msg);
         }
         Event::MessageDropped {
             to,
             msg,
             reason: why,
+            ..
         } => {
             put(
                 "clientid",

@@ -10,6 +10,11 @@
 //! ```
 //! `%u` is the user name, `%c` the client id; `role` matches the client attribute `role`
 //! (set by an authenticating plugin such as jwt-auth). A rule may also name a `user`.
+//!
+//! Subscriptions follow the read model: a filter that lies inside a rule's tree gets that
+//! rule's answer; a wildcard that merely overlaps a rule (`#` next to a deny on `secret/#`) is
+//! granted with `filter`, and the broker asks `read` for each topic delivered through it, which
+//! the subscribe rules answer topic by topic.
 //! A client carrying `pub_topics` / `sub_topics` attributes (JSON lists of filters, from
 //! jwt-auth's claims) is held to those lists first: outside them it is denied.
 
@@ -66,6 +71,20 @@ fn ignore() -> Default {
 
 static CONFIG: OnceLock<Config> = OnceLock::new();
 
+/// Whether some topic matches both filters.
+fn overlaps(a: &str, b: &str) -> bool {
+    let mut a = a.split('/');
+    let mut b = b.split('/');
+    loop {
+        match (a.next(), b.next()) {
+            (Some("#"), _) | (_, Some("#")) => return true,
+            (None, None) => return true,
+            (Some(x), Some(y)) if x == "+" || y == "+" || x == y => {}
+            _ => return false,
+        }
+    }
+}
+
 /// Whether `topic` (or, for subscribe, every topic of the filter) is within `filter`.
 fn covers(filter: &str, topic: &str) -> bool {
     let mut f = filter.split('/');
@@ -121,7 +140,7 @@ impl Plugin for Acl {
         };
         let claim = match op {
             Access::Publish => "pub_topics",
-            Access::Subscribe => "sub_topics",
+            Access::Subscribe | Access::Read => "sub_topics",
         };
         if let Some((_, list)) = client.attributes.iter().find(|(k, _)| k == claim) {
             let filters: Vec<String> = serde_json::from_str(list).unwrap_or_default();
@@ -139,7 +158,7 @@ impl Plugin for Acl {
                 (rule.action, op),
                 (Action::All, _)
                     | (Action::Publish, Access::Publish)
-                    | (Action::Subscribe, Access::Subscribe)
+                    | (Action::Subscribe, Access::Subscribe | Access::Read)
             );
             if !action
                 || rule
@@ -159,6 +178,10 @@ impl Plugin for Acl {
                     Permission::Deny => AclResult::Deny(DenyReason::NotAuthorized),
                 };
             }
+            // A subscription this rule decides for some of its topics only: decided per topic.
+            if op == Access::Subscribe && overlaps(&filter, &topic) {
+                return AclResult::Filter;
+            }
         }
         match cfg.default {
             Default::Allow => AclResult::Allow,
@@ -169,3 +192,19 @@ impl Plugin for Acl {
 }
 
 export_plugin!(Acl);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filters_overlap_when_some_topic_matches_both() {
+        assert!(overlaps("#", "secret/x"));
+        assert!(overlaps("a/+/c", "a/b/#"));
+        assert!(overlaps("a/#", "a"));
+        assert!(!overlaps("a/b", "a/c"));
+        assert!(!overlaps("a/+", "a/b/c"));
+        assert!(covers("secret/#", "secret/x/y"));
+        assert!(!covers("secret/x", "secret/#"));
+    }
+}

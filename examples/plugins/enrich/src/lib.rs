@@ -58,6 +58,10 @@ impl Plugin for Enrich {
             qos: None,
             retain: None,
             user_properties: Some(props),
+            content_type: None,
+            response_topic: None,
+            correlation_data: None,
+            message_expiry: None,
         })
     }
 }

@@ -142,7 +142,10 @@ impl Plugin for JwtAuth {
         };
         let now_s = host::now_ms() / 1000;
         match verify(token, keys, now_s, req.client.username.as_deref()) {
-            Ok(attributes) => AuthResult::Allow(attributes),
+            Ok(attributes) => AuthResult::Allow(AuthSuccess {
+                attributes,
+                data: None,
+            }),
             Err(why) => {
                 log(
                     host::Level::Info,

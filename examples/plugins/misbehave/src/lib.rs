@@ -1,12 +1,17 @@
-//! Test plugin: `config = { mode = "loop" | "alloc" | "trap" | "allow" | "gate" | "events" }`
-//! decides what `authenticate` and `authorize` do ("gate" admits client ids starting with "ok-"
-//! and refuses the rest; "events" also records client events in the kv store under "events").
-//! Used by the host's sandbox, hot-swap and event tests; never deploy it.
+//! Test plugin: `config = { mode = "loop" | "alloc" | "trap" | "sleep" | "spin" | "allow" |
+//! "gate" | "events" | "flood" }` decides what `authenticate` and `authorize` do ("sleep" sleeps
+//! 10 s; "spin" computes for `spin_ms` (default 100) and then allows; "gate" admits client ids
+//! starting with "ok-" and refuses the rest; "events" also records client and message events in
+//! the kv store under "events"; "flood" logs `lines` lines per call and fills the kv store
+//! until it is refused, recording the refusal under "kv-refused").
+//! Used by the host's sandbox, hot-swap, breaker and event tests; never deploy it.
 
 use std::sync::OnceLock;
 use switchyard_sdk::*;
 
 static MODE: OnceLock<String> = OnceLock::new();
+static SPIN_MS: OnceLock<u64> = OnceLock::new();
+static LINES: OnceLock<u64> = OnceLock::new();
 
 fn misbehave() {
     match MODE.get().map(String::as_str) {
@@ -24,7 +29,28 @@ fn misbehave() {
             }
         }
         Some("trap") => panic!("misbehave: trapping on purpose"),
+        Some("sleep") => std::thread::sleep(std::time::Duration::from_secs(10)),
+        Some("spin") => {
+            let until = host::now_ms() + SPIN_MS.get().copied().unwrap_or(100);
+            while host::now_ms() < until {
+                std::hint::black_box(0u64);
+            }
+        }
+        Some("flood") => flood(),
         _ => {}
+    }
+}
+
+/// Logs `lines` lines, then fills the kv store until the quota refuses an entry.
+fn flood() {
+    for i in 0..LINES.get().copied().unwrap_or(100) {
+        host::log(host::Level::Info, &format!("flood line {i}: {}", "x".repeat(4096)));
+    }
+    for i in 0..100_000u32 {
+        if let Err(e) = host::kv_set(&format!("k{i}"), &[0u8; 1024], None) {
+            let _ = host::kv_set("kv-refused", format!("{e:?} at {i}").as_bytes(), None);
+            return;
+        }
     }
 }
 
@@ -38,6 +64,8 @@ impl Plugin for Misbehave {
             .and_then(|m| m.as_str())
             .unwrap_or("allow")
             .to_string();
+        let _ = SPIN_MS.set(v.get("spin_ms").and_then(|m| m.as_u64()).unwrap_or(100));
+        let _ = LINES.set(v.get("lines").and_then(|m| m.as_u64()).unwrap_or(100));
         let mut hooks = HookSet::AUTHENTICATE | HookSet::AUTHORIZE;
         if mode == "events" {
             hooks |= HookSet::CLIENT_EVENTS | HookSet::MESSAGE_EVENTS;
@@ -56,7 +84,10 @@ impl Plugin for Misbehave {
             return AuthResult::Deny(DenyReason::NotAuthorized);
         }
         misbehave();
-        AuthResult::Allow(vec![("role".into(), "tester".into())])
+        AuthResult::Allow(AuthSuccess {
+            attributes: vec![("role".into(), "tester".into())],
+            data: None,
+        })
     }
 
     fn authorize(_c: &ClientInfo, _op: Access, _topic: String, _q: Qos) -> AclResult {
@@ -64,8 +95,25 @@ impl Plugin for Misbehave {
         AclResult::Allow
     }
 
-    fn on_client_event(client: &ClientInfo, event: String) {
-        Self::record(client, &event);
+    fn on_client_event(client: &ClientInfo, event: ClientEvent) {
+        let text = match event {
+            ClientEvent::Connected => "connected".to_string(),
+            ClientEvent::Disconnected(why) => format!("disconnected({why})"),
+            ClientEvent::Subscribed(s) => format!("subscribed({})", s.filter),
+            ClientEvent::Unsubscribed(f) => format!("unsubscribed({f})"),
+        };
+        Self::record(client, &text);
+    }
+
+    fn on_message_event(client: &ClientInfo, event: MessageEvent) {
+        let kind = match event.kind {
+            MessageEventKind::Delivered => "delivered".to_string(),
+            MessageEventKind::Acked => "acked".to_string(),
+            MessageEventKind::Dropped(why) => format!("dropped[{why}]"),
+        };
+        // The record is the receiving client's own: its user name proves it.
+        let user = client.username.as_deref().unwrap_or("-");
+        Self::record(client, &format!("{kind}({}|{user})", event.topic));
     }
 }
 
@@ -73,7 +121,7 @@ impl Misbehave {
     fn record(client: &ClientInfo, event: &str) {
         let mut log = host::kv_get("events").unwrap_or_default();
         log.extend_from_slice(format!("{}={};", client.client_id, event).as_bytes());
-        host::kv_set("events", &log, None);
+        let _ = host::kv_set("events", &log, None);
     }
 }
 
