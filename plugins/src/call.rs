@@ -1,6 +1,6 @@
 //! One guest call, guarded from inside and outside. Inside, the guest may run `timeout_ms` of
-//! epoch ticks (counted only while it runs) and may not wait. Outside, the whole call — waiting
-//! for an instance, instantiating, running — is bounded by wall-clock time; a call past it is
+//! epoch ticks (counted only while it runs) and may not wait. Outside, waiting for (or making)
+//! an instance and running the guest are each bounded by wall-clock time; a call past it is
 //! abandoned and its instance thrown away. Failures are told apart: the guest's (a trap, a
 //! limit, a forbidden wait) move the breaker; the host's (no instance in time, the engine's
 //! pool exhausted, an executor too busy to run the guest) are counted apart and do not.
@@ -55,8 +55,8 @@ impl From<InstanceError> for Failure {
 }
 
 impl WasmPlugin {
-    /// How long a whole call may take, waiting for an instance included: four times the
-    /// guest's own budget and half a second, so a busy machine does not fail healthy calls.
+    /// How long a call may wait for an instance, and then run: each four times the guest's own
+    /// budget and half a second, so a busy machine does not fail healthy calls.
     fn wall_deadline(&self) -> Duration {
         Duration::from_millis(self.settings.timeout_ms.saturating_mul(4) + 500)
     }
@@ -100,8 +100,10 @@ impl WasmPlugin {
     }
 
     async fn run_admitted(&self, call: &Call<'_>) -> Result<Reply, Failure> {
+        let mut warm = self.acquire(Instant::now() + self.wall_deadline()).await?;
+        // The run has a deadline of its own: a call that waited long for an instance is not
+        // cut short for it (that would be charged to the guest).
         let until = Instant::now() + self.wall_deadline();
-        let mut warm = self.acquire(until).await?;
         let outcome = {
             let Warm { store, guest, .. } = &mut warm;
             store.data_mut().ticks = 0;

@@ -1,7 +1,8 @@
 //! Test plugin: `config = { mode = "loop" | "alloc" | "trap" | "sleep" | "spin" | "allow" |
-//! "gate" | "events" | "flood" }` decides what `authenticate` and `authorize` do ("sleep" sleeps
+//! "gate" | "fickle" | "events" | "flood" }` decides what `authenticate` and `authorize` do ("sleep" sleeps
 //! 10 s; "spin" computes for `spin_ms` (default 100) and then allows; "gate" admits client ids
-//! starting with "ok-" and refuses the rest; "events" also records client and message events in
+//! starting with "ok-" and refuses the rest; "fickle" traps for client ids starting with "boom"
+//! and admits the rest; "events" also records client and message events in
 //! the kv store under "events"; "flood" logs `lines` lines per call and fills the kv store
 //! until it is refused, recording the refusal under "kv-refused").
 //! Used by the host's sandbox, hot-swap, breaker and event tests; never deploy it.
@@ -82,6 +83,11 @@ impl Plugin for Misbehave {
             && !req.client.client_id.starts_with("ok-")
         {
             return AuthResult::Deny(DenyReason::NotAuthorized);
+        }
+        if MODE.get().map(String::as_str) == Some("fickle")
+            && req.client.client_id.starts_with("boom")
+        {
+            panic!("misbehave: fickle about {}", req.client.client_id);
         }
         misbehave();
         AuthResult::Allow(AuthSuccess {
