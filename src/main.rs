@@ -86,7 +86,8 @@ async fn wait_for_signal() -> Result<&'static str> {
 }
 
 /// SIGHUP re-reads the password file and ACL rules (from the config file again, when there is
-/// one), reloads plugins whose files changed and the rule files. The watchers reload plugins and
+/// one), reloads plugins whose files changed and the rule files, and closes every plugin breaker
+/// (acknowledging plugins removed for good). The watchers reload plugins and
 /// rules on their own too; SIGHUP is for auth files and for setups where file events do not
 /// arrive (some network file systems). Other settings need a restart.
 fn reload_on_sighup(running: &Running, config_path: Option<PathBuf>) {
@@ -104,7 +105,7 @@ fn reload_on_sighup(running: &Running, config_path: Option<PathBuf>) {
         };
         tokio::spawn(async move {
             while hup.recv().await.is_some() {
-                info!("SIGHUP: reloading auth files, plugins and rules");
+                info!("SIGHUP: reloading auth files, plugins and rules; closing plugin breakers");
                 let core = match &config_path {
                     Some(path) => match Config::load(path) {
                         Ok(c) => Some(c.core),
@@ -121,6 +122,8 @@ fn reload_on_sighup(running: &Running, config_path: Option<PathBuf>) {
                     }
                 }
                 plugins.reload().await;
+                // An operator's signal that the cause is dealt with: plugins get another try.
+                plugins.reset_breakers();
                 let rules = rules.clone();
                 let _ = tokio::task::spawn_blocking(move || rules.reload()).await;
             }

@@ -6,6 +6,7 @@ use common::*;
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
+use std::time::Duration;
 use switchyard_core::protocol::{ProtocolVersion, ReasonCode};
 
 const BIN: &str = env!("CARGO_BIN_EXE_switchyard");
@@ -431,4 +432,44 @@ fn check_config_compiles_rules_and_plugins_and_a_bad_rule_stops_the_start() {
     let out = run(&["check-config", config.to_str().unwrap()]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("fake.wasm"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_closes_an_open_plugin_breaker() {
+    let plugin =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/plugins/misbehave.wasm");
+    assert!(
+        plugin.exists(),
+        "run scripts/build-plugins (scripts/test does)"
+    );
+    // Open for ten minutes unless an operator says otherwise.
+    let config = format!(
+        "[[plugin]]\npath = {:?}\nconfig = {{ mode = \"fickle\" }}\nbreaker_failures = 2\nbreaker_backoff_ms = 600000\n\n[[listener]]\nkind = \"tcp\"\nbind = \"127.0.0.1:0\"\n\n[http]\nenabled = false\n",
+        plugin.to_str().unwrap()
+    );
+    let broker = Broker::start(&config);
+    let addr = broker.addr("tcp");
+    let code = |id: String| async move {
+        Raw::connect(addr)
+            .await
+            .handshake(ProtocolVersion::V5, &id)
+            .await
+            .code
+    };
+    assert_eq!(code("good-0".into()).await, ReasonCode::SUCCESS);
+    for i in 0..2 {
+        assert_eq!(code(format!("boom-{i}")).await, ReasonCode::NOT_AUTHORIZED);
+    }
+    assert_eq!(
+        code("good-1".into()).await,
+        ReasonCode::NOT_AUTHORIZED,
+        "open"
+    );
+    send_signal(&broker.child.id().to_string(), "HUP");
+    let mut attempt = 0;
+    while code(format!("good-after-{attempt}")).await != ReasonCode::SUCCESS {
+        attempt += 1;
+        assert!(attempt < 500, "the breaker stayed open after SIGHUP");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }

@@ -1,0 +1,196 @@
+//! Contract 0.3.0 through real clients: a plugin answers a wildcard subscription with `filter`
+//! and each delivered topic with `read`; a message patch sets MQTT 5 properties; a 0.2.0 guest
+//! (the C example) loads and works next to 0.3.0 ones.
+
+mod common;
+use common::*;
+use serde_json::json;
+use std::path::PathBuf;
+use std::time::Duration;
+use switchyard_plugins::{OnError, PluginManager, PluginSettings};
+
+fn plugin_path(name: &str) -> PathBuf {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("target/plugins/{name}.wasm"));
+    assert!(
+        p.exists(),
+        "{} missing: run scripts/build-plugins",
+        p.display()
+    );
+    p
+}
+
+fn entry(name: &str, config: serde_json::Value) -> PluginSettings {
+    PluginSettings {
+        config,
+        on_error: OnError::Deny,
+        ..PluginSettings::for_path(plugin_path(name))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wildcard_next_to_a_plugin_deny_rule_is_filtered_per_topic() {
+    let server = start(test_config()).await;
+    let addr = tcp_addr(&server);
+    let acl = entry(
+        "acl",
+        json!({"default": "allow", "rules": [
+            {"permission": "deny", "action": "subscribe", "topic": "secret/#"}
+        ]}),
+    );
+    let manager = PluginManager::new(server.broker.clone(), vec![acl], None);
+    manager.start().await.unwrap();
+
+    let mut dashboard = v5::connect(v5::options(addr, "dashboard")).await;
+    assert_eq!(
+        dashboard.subscribe("#", v5::QoS::AtLeastOnce).await,
+        vec![v5::SubscribeReasonCode::Success(v5::QoS::AtLeastOnce)],
+        "a wildcard overlapping the denied tree is granted"
+    );
+    assert_eq!(
+        dashboard.subscribe("secret/#", v5::QoS::AtLeastOnce).await,
+        vec![v5::SubscribeReasonCode::NotAuthorized],
+        "a filter inside the denied tree is refused"
+    );
+    let mut publisher = v5::connect(v5::options(addr, "publisher")).await;
+    for (topic, payload) in [
+        ("secret/a", "s1"),
+        ("public/b", "p1"),
+        ("secret/c/d", "s2"),
+        ("public/b", "p2"),
+    ] {
+        publisher
+            .client
+            .publish(topic, v5::QoS::AtLeastOnce, false, payload)
+            .await
+            .unwrap();
+        publisher.next_puback_reason().await;
+    }
+    let first = dashboard.next_publish().await;
+    let second = dashboard.next_publish().await;
+    assert_eq!(
+        (&first.topic[..], &first.payload[..]),
+        (&b"public/b"[..], &b"p1"[..])
+    );
+    assert_eq!(
+        &second.payload[..],
+        b"p2",
+        "in order, and nothing of secret/"
+    );
+    dashboard
+        .assert_no_publish(Duration::from_millis(300))
+        .await;
+    // Asked once per subscription and topic: a second secret/a is filtered from the cache.
+    let calls = manager.plugin(&plugin_path("acl")).unwrap().calls();
+    publisher
+        .client
+        .publish("secret/a", v5::QoS::AtLeastOnce, false, "s3")
+        .await
+        .unwrap();
+    publisher.next_puback_reason().await;
+    dashboard
+        .assert_no_publish(Duration::from_millis(200))
+        .await;
+    let after = manager.plugin(&plugin_path("acl")).unwrap().calls();
+    assert_eq!(
+        after,
+        calls + 1,
+        "only the publish was authorized: the read was cached"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn message_patch_sets_content_type_and_expiry() {
+    let server = start(test_config()).await;
+    let addr = tcp_addr(&server);
+    let enrich = entry(
+        "enrich",
+        json!({"topics": ["sensors/#"], "content_type": "application/json", "expiry_s": 3600}),
+    );
+    let manager = PluginManager::new(server.broker.clone(), vec![enrich], None);
+    manager.start().await.unwrap();
+    let mut sub = v5::connect(v5::options(addr, "reader")).await;
+    sub.subscribe("#", v5::QoS::AtLeastOnce).await;
+    let publisher = v5::connect(v5::options(addr, "sensor-1")).await;
+    publisher
+        .client
+        .publish("sensors/1/temp", v5::QoS::AtLeastOnce, false, "{\"t\":21}")
+        .await
+        .unwrap();
+    publisher
+        .client
+        .publish("other/x", v5::QoS::AtLeastOnce, false, "plain")
+        .await
+        .unwrap();
+    let got = sub.next_publish().await;
+    let props = got.properties.expect("properties");
+    assert_eq!(props.content_type.as_deref(), Some("application/json"));
+    let expiry = props
+        .message_expiry_interval
+        .expect("expiry set by the plugin");
+    assert!((3590..=3600).contains(&expiry), "{expiry}");
+    assert!(props
+        .user_properties
+        .iter()
+        .any(|(k, v)| k == "client_id" && v == "sensor-1"));
+    let plain = sub.next_publish().await;
+    assert_eq!(&plain.topic[..], b"other/x");
+    let untouched = plain.properties.unwrap_or_default();
+    assert_eq!(
+        untouched.content_type, None,
+        "outside its topics nothing changes"
+    );
+    assert_eq!(untouched.message_expiry_interval, None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_0_2_0_guest_loads_next_to_0_3_0_ones() {
+    let server = start(test_config()).await;
+    let addr = tcp_addr(&server);
+    let http = server.http_addr.expect("http");
+    let manager = PluginManager::new(
+        server.broker.clone(),
+        vec![
+            entry("c_deny", json!({})),
+            entry(
+                "acl",
+                json!({"default": "ignore", "rules": [
+                    {"permission": "deny", "action": "all", "topic": "acl-denied/#"}
+                ]}),
+            ),
+        ],
+        None,
+    );
+    manager.start().await.unwrap();
+    let status = http_json(http, "/plugins").await;
+    let contract = |name: &str| {
+        status["plugins"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == name)
+            .map(|p| p["contract"].clone())
+    };
+    assert_eq!(contract("c_deny"), Some(json!("0.2.0")), "{status}");
+    assert_eq!(contract("acl"), Some(json!("0.3.0")), "{status}");
+    let mut c = v5::connect(v5::options(addr, "both")).await;
+    assert_eq!(
+        c.subscribe("c-denied/x", v5::QoS::AtMostOnce).await,
+        vec![v5::SubscribeReasonCode::NotAuthorized],
+        "the 0.2.0 guest decides"
+    );
+    assert_eq!(
+        c.subscribe("acl-denied/x", v5::QoS::AtMostOnce).await,
+        vec![v5::SubscribeReasonCode::NotAuthorized],
+        "the 0.3.0 guest decides"
+    );
+    assert_eq!(
+        c.subscribe("free/x", v5::QoS::AtMostOnce).await,
+        vec![v5::SubscribeReasonCode::Success(v5::QoS::AtMostOnce)]
+    );
+    // A wildcard over the 0.2.0 guest's tree: 0.2.0 has no `read`, so it decides at subscribe
+    // time with its subscribe answer (here: no opinion on `#`).
+    assert_eq!(
+        c.subscribe("#", v5::QoS::AtMostOnce).await,
+        vec![v5::SubscribeReasonCode::Success(v5::QoS::AtMostOnce)]
+    );
+}
