@@ -8,12 +8,14 @@
 //! - [`native`]: simple `when` filters compiled to Rust, run on the routing thread.
 //! - `engine`: the running engine (hook, events, reload, workers, status).
 //! - `queue`: the bounded queue between routing and the workers.
+//! - `print`: the per-rule rate and size limit of `print` and `debug`.
 //! - [`sink`]: sink kinds (one table, `sink::KINDS`) and the driver they share (buffer,
 //!   batches, retries, disk buffer, counters).
 
 pub mod config;
 mod engine;
 pub mod native;
+mod print;
 mod queue;
 pub mod script;
 pub mod sink;

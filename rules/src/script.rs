@@ -248,8 +248,8 @@ pub fn build_engine(cfg: &RulesConfig) -> Engine {
         }
         None
     });
-    engine.on_print(|s| tracing::info!(target: "switchyard::rules::print", "{s}"));
-    engine.on_debug(|s, src, pos| tracing::debug!(target: "switchyard::rules::print", source = ?src, ?pos, "{s}"));
+    engine.on_print(|s| crate::print::print(s, false));
+    engine.on_debug(|s, _src, _pos| crate::print::print(s, true));
     register_builder(&mut engine);
     register_message(&mut engine);
     register_helpers(&mut engine);

@@ -63,10 +63,14 @@ pub struct RuleStats {
     pub outputs: AtomicU64,
     /// Second (since start) of the last logged error: one log line per rule per second.
     last_log: AtomicU64,
+    /// What its `print` may write to the log.
+    pub prints: crate::print::PrintLimit,
 }
 
 struct Rule {
     def: RuleDef,
+    /// The rule's name, shared with the log lines of its prints.
+    name: Arc<str>,
     file: Arc<str>,
     ast: Arc<AST>,
     /// `when` compiled to Rust when its shape allows (see `native`); Rhai runs otherwise.

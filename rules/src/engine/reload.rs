@@ -95,6 +95,7 @@ impl RuleEngine {
                 }
                 let when_native = def.when.as_ref().and_then(|w| Predicate::compile(&ast, w));
                 set.rules.push(Rule {
+                    name: Arc::from(def.name.as_str()),
                     def,
                     file: file.clone(),
                     ast: ast.clone(),

@@ -29,6 +29,7 @@ impl Metrics {
             "passed": g(&r.stats.passed),
             "failed": g(&r.stats.failed),
             "outputs": g(&r.stats.outputs),
+            "print_dropped": r.stats.prints.dropped(),
         })
     }
 }

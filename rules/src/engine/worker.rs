@@ -104,7 +104,10 @@ fn run_rule(
     if !when_passed {
         st.matched.fetch_add(1, Ordering::Relaxed);
     }
-    let outputs = match evaluate(&shared.engine, rule, subject, when_passed, timeout) {
+    let evaluated = crate::print::within_rule(&rule.name, st, || {
+        evaluate(&shared.engine, rule, subject, when_passed, timeout)
+    });
+    let outputs = match evaluated {
         Ok(Some(outputs)) => outputs,
         Ok(None) => vec![subject.default_output()],
         Err(Skip::NotPassed) => return,
