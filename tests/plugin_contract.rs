@@ -7,6 +7,7 @@ use common::*;
 use serde_json::json;
 use std::path::PathBuf;
 use std::time::Duration;
+use switchyard_core::protocol::{Packet, ProtocolVersion, ReasonCode};
 use switchyard_plugins::{OnError, PluginManager, PluginSettings};
 
 fn plugin_path(name: &str) -> PathBuf {
@@ -192,5 +193,99 @@ async fn a_0_2_0_guest_loads_next_to_0_3_0_ones() {
     assert_eq!(
         c.subscribe("#", v5::QoS::AtMostOnce).await,
         vec![v5::SubscribeReasonCode::Success(v5::QoS::AtMostOnce)]
+    );
+}
+
+/// The mqtt.js SCRAM client of `tests/interop`: its one-line JSON verdict.
+async fn scram_client(port: u16, user: &str, password: &str, id: &str) -> serde_json::Value {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/interop/scram_client.cjs");
+    let args = [port.to_string(), user.into(), password.into(), id.into()];
+    let out = tokio::process::Command::new("node")
+        .arg(&script)
+        .args(args)
+        .output()
+        .await
+        .expect("node runs (scripts/install-test-deps installs it)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(text.trim())
+        .unwrap_or_else(|e| panic!("{e}: {text} {}", String::from_utf8_lossy(&out.stderr)))
+}
+
+fn connect_with_method(id: &str, method: &str, data: &[u8]) -> switchyard_core::protocol::Connect {
+    let mut c = connect_packet(ProtocolVersion::V5, id);
+    let props = switchyard_core::protocol::Properties {
+        authentication_method: Some(method.into()),
+        authentication_data: Some(bytes::Bytes::copy_from_slice(data)),
+        ..Default::default()
+    };
+    c.properties = props.into();
+    c
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scram_sha_256_with_a_real_mqtt5_client() {
+    assert!(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("examples/web/node_modules/mqtt")
+            .exists(),
+        "run scripts/install-test-deps (npm ci in examples/web)"
+    );
+    let mut cfg = test_config();
+    cfg.mqtt.allow_anonymous = false;
+    let server = start(cfg).await;
+    let addr = tcp_addr(&server);
+    let mut scram = entry(
+        "scram_auth",
+        json!({"users": [{"name": "alice", "password": "wonderland"}]}),
+    );
+    // Deriving the keys (PBKDF2, 4096 rounds) runs in each instance's init.
+    scram.timeout_ms = 500;
+    let manager = PluginManager::new(server.broker.clone(), vec![scram], None);
+    manager.start().await.unwrap();
+
+    let ok = scram_client(addr.port(), "alice", "wonderland", "scram-ok").await;
+    assert_eq!(ok["connected"], true, "{ok}");
+    assert_eq!(
+        ok["server_verified"], true,
+        "the CONNACK carries the server's signature: {ok}"
+    );
+    let wrong = scram_client(addr.port(), "alice", "looking-glass", "scram-wrong").await;
+    assert_eq!(wrong["code"], 0x86, "{wrong}");
+    let unknown = scram_client(addr.port(), "mallory", "x", "scram-unknown").await;
+    assert_eq!(unknown["code"], 0x86, "{unknown}");
+
+    // A method nobody offers: Bad Authentication Method.
+    let mut raw = Raw::connect(addr).await;
+    let ack = raw
+        .handshake_with(connect_with_method("kerb", "KERBEROS", b"x"))
+        .await;
+    assert_eq!(ack.code, ReasonCode::BAD_AUTHENTICATION_METHOD);
+    // A client that switches methods mid-exchange: Protocol Error.
+    let mut raw = Raw::connect(addr).await;
+    raw.version = ProtocolVersion::V5;
+    let first = connect_with_method("switcher", "SCRAM-SHA-256", b"n,,n=alice,r=abc");
+    raw.send(&Packet::Connect(Box::new(first))).await;
+    match raw.recv().await {
+        Some(Packet::Auth(a)) => assert_eq!(a.code, ReasonCode::CONTINUE_AUTHENTICATION),
+        other => panic!("expected AUTH, got {other:?}"),
+    }
+    let other = switchyard_core::protocol::Properties {
+        authentication_method: Some("OTHER".into()),
+        ..Default::default()
+    };
+    raw.send(&Packet::Auth(switchyard_core::protocol::Auth {
+        code: ReasonCode::CONTINUE_AUTHENTICATION,
+        properties: other.into(),
+    }))
+    .await;
+    match raw.recv().await {
+        Some(Packet::ConnAck(a)) => assert_eq!(a.code, ReasonCode::PROTOCOL_ERROR),
+        other => panic!("expected CONNACK, got {other:?}"),
+    }
+    // Without a method the plugin has no opinion, and anonymous clients are not allowed.
+    let mut raw = Raw::connect(addr).await;
+    assert_eq!(
+        raw.handshake(ProtocolVersion::V5, "plain").await.code,
+        ReasonCode::NOT_AUTHORIZED
     );
 }
