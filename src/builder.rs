@@ -12,7 +12,7 @@ use std::time::Duration;
 use switchyard_core::config::ListenerKind;
 use switchyard_core::hooks::Hook;
 use switchyard_core::{Broker, CoreConfig, Server};
-use switchyard_plugins::{LoadError, PluginManager, PluginSettings};
+use switchyard_plugins::{HttpAuthHook, LoadError, PluginManager, PluginSettings};
 use switchyard_rules::{RuleEngine, RulesConfig, RulesError, SinkConfig};
 
 #[derive(Debug, thiserror::Error)]
@@ -25,6 +25,8 @@ pub enum StartError {
     Rules(#[from] RulesError),
     #[error(transparent)]
     Hook(#[from] switchyard_core::hooks::DuplicateHook),
+    #[error(transparent)]
+    HttpAuth(#[from] switchyard_plugins::http_auth::HttpAuthError),
 }
 
 /// Entry point: `Switchyard::builder(config).start().await`.
@@ -69,6 +71,12 @@ impl Builder {
         self
     }
 
+    /// `[http_auth]`: authentication and authorization by an HTTP service.
+    pub fn http_auth(mut self, config: switchyard_plugins::HttpAuthConfig) -> Self {
+        self.config.http_auth = config;
+        self
+    }
+
     /// A hook of the embedding program, in the chain before the first client arrives.
     pub fn hook(mut self, priority: i32, hook: Arc<dyn Hook>) -> Self {
         self.hooks.push((priority, hook));
@@ -94,6 +102,11 @@ impl Builder {
         let broker = prepared.broker.clone();
         for (priority, hook) in hooks {
             broker.hooks.register(priority, hook)?;
+        }
+        if let Some(http_auth) = HttpAuthHook::new(&config.http_auth)? {
+            broker
+                .hooks
+                .register(config.http_auth.priority, Arc::new(http_auth))?;
         }
         let plugins = PluginManager::new(broker.clone(), config.plugins, config.plugins_dir);
         plugins.start().await?;
@@ -166,6 +179,7 @@ pub struct Checked {
 /// rule files compiled against the configured sinks. Nothing listens and no sink connects.
 pub async fn check(config: &Config) -> Result<Checked, StartError> {
     Server::prepare(config.core.clone())?;
+    HttpAuthHook::new(&config.http_auth)?;
     let plugins = PluginManager::check(&config.plugins, config.plugins_dir.as_deref()).await?;
     let rules = RuleEngine::check(&config.rules, &config.sinks)?;
     Ok(Checked { plugins, rules })

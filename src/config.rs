@@ -5,7 +5,7 @@ use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use switchyard_core::CoreConfig;
-use switchyard_plugins::PluginSettings;
+use switchyard_plugins::{HttpAuthConfig, HttpAuthHook, PluginSettings};
 use switchyard_rules::{RulesConfig, SinkConfig};
 
 /// A configuration file that cannot be read or does not validate; the message names the file
@@ -21,6 +21,8 @@ pub struct Config {
     pub plugins_dir: Option<PathBuf>,
     pub rules: RulesConfig,
     pub sinks: BTreeMap<String, SinkConfig>,
+    /// `[http_auth.authenticate]` and `[http_auth.authorize]`.
+    pub http_auth: HttpAuthConfig,
 }
 
 impl Config {
@@ -55,6 +57,14 @@ impl Config {
             Some(v) => RulesConfig::deserialize(v).map_err(|e| err("rules", &e))?,
             None => RulesConfig::default(),
         };
+        let http_auth = match table.remove("http_auth") {
+            Some(v) => {
+                let c = HttpAuthConfig::deserialize(v).map_err(|e| err("http_auth", &e))?;
+                HttpAuthHook::new(&c).map_err(|e| err("", &e))?;
+                c
+            }
+            None => HttpAuthConfig::default(),
+        };
         let mut sinks = BTreeMap::new();
         if let Some(v) = table.remove("sink") {
             let toml::Value::Table(t) = v else {
@@ -75,6 +85,7 @@ impl Config {
             plugins_dir,
             rules,
             sinks,
+            http_auth,
         })
     }
 }

@@ -16,6 +16,7 @@
 //! - [`sys`], [`metrics`]: counters and the `$SYS` topics.
 //! - [`http`]: `/health` and Prometheus `/metrics` for operators.
 //! - [`log_limit`]: rate and size limits for what extensions write to the log.
+//! - [`template`]: `${field}` templates over JSON (sinks, HTTP authentication).
 
 pub mod auth;
 pub mod broker;
@@ -31,6 +32,7 @@ pub mod read_check;
 pub mod server;
 pub mod session;
 pub mod sys;
+pub mod template;
 pub mod topic;
 pub mod transport;
 

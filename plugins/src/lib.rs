@@ -23,6 +23,7 @@
 //! - `hook`: [`PluginHook`], a plugin as a link of the hook chain;
 //! - `host`: the host side of the WIT world (log, kv store with its quota, client lookup);
 //! - `pool`: the per-thread pool of warm instances;
+//! - [`http_auth`]: authentication and authorization by an HTTP service (a built-in hook);
 //! - `standin`: what stands in for a required plugin whose file is missing;
 //! - `manager`: [`PluginManager`], which plugins are loaded, reloads, removals, the watcher;
 //! - `status`: `/plugins`, the problems `/health` reports, `/metrics`.
@@ -34,6 +35,7 @@ mod compat;
 mod convert;
 mod hook;
 mod host;
+pub mod http_auth;
 mod manager;
 mod pool;
 mod runtime;
@@ -42,6 +44,7 @@ mod standin;
 mod status;
 
 pub use hook::PluginHook;
+pub use http_auth::{HttpAuthConfig, HttpAuthHook};
 pub use manager::PluginManager;
 pub use runtime::{plugin_id, WasmPlugin};
 pub use settings::{LoadError, OnError, PluginSettings};
