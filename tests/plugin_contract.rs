@@ -289,3 +289,109 @@ async fn scram_sha_256_with_a_real_mqtt5_client() {
         ReasonCode::NOT_AUTHORIZED
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_fetch_reaches_only_allowed_hosts_within_its_bounds() {
+    use axum::extract::{Query, State};
+    use axum::routing::get;
+    use std::collections::HashMap;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use switchyard_plugins::WasmPlugin;
+
+    let requests = Arc::new(AtomicUsize::new(0));
+    let app =
+        axum::Router::new()
+            .route(
+                "/decide",
+                get(
+                    |State(n): State<Arc<AtomicUsize>>,
+                     Query(q): Query<HashMap<String, String>>| async move {
+                        n.fetch_add(1, Ordering::SeqCst);
+                        if q.get("client").is_some_and(|c| c.starts_with("ok")) {
+                            "yes"
+                        } else {
+                            "no"
+                        }
+                    },
+                ),
+            )
+            .route(
+                "/slow",
+                get(|| async {
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                    "yes"
+                }),
+            )
+            .route("/big", get(|| async { vec![b'y'; 2 << 20] }))
+            .with_state(requests.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let service = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+
+    let server = start(test_config()).await;
+    let addr = tcp_addr(&server);
+    let fetcher = |url: String, allowed: Vec<String>| async move {
+        let mut s = entry("misbehave", json!({"mode": "fetch", "url": url}));
+        s.allowed_hosts = allowed;
+        s.http_timeout_ms = 300;
+        WasmPlugin::load(s).await.unwrap()
+    };
+    let connack = |id: &'static str| async move {
+        Raw::connect(addr)
+            .await
+            .handshake(ProtocolVersion::V5, id)
+            .await
+            .code
+    };
+
+    // Allowed: the service decides.
+    let allowed = vec![format!("127.0.0.1:{}", service.port())];
+    let plugin = fetcher(format!("http://{service}/decide"), allowed.clone()).await;
+    server.broker.hooks.replace(0, plugin.hook());
+    assert_eq!(connack("ok-1").await, ReasonCode::SUCCESS);
+    assert_eq!(connack("no-1").await, ReasonCode::NOT_AUTHORIZED);
+    assert_eq!(requests.load(Ordering::SeqCst), 2);
+
+    // Another port of the same address, or no allowed hosts at all: refused before any request.
+    let other_port = format!("http://127.0.0.1:{}/decide", service.port().wrapping_add(1));
+    for (url, hosts) in [
+        (other_port, allowed.clone()),
+        (format!("http://{service}/decide"), vec![]),
+    ] {
+        let plugin = fetcher(url, hosts).await;
+        server.broker.hooks.replace(0, plugin.hook());
+        assert_eq!(connack("ok-2").await, ReasonCode::NOT_AUTHORIZED);
+        assert_eq!(
+            plugin.kv_get("fetch-error").as_deref(),
+            Some(&b"not-allowed"[..])
+        );
+        assert_eq!(plugin.failures(), 0);
+    }
+    assert_eq!(requests.load(Ordering::SeqCst), 2, "nothing sent");
+
+    // Slow and oversized answers end within bounds, as errors the guest handles.
+    for (path, error) in [("slow", "timeout"), ("big", "too-large")] {
+        let plugin = fetcher(format!("http://{service}/{path}"), allowed.clone()).await;
+        server.broker.hooks.replace(0, plugin.hook());
+        let started = std::time::Instant::now();
+        assert_eq!(connack("ok-3").await, ReasonCode::NOT_AUTHORIZED, "{path}");
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{path}: {:?}",
+            started.elapsed()
+        );
+        assert_eq!(
+            plugin.kv_get("fetch-error").as_deref(),
+            Some(error.as_bytes()),
+            "{path}"
+        );
+        assert_eq!(
+            (plugin.failures(), plugin.host_failures()),
+            (0, 0),
+            "{path}"
+        );
+    }
+}

@@ -8,6 +8,9 @@ pub mod v3 {
         path: "../sdk/wit",
         world: "mqtt-plugin",
         exports: { default: async },
+        // The one host function that waits (on the network): async, so it does not hold a
+        // runtime thread.
+        imports: { "switchyard:plugin/host.http-fetch": async },
     });
 }
 

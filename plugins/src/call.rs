@@ -58,7 +58,9 @@ impl WasmPlugin {
     /// How long a call may wait for an instance, and then run: each four times the guest's own
     /// budget and half a second, so a busy machine does not fail healthy calls.
     fn wall_deadline(&self) -> Duration {
-        Duration::from_millis(self.settings.timeout_ms.saturating_mul(4) + 500)
+        let own = Duration::from_millis(self.settings.timeout_ms.saturating_mul(4) + 500);
+        // A plugin that may fetch over HTTP waits for it outside its tick budget.
+        own + self.http.as_ref().map_or(Duration::ZERO, |h| h.timeout())
     }
 
     /// Runs one guest call; `None` when it did not answer (the caller applies `on_error`).

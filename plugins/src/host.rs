@@ -120,6 +120,8 @@ pub struct State {
     pub log: Arc<LogLimiter>,
     /// The client of the running call, for `lookup-client`.
     pub current_client: Option<ClientRef>,
+    /// What `http-fetch` may reach; `None`: nothing.
+    pub http: Option<Arc<crate::http_import::HttpAccess>>,
 }
 
 /// A client as hook calls pass it: a handle the guest keeps, and the record `lookup-client`
@@ -208,6 +210,17 @@ impl v3::switchyard::plugin::host::Host for State {
 
     fn lookup_client(&mut self, client: u64) -> Option<wit::ClientInfo> {
         self.lookup(client).cloned()
+    }
+
+    async fn http_fetch(
+        &mut self,
+        req: v3::switchyard::plugin::host::HttpRequest,
+    ) -> Result<v3::switchyard::plugin::host::HttpResponse, v3::switchyard::plugin::host::HttpError>
+    {
+        match self.http.clone() {
+            Some(http) => http.fetch(req).await,
+            None => Err(v3::switchyard::plugin::host::HttpError::NotAllowed),
+        }
     }
 }
 

@@ -23,6 +23,7 @@
 //! - `hook`: [`PluginHook`], a plugin as a link of the hook chain;
 //! - `host`: the host side of the WIT world (log, kv store with its quota, client lookup);
 //! - `pool`: the per-thread pool of warm instances;
+//! - `http_import`: the `http-fetch` host function (allowed hosts, time and size bounds);
 //! - [`http_auth`]: authentication and authorization by an HTTP service (a built-in hook);
 //! - `standin`: what stands in for a required plugin whose file is missing;
 //! - `manager`: [`PluginManager`], which plugins are loaded, reloads, removals, the watcher;
@@ -36,6 +37,7 @@ mod convert;
 mod hook;
 mod host;
 pub mod http_auth;
+mod http_import;
 mod manager;
 mod pool;
 mod runtime;

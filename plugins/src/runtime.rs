@@ -165,6 +165,7 @@ pub struct WasmPlugin {
     pre: Pre,
     pub(crate) kv: Arc<KvStore>,
     pub(crate) log: Arc<LogLimiter>,
+    pub(crate) http: Option<Arc<crate::http_import::HttpAccess>>,
     pub(crate) pool: InstancePool<Warm>,
     /// The instance cap; idle instances are returned through `returned`.
     pub(crate) permits: Arc<tokio::sync::Semaphore>,
@@ -227,6 +228,12 @@ impl WasmPlugin {
             pre: compiled,
             kv,
             log: Arc::new(LogLimiter::new(settings.log_per_s, settings.log_max_bytes)),
+            http: crate::http_import::HttpAccess::new(
+                &settings.allowed_hosts,
+                settings.http_timeout_ms,
+                settings.http_max_bytes,
+            )
+            .map(Arc::new),
             pool: InstancePool::new(settings.instances.min(settings.max_instances)),
             permits: Arc::new(tokio::sync::Semaphore::new(settings.max_instances)),
             returned: tokio::sync::Notify::new(),
@@ -375,6 +382,7 @@ impl WasmPlugin {
             kv: self.kv.clone(),
             log: self.log.clone(),
             current_client: None,
+            http: self.http.clone(),
         };
         let mut store = Store::new(engine, state);
         store.limiter(|s| &mut s.limits);

@@ -62,6 +62,14 @@ pub struct PluginSettings {
     pub kv_max_entries: usize,
     #[serde(default = "default_kv_max_bytes")]
     pub kv_max_bytes: usize,
+    /// Hosts `http-fetch` may reach (`host`, or `host:port`); none by default.
+    #[serde(default)]
+    pub allowed_hosts: Vec<String>,
+    #[serde(default = "default_http_timeout_ms")]
+    pub http_timeout_ms: u64,
+    /// The longest answer body `http-fetch` accepts.
+    #[serde(default = "default_http_max_bytes")]
+    pub http_max_bytes: usize,
 }
 
 /// The most instances one plugin may have; the engine's pool holds 256 for all plugins.
@@ -87,6 +95,9 @@ impl PluginSettings {
             log_max_bytes: default_log_max_bytes(),
             kv_max_entries: default_kv_max_entries(),
             kv_max_bytes: default_kv_max_bytes(),
+            allowed_hosts: Vec::new(),
+            http_timeout_ms: default_http_timeout_ms(),
+            http_max_bytes: default_http_max_bytes(),
         }
     }
 
@@ -144,6 +155,12 @@ fn default_kv_max_entries() -> usize {
 }
 fn default_kv_max_bytes() -> usize {
     4 << 20
+}
+fn default_http_timeout_ms() -> u64 {
+    1000
+}
+fn default_http_max_bytes() -> usize {
+    1 << 20
 }
 
 #[derive(Debug, thiserror::Error)]

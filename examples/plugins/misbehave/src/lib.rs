@@ -1,10 +1,12 @@
 //! Test plugin: `config = { mode = "loop" | "alloc" | "trap" | "sleep" | "spin" | "allow" |
-//! "gate" | "fickle" | "events" | "flood" }` decides what `authenticate` and `authorize` do ("sleep" sleeps
+//! "gate" | "fickle" | "events" | "flood" | "fetch" }` decides what `authenticate` and `authorize` do ("sleep" sleeps
 //! 10 s; "spin" computes for `spin_ms` (default 100) and then allows; "gate" admits client ids
 //! starting with "ok-" and refuses the rest; "fickle" traps for client ids starting with "boom"
 //! and admits the rest; "events" also records client and message events in
 //! the kv store under "events"; "flood" logs `lines` lines per call and fills the kv store
-//! until it is refused, recording the refusal under "kv-refused").
+//! until it is refused, recording the refusal under "kv-refused"; "fetch" asks `url` over
+//! `http-fetch` with `?client=ID` and admits on a 200 answer of "yes", recording an error's
+//! kind under "fetch-error").
 //! Used by the host's sandbox, hot-swap, breaker and event tests; never deploy it.
 
 use std::sync::OnceLock;
@@ -13,6 +15,35 @@ use switchyard_sdk::*;
 static MODE: OnceLock<String> = OnceLock::new();
 static SPIN_MS: OnceLock<u64> = OnceLock::new();
 static LINES: OnceLock<u64> = OnceLock::new();
+static URL: OnceLock<String> = OnceLock::new();
+
+/// The "fetch" mode's decision.
+fn fetch(client_id: &str) -> AuthResult {
+    let url = format!("{}?client={client_id}", URL.get().map_or("", String::as_str));
+    let req = host::HttpRequest {
+        method: "GET".into(),
+        url,
+        headers: vec![],
+        body: None,
+    };
+    match host::http_fetch(&req) {
+        Ok(resp) if resp.status == 200 && resp.body == b"yes" => AuthResult::Allow(AuthSuccess {
+            attributes: vec![],
+            data: None,
+        }),
+        Ok(_) => AuthResult::Deny(DenyReason::NotAuthorized),
+        Err(e) => {
+            let kind = match e {
+                host::HttpError::NotAllowed => "not-allowed".to_string(),
+                host::HttpError::Timeout => "timeout".to_string(),
+                host::HttpError::TooLarge => "too-large".to_string(),
+                host::HttpError::Failed(why) => format!("failed: {why}"),
+            };
+            let _ = host::kv_set("fetch-error", kind.as_bytes(), None);
+            AuthResult::Deny(DenyReason::NotAuthorized)
+        }
+    }
+}
 
 fn misbehave() {
     match MODE.get().map(String::as_str) {
@@ -67,6 +98,7 @@ impl Plugin for Misbehave {
             .to_string();
         let _ = SPIN_MS.set(v.get("spin_ms").and_then(|m| m.as_u64()).unwrap_or(100));
         let _ = LINES.set(v.get("lines").and_then(|m| m.as_u64()).unwrap_or(100));
+        let _ = URL.set(v.get("url").and_then(|m| m.as_str()).unwrap_or("").to_string());
         let mut hooks = HookSet::AUTHENTICATE | HookSet::AUTHORIZE;
         if mode == "events" {
             hooks |= HookSet::CLIENT_EVENTS | HookSet::MESSAGE_EVENTS;
@@ -83,6 +115,9 @@ impl Plugin for Misbehave {
             && !req.client.client_id.starts_with("ok-")
         {
             return AuthResult::Deny(DenyReason::NotAuthorized);
+        }
+        if MODE.get().map(String::as_str) == Some("fetch") {
+            return fetch(&req.client.client_id);
         }
         if MODE.get().map(String::as_str) == Some("fickle")
             && req.client.client_id.starts_with("boom")
