@@ -25,6 +25,7 @@
 //! - `pool`: the per-thread pool of warm instances;
 //! - `http_import`: the `http-fetch` host function (allowed hosts, time and size bounds);
 //! - [`http_auth`]: authentication and authorization by an HTTP service (a built-in hook);
+//! - [`harness`]: load a plugin and call its hooks without a broker (plugin crates' tests);
 //! - `standin`: what stands in for a required plugin whose file is missing;
 //! - `manager`: [`PluginManager`], which plugins are loaded, reloads, removals, the watcher;
 //! - `status`: `/plugins`, the problems `/health` reports, `/metrics`.
@@ -34,6 +35,7 @@ mod breaker;
 mod call;
 mod compat;
 mod convert;
+pub mod harness;
 mod hook;
 mod host;
 pub mod http_auth;

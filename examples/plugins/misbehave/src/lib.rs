@@ -19,7 +19,10 @@ static URL: OnceLock<String> = OnceLock::new();
 
 /// The "fetch" mode's decision.
 fn fetch(client_id: &str) -> AuthResult {
-    let url = format!("{}?client={client_id}", URL.get().map_or("", String::as_str));
+    let url = format!(
+        "{}?client={client_id}",
+        URL.get().map_or("", String::as_str)
+    );
     let req = host::HttpRequest {
         method: "GET".into(),
         url,
@@ -76,7 +79,10 @@ fn misbehave() {
 /// Logs `lines` lines, then fills the kv store until the quota refuses an entry.
 fn flood() {
     for i in 0..LINES.get().copied().unwrap_or(100) {
-        host::log(host::Level::Info, &format!("flood line {i}: {}", "x".repeat(4096)));
+        host::log(
+            host::Level::Info,
+            &format!("flood line {i}: {}", "x".repeat(4096)),
+        );
     }
     for i in 0..100_000u32 {
         if let Err(e) = host::kv_set(&format!("k{i}"), &[0u8; 1024], None) {
@@ -98,7 +104,12 @@ impl Plugin for Misbehave {
             .to_string();
         let _ = SPIN_MS.set(v.get("spin_ms").and_then(|m| m.as_u64()).unwrap_or(100));
         let _ = LINES.set(v.get("lines").and_then(|m| m.as_u64()).unwrap_or(100));
-        let _ = URL.set(v.get("url").and_then(|m| m.as_str()).unwrap_or("").to_string());
+        let _ = URL.set(
+            v.get("url")
+                .and_then(|m| m.as_str())
+                .unwrap_or("")
+                .to_string(),
+        );
         let mut hooks = HookSet::AUTHENTICATE | HookSet::AUTHORIZE;
         if mode == "events" {
             hooks |= HookSet::CLIENT_EVENTS | HookSet::MESSAGE_EVENTS;

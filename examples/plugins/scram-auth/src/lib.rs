@@ -90,7 +90,9 @@ fn keys_of(u: UserEntry) -> Result<(String, Keys), String> {
         Some(p) => {
             // A salt of the user's own: every instance must derive the same keys.
             let salt = match &u.salt {
-                Some(s) => B64.decode(s).map_err(|e| format!("user {}: salt: {e}", u.name))?,
+                Some(s) => B64
+                    .decode(s)
+                    .map_err(|e| format!("user {}: salt: {e}", u.name))?,
                 None => Sha256::digest(format!("switchyard-scram:{}", u.name)).to_vec(),
             };
             derive(p, salt, iterations)
@@ -119,7 +121,7 @@ fn nonce() -> String {
 }
 
 /// `key=value` attributes of a SCRAM message.
-fn attribute<'a>(message: &'a str, key: char) -> Option<&'a str> {
+fn attribute(message: &str, key: char) -> Option<&str> {
     message
         .split(',')
         .find_map(|part| part.strip_prefix(key)?.strip_prefix('='))
@@ -267,7 +269,10 @@ mod tests {
         let server_first =
             "r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096";
         let client_final = "c=biws,r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,p=dHzbZapWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7AndVQ=";
-        match final_step(client_final.as_bytes(), &encode_state("user", bare, server_first)) {
+        match final_step(
+            client_final.as_bytes(),
+            &encode_state("user", bare, server_first),
+        ) {
             AuthResult::Allow(ok) => assert_eq!(
                 ok.data.unwrap(),
                 b"v=6rriTRBi23WpRR/wtup+mMhUZUn/dB5nLTJRsjl95G4=".to_vec()
