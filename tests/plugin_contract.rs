@@ -10,16 +10,6 @@ use std::time::Duration;
 use switchyard_core::protocol::{Packet, ProtocolVersion, ReasonCode};
 use switchyard_plugins::{OnError, PluginManager, PluginSettings};
 
-fn plugin_path(name: &str) -> PathBuf {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("target/plugins/{name}.wasm"));
-    assert!(
-        p.exists(),
-        "{} missing: run scripts/build-plugins",
-        p.display()
-    );
-    p
-}
-
 fn entry(name: &str, config: serde_json::Value) -> PluginSettings {
     PluginSettings {
         config,

@@ -13,16 +13,6 @@ use switchyard_core::hooks::{Hook, HookSet};
 use switchyard_core::protocol::{ProtocolVersion, ReasonCode};
 use switchyard_plugins::{LoadError, OnError, PluginManager, PluginSettings, WasmPlugin};
 
-fn plugin_path(name: &str) -> PathBuf {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("target/plugins/{name}.wasm"));
-    assert!(
-        p.exists(),
-        "{} missing: run scripts/build-plugins",
-        p.display()
-    );
-    p
-}
-
 fn settings(path: PathBuf, config: serde_json::Value) -> PluginSettings {
     PluginSettings {
         config,

@@ -6,21 +6,10 @@
 mod common;
 use common::*;
 use serde_json::json;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use switchyard_core::protocol::{ProtocolVersion, ReasonCode};
 use switchyard_plugins::{LoadError, OnError, PluginManager, PluginSettings, WasmPlugin};
-
-fn plugin_path(name: &str) -> PathBuf {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("target/plugins/{name}.wasm"));
-    assert!(
-        p.exists(),
-        "{} missing: run scripts/build-plugins (scripts/test does)",
-        p.display()
-    );
-    p
-}
 
 fn settings(name: &str, config: serde_json::Value) -> PluginSettings {
     PluginSettings {

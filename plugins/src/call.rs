@@ -102,15 +102,17 @@ impl WasmPlugin {
     }
 
     async fn run_admitted(&self, call: &Call<'_>) -> Result<Reply, Failure> {
-        let mut warm = self.acquire(Instant::now() + self.wall_deadline()).await?;
+        let mut warm = match self.pool.take() {
+            Some(w) => w,
+            None => self.acquire(Instant::now() + self.wall_deadline()).await?,
+        };
         // The run has a deadline of its own: a call that waited long for an instance is not
         // cut short for it (that would be charged to the guest).
-        let until = Instant::now() + self.wall_deadline();
         let outcome = {
             let Warm { store, guest, .. } = &mut warm;
             store.data_mut().ticks = 0;
             store.set_epoch_deadline(1);
-            tokio::time::timeout_at(until, invoke(guest, store, call)).await
+            within(self.wall_deadline(), invoke(guest, store, call)).await
         };
         match outcome {
             Ok(Ok(reply)) => {
@@ -205,6 +207,20 @@ impl WasmPlugin {
         if self.waiting.load(Ordering::SeqCst) > 0 {
             self.returned.notify_one();
         }
+    }
+}
+
+/// `fut` bounded by `limit`, the clock read and the timer set only if it does not finish at
+/// its first poll (most guest calls finish within one tick, without yielding).
+async fn within<F: std::future::Future>(
+    limit: Duration,
+    fut: F,
+) -> Result<F::Output, tokio::time::error::Elapsed> {
+    let mut fut = std::pin::pin!(fut);
+    let first = std::future::poll_fn(|cx| std::task::Poll::Ready(fut.as_mut().poll(cx))).await;
+    match first {
+        std::task::Poll::Ready(v) => Ok(v),
+        std::task::Poll::Pending => tokio::time::timeout(limit, fut).await,
     }
 }
 

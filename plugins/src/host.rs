@@ -228,15 +228,16 @@ impl v2::switchyard::plugin::types::Host for State {}
 
 impl v2::switchyard::plugin::host::Host for State {
     fn log(&mut self, level: v2::switchyard::plugin::host::Level, msg: String) {
-        use v2::switchyard::plugin::host::Level;
+        use v2::switchyard::plugin::host::Level as Old;
+        use v3::switchyard::plugin::host::{Host, Level};
         let level = match level {
-            Level::Trace => tracing::Level::TRACE,
-            Level::Debug => tracing::Level::DEBUG,
-            Level::Info => tracing::Level::INFO,
-            Level::Warn => tracing::Level::WARN,
-            Level::Error => tracing::Level::ERROR,
+            Old::Trace => Level::Trace,
+            Old::Debug => Level::Debug,
+            Old::Info => Level::Info,
+            Old::Warn => Level::Warn,
+            Old::Error => Level::Error,
         };
-        self.write_log(level, &msg);
+        Host::log(self, level, msg);
     }
 
     fn now_ms(&mut self) -> u64 {

@@ -399,31 +399,24 @@ impl WasmPlugin {
             }
         });
         let config = self.config_json.as_str();
+        // The same steps for either version; only the types differ.
+        macro_rules! start {
+            ($pre:expr, $guest:path, $registration:expr) => {{
+                let b = $pre
+                    .instantiate_async(&mut store)
+                    .await
+                    .map_err(InstanceError::Instantiate)?;
+                let r = b
+                    .call_init(&mut store, config)
+                    .await
+                    .map_err(InstanceError::InitTrapped)?
+                    .map_err(InstanceError::InitRefused)?;
+                ($guest(b), $registration(r))
+            }};
+        }
         let (guest, registration) = match &self.pre {
-            Pre::V3(pre) => {
-                let b = pre
-                    .instantiate_async(&mut store)
-                    .await
-                    .map_err(InstanceError::Instantiate)?;
-                let r = b
-                    .call_init(&mut store, config)
-                    .await
-                    .map_err(InstanceError::InitTrapped)?
-                    .map_err(InstanceError::InitRefused)?;
-                (Guest::V3(b), r)
-            }
-            Pre::V2(pre) => {
-                let b = pre
-                    .instantiate_async(&mut store)
-                    .await
-                    .map_err(InstanceError::Instantiate)?;
-                let r = b
-                    .call_init(&mut store, config)
-                    .await
-                    .map_err(InstanceError::InitTrapped)?
-                    .map_err(InstanceError::InitRefused)?;
-                (Guest::V2(b), compat::registration_v3(r))
-            }
+            Pre::V3(pre) => start!(pre, Guest::V3, std::convert::identity),
+            Pre::V2(pre) => start!(pre, Guest::V2, compat::registration_v3),
         };
         store.data_mut().tick_budget = self.tick_budget(self.settings.timeout_ms);
         Ok((

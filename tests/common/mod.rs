@@ -14,6 +14,18 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
+/// A component built by scripts/build-plugins (which scripts/test runs first).
+pub fn plugin_path(name: &str) -> std::path::PathBuf {
+    let p = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join(format!("target/plugins/{name}.wasm"));
+    assert!(
+        p.exists(),
+        "{} missing: run scripts/build-plugins (scripts/test does)",
+        p.display()
+    );
+    p
+}
+
 /// How long any single expected event may take before a test fails.
 pub const WAIT: Duration = Duration::from_secs(10);
 
