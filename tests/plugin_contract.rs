@@ -385,3 +385,49 @@ async fn http_fetch_reaches_only_allowed_hosts_within_its_bounds() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_dropped_for_an_offline_client_names_it() {
+    let mut cfg = test_config();
+    cfg.mqtt.max_queued_messages = 1;
+    let server = start(cfg).await;
+    let addr = tcp_addr(&server);
+    let manager = PluginManager::new(
+        server.broker.clone(),
+        vec![entry("misbehave", json!({"mode": "events"}))],
+        None,
+    );
+    manager.start().await.unwrap();
+    let mut o = v5::options(addr, "sleeper");
+    o.set_clean_start(false);
+    let props = rumqttc::v5::mqttbytes::v5::ConnectProperties {
+        session_expiry_interval: Some(600),
+        ..Default::default()
+    };
+    o.set_connect_properties(props);
+    let mut sleeper = v5::connect(o).await;
+    sleeper.subscribe("nap/#", v5::QoS::AtLeastOnce).await;
+    sleeper.client.disconnect().await.unwrap();
+    sleeper.expect_closed().await;
+    let mut publisher = v5::connect(v5::options(addr, "waker")).await;
+    for i in 0..3 {
+        publisher
+            .client
+            .publish(format!("nap/{i}"), v5::QoS::AtLeastOnce, false, "m")
+            .await
+            .unwrap();
+        publisher.next_puback_reason().await;
+    }
+    let plugin = manager.plugin(&plugin_path("misbehave")).unwrap();
+    let log = || String::from_utf8(plugin.kv_get("events").unwrap_or_default()).unwrap_or_default();
+    // The queue holds one: the next two are dropped, each event naming the offline client.
+    wait_until("two drops seen", || {
+        log().matches("sleeper=dropped[queue full]").count() == 2
+    })
+    .await;
+    assert!(
+        log().contains("sleeper=dropped[queue full](nap/1|-);"),
+        "{}",
+        log()
+    );
+}

@@ -72,13 +72,13 @@ pub(crate) fn cached_client(c: &ClientInfo) -> ClientRef {
     guest_client(c).client.clone()
 }
 
-/// The receiver of a message event that reached no connected client: handle 0, which
-/// `lookup-client` never answers.
-pub(crate) fn nobody() -> ClientRef {
+/// The receiver of a message event that reached no connected client: handle 0, whose record
+/// has only the client id (empty when the message reached no session at all).
+pub(crate) fn offline(client_id: Option<&str>) -> ClientRef {
     ClientRef {
         handle: 0,
         info: Arc::new(wit::ClientInfo {
-            client_id: String::new(),
+            client_id: client_id.unwrap_or_default().to_string(),
             username: None,
             peer_addr: String::new(),
             protocol: wit::ProtocolVersion::V5,

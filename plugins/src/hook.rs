@@ -179,13 +179,16 @@ impl Hook for PluginHook {
                 return self.send_event(tx, cached_client(to), Observed::Message(ev));
             }
             Event::MessageDropped {
+                to,
                 receiver,
                 msg,
                 reason,
-                ..
             } => {
                 let ev = message_event(wit::MessageEventKind::Dropped(reason.to_string()), msg);
-                let client = receiver.as_deref().map_or_else(nobody, cached_client);
+                let client = match receiver {
+                    Some(r) => cached_client(r),
+                    None => offline(to.as_deref()),
+                };
                 return self.send_event(tx, client, Observed::Message(ev));
             }
             Event::MessageAccepted { .. } => return,

@@ -61,8 +61,8 @@ pub trait Plugin {
 
     fn on_client_event(_client: &ClientInfo, _event: ClientEvent) {}
 
-    /// The client is the receiving one; for a message that reached no client its record is
-    /// empty (handle 0).
+    /// The client is the receiving one; for one that was not connected, a record with only
+    /// its client id (empty when the message reached no session).
     fn on_message_event(_client: &ClientInfo, _event: MessageEvent) {}
 }
 
@@ -101,6 +101,10 @@ std::thread_local! {
 
 /// Runs `f` with the client behind `handle`: from the cache, or fetched from the host once.
 fn with_client<R>(handle: u64, f: impl FnOnce(&ClientInfo) -> R) -> R {
+    // Handle 0 is a different offline client each time: never cached.
+    if handle == 0 {
+        return f(&host::lookup_client(0).unwrap_or_else(unknown_client));
+    }
     let cached = CLIENTS.with(|c| {
         let mut clients = c.borrow_mut();
         let i = clients.iter().position(|(h, _)| *h == handle)?;
