@@ -26,7 +26,9 @@ use wasmtime::{
 pub(crate) const EPOCH_TICK: Duration = Duration::from_millis(1);
 /// Component instances the engine's pool holds, for all plugins together.
 pub const ENGINE_INSTANCES: usize = 256;
-/// The WASI poll interface as wasmtime-wasi links it; its waits are replaced by traps.
+/// The WASI poll interface as wasmtime-wasi links it; its waits are replaced by traps. Bump it
+/// with wasmtime-wasi: `sleeping_plugin_answers_every_connect_within_its_deadline` fails (the
+/// sleeps turn into host-side time-outs) when this no longer names what is linked.
 const WASI_POLL: &str = "wasi:io/poll@0.2.12";
 
 /// Why a fresh instance is not ready for calls.
