@@ -418,6 +418,17 @@ impl Broker {
     }
 
     fn store_retained(&self, msg: &Arc<Message>) {
+        // Every retained message passes here, whatever made it (a client, a will, a plugin's
+        // patch, a rule's sink): none deeper than the configured limit enters the tree.
+        if topic::level_count(&msg.topic) > self.config.max_topic_levels {
+            Metrics::add(&self.metrics.messages_dropped, 1);
+            tracing::warn!(
+                topic_levels = topic::level_count(&msg.topic),
+                max = self.config.max_topic_levels,
+                "retained message not stored: too many topic levels"
+            );
+            return;
+        }
         let mut retained = self.retained.write();
         if msg.payload.is_empty() {
             retained.remove(&msg.topic);

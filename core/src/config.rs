@@ -277,8 +277,12 @@ impl CoreConfig {
         if m.max_queued_messages == 0 {
             return Err(err("mqtt.max_queued_messages: must be at least 1".into()));
         }
-        if m.max_topic_levels == 0 {
-            return Err(err("mqtt.max_topic_levels: must be at least 1".into()));
+        if !(1..=crate::topic::MAX_TOPIC_LEVELS).contains(&m.max_topic_levels) {
+            return Err(err(format!(
+                "mqtt.max_topic_levels: must be between 1 and {}, got {}",
+                crate::topic::MAX_TOPIC_LEVELS,
+                m.max_topic_levels
+            )));
         }
         for (i, r) in self.acl.iter().enumerate() {
             let probe = r.topic.replace("%u", "u").replace("%c", "c");

@@ -130,6 +130,18 @@ where
     let v5 = version.is_v5();
     let mut ack_props = Properties::default();
 
+    // A will is published later, from the broker's own context: held to the same topic limits
+    // as a PUBLISH now, while the client can still be told.
+    if let Some(will) = &connect.will {
+        if crate::topic::level_count(&will.topic) > cfg.max_topic_levels {
+            info!(listener = %ctx.name, %peer, "will topic has too many levels; refused");
+            let _ = stream
+                .write_all(&refusal(ReasonCode::TOPIC_NAME_INVALID, version))
+                .await;
+            return None;
+        }
+    }
+
     let mut client_id = connect.client_id.clone();
     if client_id.is_empty() {
         let allowed = match version {

@@ -33,6 +33,10 @@ pub fn valid_topic_filter(filter: &str) -> bool {
     true
 }
 
+/// The most levels `max_topic_levels` may allow: the topic trees are walked level by level, and
+/// this keeps every walk far from the end of a thread's stack.
+pub const MAX_TOPIC_LEVELS: usize = 1024;
+
 pub fn level_count(topic: &str) -> usize {
     topic.bytes().filter(|b| *b == b'/').count() + 1
 }
