@@ -84,7 +84,6 @@ async fn a_will_with_65535_levels_is_refused_and_nothing_that_deep_is_retained()
 
     // No configuration can allow walks that deep.
     let err = switchyard::Config::parse("[mqtt]\nmax_topic_levels = 100000\n", "deep.toml")
-        .err()
-        .expect("refused");
+        .expect_err("refused");
     assert!(err.to_string().contains("max_topic_levels"), "{err}");
 }
