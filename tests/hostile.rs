@@ -87,3 +87,106 @@ async fn a_will_with_65535_levels_is_refused_and_nothing_that_deep_is_retained()
         .expect_err("refused");
     assert!(err.to_string().contains("max_topic_levels"), "{err}");
 }
+
+/// Waits for the server to close `stream`; how long it took.
+async fn closed_after<S: tokio::io::AsyncRead + Unpin>(mut stream: S) -> std::time::Duration {
+    use tokio::io::AsyncReadExt;
+    let started = std::time::Instant::now();
+    let mut buf = [0u8; 256];
+    loop {
+        match tokio::time::timeout(WAIT, stream.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return started.elapsed(),
+            Ok(Ok(_)) => continue,
+            Err(_) => panic!("still open after {WAIT:?}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sockets_that_never_finish_their_handshake_are_closed_at_the_connect_timeout() {
+    use switchyard_core::config::ListenerKind;
+    let pki = Pki::new();
+    let mut cfg = test_config();
+    cfg.listeners.push(local(ListenerKind::WsJson));
+    cfg.listeners.push(pki.listener(ListenerKind::Tls));
+    cfg.listeners.push(pki.listener(ListenerKind::Wss));
+    cfg.mqtt.connect_timeout_s = 1;
+    let broker = start(cfg).await;
+    let limit = std::time::Duration::from_secs(4);
+    // Nothing at all after the TCP connection: no CONNECT, no HTTP upgrade, no TLS hello.
+    for kind in [
+        ListenerKind::Tcp,
+        ListenerKind::Ws,
+        ListenerKind::WsJson,
+        ListenerKind::Tls,
+        ListenerKind::Wss,
+    ] {
+        let tcp = tokio::net::TcpStream::connect(broker.addr(kind).unwrap())
+            .await
+            .unwrap();
+        let took = closed_after(tcp).await;
+        assert!(took < limit, "{kind:?}: closed after {took:?}");
+    }
+    // Upgraded to a JSON WebSocket, then silent: closed too.
+    let url = format!("ws://{}/", broker.addr(ListenerKind::WsJson).unwrap());
+    let (ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    let started = std::time::Instant::now();
+    let (_, mut read) = futures_util::StreamExt::split(ws);
+    loop {
+        match tokio::time::timeout(WAIT, futures_util::StreamExt::next(&mut read)).await {
+            Ok(None) | Ok(Some(Err(_))) => break,
+            Ok(Some(Ok(m))) if m.is_close() => break,
+            Ok(Some(Ok(_))) => continue,
+            Err(_) => panic!("upgraded ws-json socket still open after {WAIT:?}"),
+        }
+    }
+    assert!(
+        started.elapsed() < limit,
+        "ws-json closed after {:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_cannot_publish_into_the_brokers_dollar_topics() {
+    let mut cfg = test_config();
+    cfg.mqtt.sys_interval_s = 1;
+    let broker = start(cfg).await;
+    let addr = tcp_addr(&broker);
+    let mut forger = v5::connect(v5::options(addr, "forger")).await;
+    forger
+        .client
+        .publish(
+            "$SYS/broker/clients/connected",
+            v5::QoS::AtLeastOnce,
+            true,
+            "999999",
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        forger.next_puback_reason().await,
+        rumqttc::v5::mqttbytes::v5::PubAckReason::NotAuthorized
+    );
+    // A 3.1.1 client's is dropped; the broker's own value is what subscribers see.
+    let v3 = v4::connect(v4::options(addr, "forger-v3")).await;
+    v3.client
+        .publish(
+            "$SYS/broker/clients/connected",
+            v4::QoS::AtLeastOnce,
+            true,
+            "888888",
+        )
+        .await
+        .unwrap();
+    let mut reader = v5::connect(v5::options(addr, "reader")).await;
+    reader
+        .subscribe("$SYS/broker/clients/connected", v5::QoS::AtMostOnce)
+        .await;
+    let got = reader.next_publish().await;
+    let count: u64 = std::str::from_utf8(&got.payload).unwrap().parse().unwrap();
+    assert!(
+        count <= 3,
+        "the broker's own count, not a forged one: {count}"
+    );
+}

@@ -10,7 +10,11 @@ use switchyard_core::protocol::{
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wildcards_match_and_dollar_topics_are_excluded() {
-    let server = start(test_config()).await;
+    // `$SYS` statistics exist (retained, refreshed every second) and `#` must not match them;
+    // a client's own `$…` publish is refused outright.
+    let mut cfg = test_config();
+    cfg.mqtt.sys_interval_s = 1;
+    let server = start(cfg).await;
     let addr = tcp_addr(&server);
     let mut all = v4::connect(v4::options(addr, "all")).await;
     all.subscribe("#", v4::QoS::AtMostOnce).await;

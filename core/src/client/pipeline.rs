@@ -144,6 +144,12 @@ impl Attachment {
                 "retain not supported",
             ));
         }
+        // Topics starting with `$` are the broker's (spec 4.7.2): a client's `$SYS/…` would
+        // pass for broker statistics. Refused like an unauthorized publish.
+        if msg.topic.starts_with('$') {
+            Metrics::add(&broker.metrics.publishes_denied, 1);
+            return Err(PublishRefused::Denied(ReasonCode::NOT_AUTHORIZED));
+        }
         // The hook calls are boxed: they run only when a hook asked for them, and inline they
         // would push every read's future (allocated per read) past the allocator's fast size.
         if broker.hooks.wants(HookSet::AUTHORIZE) {

@@ -149,16 +149,26 @@ impl BoundListener {
     ) where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send,
     {
-        match ws::accept(stream, self.config.path()).await {
-            Ok(ws) => serve(ws, peer, cn, ctx).await,
-            Err(e) => debug!(listener = %ctx.name, %peer, error = %e, "websocket handshake failed"),
+        match within_connect_timeout(&ctx, ws::accept(stream, self.config.path())).await {
+            Some(Ok(ws)) => serve(ws, peer, cn, ctx).await,
+            Some(Err(e)) => {
+                debug!(listener = %ctx.name, %peer, error = %e, "websocket handshake failed")
+            }
+            None => {
+                debug!(listener = %ctx.name, %peer, "no websocket upgrade within the connect timeout")
+            }
         }
     }
 
     async fn serve_ws_json(&self, tcp: TcpStream, peer: SocketAddr, ctx: Arc<ListenerContext>) {
-        match ws::accept_json(tcp, self.config.path()).await {
-            Ok((ws, query)) => ws_json::serve(ws, peer, query, ctx).await,
-            Err(e) => debug!(listener = %ctx.name, %peer, error = %e, "websocket handshake failed"),
+        match within_connect_timeout(&ctx, ws::accept_json(tcp, self.config.path())).await {
+            Some(Ok((ws, query))) => ws_json::serve(ws, peer, query, ctx).await,
+            Some(Err(e)) => {
+                debug!(listener = %ctx.name, %peer, error = %e, "websocket handshake failed")
+            }
+            None => {
+                debug!(listener = %ctx.name, %peer, "no websocket upgrade within the connect timeout")
+            }
         }
     }
 
@@ -170,10 +180,14 @@ impl BoundListener {
         peer: SocketAddr,
         ctx: Arc<ListenerContext>,
     ) {
-        let stream = match acceptor.accept(tcp).await {
-            Ok(s) => s,
-            Err(e) => {
+        let stream = match within_connect_timeout(&ctx, acceptor.accept(tcp)).await {
+            Some(Ok(s)) => s,
+            Some(Err(e)) => {
                 debug!(listener = %ctx.name, %peer, error = %e, "TLS handshake failed");
+                return;
+            }
+            None => {
+                debug!(listener = %ctx.name, %peer, "no TLS handshake within the connect timeout");
                 return;
             }
         };
@@ -184,6 +198,16 @@ impl BoundListener {
             serve(stream, peer, cn, ctx).await
         }
     }
+}
+
+/// `step` (a TLS handshake, a WebSocket upgrade) bounded by the connect timeout: a socket that
+/// never completes it is closed like one that never sends CONNECT. `None` when time ran out.
+async fn within_connect_timeout<T>(
+    ctx: &ListenerContext,
+    step: impl std::future::Future<Output = T>,
+) -> Option<T> {
+    let limit = std::time::Duration::from_secs(ctx.broker.config.connect_timeout_s);
+    tokio::time::timeout(limit, step).await.ok()
 }
 
 struct OpenGuard(Arc<AtomicUsize>);

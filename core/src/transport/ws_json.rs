@@ -95,6 +95,11 @@ pub(crate) async fn serve<S>(
     let mut creds = parse_query(&query);
     let mut att: Option<Attachment> = None;
     let shutdown = broker.shutdown.clone();
+    // Until a first request opens the session, the connect timeout runs, as for CONNECT.
+    let unopened = tokio::time::sleep(std::time::Duration::from_secs(
+        broker.config.connect_timeout_s,
+    ));
+    tokio::pin!(unopened);
     let why = loop {
         let wake = async {
             match &att {
@@ -104,6 +109,7 @@ pub(crate) async fn serve<S>(
         };
         let frame = tokio::select! {
             _ = shutdown.cancelled() => break "server shutting down",
+            _ = &mut unopened, if att.is_none() => break "no request within the connect timeout",
             _ = wake => {
                 if let Some(a) = &att {
                     if !a.owns_session() {
@@ -193,7 +199,8 @@ pub(crate) async fn serve<S>(
         debug!(client_id = %a.client.client_id, listener = %ctx.name, %peer, reason = why, "ws-json client disconnected");
         a.close(why);
     }
-    let _ = ws.close(None).await;
+    // The close frame is a courtesy: a peer that does not read cannot hold the task.
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), ws.close(None)).await;
 }
 
 async fn send<S>(ws: &mut WebSocketStream<S>, v: Value) -> Result<(), ()>
