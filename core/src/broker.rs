@@ -429,12 +429,18 @@ impl Broker {
             );
             return;
         }
-        let mut retained = self.retained.write();
         if msg.payload.is_empty() {
-            retained.remove(&msg.topic);
-        } else {
-            retained.insert(&msg.topic, msg.clone());
+            self.retained.write().remove(&msg.topic);
+            return;
         }
+        // A payload is a slice of the read buffer it arrived in (64 KiB to 1 MiB): kept for
+        // good, a 10-byte retained payload would pin all of it. The copy is made outside the
+        // lock, and only on this path.
+        let stored = Arc::new(Message {
+            payload: bytes::Bytes::copy_from_slice(&msg.payload),
+            ..(**msg).clone()
+        });
+        self.retained.write().insert(&msg.topic, stored);
     }
 
     /// Retained messages matching `filter` that have not expired; expired ones are removed.
@@ -554,5 +560,31 @@ fn split_share(filter: &str) -> (Option<&str>, &str) {
     match topic::parse_shared(filter) {
         Some(Ok((group, inner))) => (Some(group), inner),
         _ => (None, filter),
+    }
+}
+
+#[cfg(test)]
+mod retained_tests {
+    use super::*;
+
+    #[test]
+    fn a_retained_payload_does_not_pin_the_buffer_it_arrived_in() {
+        let broker = Broker::new(MqttConfig::default());
+        let read_buffer = bytes::Bytes::from(vec![7u8; 64 * 1024]);
+        let payload = read_buffer.slice(100..110);
+        let msg = Arc::new(Message::new(
+            "r/t",
+            payload,
+            crate::protocol::QoS::AtMostOnce,
+            true,
+        ));
+        broker.store_retained(&msg);
+        let stored = broker.retained_matching("r/t");
+        assert_eq!(&stored[0].payload[..], &[7u8; 10]);
+        let range = read_buffer.as_ptr_range();
+        assert!(
+            !range.contains(&stored[0].payload.as_ptr()),
+            "the retained copy still points into the read buffer"
+        );
     }
 }
