@@ -190,3 +190,77 @@ async fn clients_cannot_publish_into_the_brokers_dollar_topics() {
         "the broker's own count, not a forged one: {count}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscriptions_and_retained_messages_are_bounded() {
+    let mut cfg = test_config();
+    cfg.mqtt.max_subscriptions = 3;
+    cfg.mqtt.max_retained_messages = 2;
+    cfg.mqtt.max_retained_bytes = 1000;
+    let broker = start(cfg).await;
+    let addr = tcp_addr(&broker);
+
+    // One SUBSCRIBE with five filters: three fit, two are refused; an existing one can be
+    // subscribed again.
+    let mut c = v5::connect(v5::options(addr, "greedy")).await;
+    let filters: Vec<v5::Filter> = (0..5)
+        .map(|i| v5::Filter::new(format!("f/{i}"), v5::QoS::AtMostOnce))
+        .collect();
+    c.client.subscribe_many(filters).await.unwrap();
+    let codes = c
+        .expect(|p| match p {
+            v5::Packet::SubAck(a) => Some(a.return_codes.clone()),
+            _ => None,
+        })
+        .await;
+    let granted = v5::SubscribeReasonCode::Success(v5::QoS::AtMostOnce);
+    let quota = v5::SubscribeReasonCode::QuotaExceeded;
+    assert_eq!(codes, vec![granted, granted, granted, quota, quota]);
+    assert_eq!(c.subscribe("f/0", v5::QoS::AtMostOnce).await, vec![granted]);
+
+    // Two retained messages fit; a third topic is routed but not retained.
+    let mut watcher = v5::connect(v5::options(addr, "watcher")).await;
+    watcher.subscribe("r/#", v5::QoS::AtLeastOnce).await;
+    let publisher = v5::connect(v5::options(addr, "retainer")).await;
+    let retain = |topic: &'static str, payload: Vec<u8>| {
+        let client = publisher.client.clone();
+        async move {
+            client
+                .publish(topic, v5::QoS::AtLeastOnce, true, payload)
+                .await
+                .unwrap();
+        }
+    };
+    retain("r/1", b"one".to_vec()).await;
+    retain("r/2", b"two".to_vec()).await;
+    retain("r/3", b"three".to_vec()).await;
+    for expected in [&b"one"[..], b"two", b"three"] {
+        assert_eq!(
+            &watcher.next_publish().await.payload[..],
+            expected,
+            "all routed"
+        );
+    }
+    assert_eq!(broker.broker.retained_count(), 2, "the third not retained");
+    // Replacing one always works; clearing one makes room.
+    retain("r/1", b"one again".to_vec()).await;
+    retain("r/2", Vec::new()).await;
+    retain("r/3", b"three".to_vec()).await;
+    for _ in 0..3 {
+        watcher.next_publish().await;
+    }
+    assert_eq!(broker.broker.retained_count(), 2);
+    let mut late = v5::connect(v5::options(addr, "late")).await;
+    late.subscribe("r/#", v5::QoS::AtMostOnce).await;
+    let mut got = [late.next_publish().await, late.next_publish().await];
+    got.sort_by(|a, b| a.topic.cmp(&b.topic));
+    assert_eq!(&got[0].payload[..], b"one again");
+    assert_eq!(&got[1].payload[..], b"three");
+    // The byte bound: a 2000-byte retained payload does not fit in 1000.
+    retain("r/1", Vec::new()).await;
+    retain("r/big", vec![b'x'; 2000]).await;
+    for _ in 0..2 {
+        watcher.next_publish().await;
+    }
+    assert_eq!(broker.broker.retained_count(), 1, "only r/3 is left");
+}

@@ -16,7 +16,7 @@ use crate::session::{
 };
 use crate::topic::{self, RetainedTree, TopicTree, TreeEntry};
 use parking_lot::RwLock;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
@@ -79,6 +79,10 @@ pub struct Broker {
     sessions: Box<dyn SessionStore>,
     subscriptions: RwLock<TopicTree<Subscriber>>,
     retained: RwLock<RetainedTree<Arc<Message>>>,
+    /// Bytes of topics and payloads in `retained`; written only under its write lock.
+    retained_bytes: AtomicUsize,
+    /// At most one "retained store full" line a second.
+    retained_full_log: crate::log_limit::LogLimiter,
     next_attach: AtomicU64,
     metrics_sources: RwLock<Vec<(String, Arc<dyn MetricsSource>)>>,
 }
@@ -100,6 +104,8 @@ impl Broker {
             sessions: store,
             subscriptions: RwLock::new(TopicTree::default()),
             retained: RwLock::new(RetainedTree::default()),
+            retained_bytes: AtomicUsize::new(0),
+            retained_full_log: crate::log_limit::LogLimiter::new(1, 0),
             next_attach: AtomicU64::new(1),
             metrics_sources: RwLock::new(Vec::new()),
         })
@@ -430,7 +436,11 @@ impl Broker {
             return;
         }
         if msg.payload.is_empty() {
-            self.retained.write().remove(&msg.topic);
+            let mut retained = self.retained.write();
+            if let Some(old) = retained.remove(&msg.topic) {
+                self.retained_bytes
+                    .fetch_sub(retained_size(&old), Ordering::Relaxed);
+            }
             return;
         }
         // A payload is a slice of the read buffer it arrived in (64 KiB to 1 MiB): kept for
@@ -440,7 +450,28 @@ impl Broker {
             payload: bytes::Bytes::copy_from_slice(&msg.payload),
             ..(**msg).clone()
         });
-        self.retained.write().insert(&msg.topic, stored);
+        let size = retained_size(&stored);
+        let mut retained = self.retained.write();
+        // Bytes change only under the write lock, so this read is exact.
+        let bytes = self.retained_bytes.load(Ordering::Relaxed);
+        let old = retained.get(&msg.topic).map(|m| retained_size(m));
+        let count = retained.len() + usize::from(old.is_none());
+        let bytes_after = bytes - old.unwrap_or(0) + size;
+        if count > self.config.max_retained_messages || bytes_after > self.config.max_retained_bytes
+        {
+            drop(retained);
+            Metrics::add(&self.metrics.messages_dropped, 1);
+            if self.retained_full_log.admit("").is_some() {
+                tracing::warn!(
+                    retained = count - 1,
+                    bytes,
+                    "retained store full (max_retained_messages, max_retained_bytes): new retained topics are routed but not retained"
+                );
+            }
+            return;
+        }
+        retained.insert(&msg.topic, stored);
+        self.retained_bytes.store(bytes_after, Ordering::Relaxed);
     }
 
     /// Retained messages matching `filter` that have not expired; expired ones are removed.
@@ -457,6 +488,8 @@ impl Broker {
                     .is_some_and(|cur| Arc::ptr_eq(cur, m))
                 {
                     retained.remove(&m.topic);
+                    self.retained_bytes
+                        .fetch_sub(retained_size(m), Ordering::Relaxed);
                 }
             }
             found.retain(|m| !m.is_expired(now));
@@ -561,6 +594,11 @@ fn split_share(filter: &str) -> (Option<&str>, &str) {
         Some(Ok((group, inner))) => (Some(group), inner),
         _ => (None, filter),
     }
+}
+
+/// What a retained message costs the store: its topic and payload.
+fn retained_size(m: &Message) -> usize {
+    m.topic.len() + m.payload.len()
 }
 
 #[cfg(test)]

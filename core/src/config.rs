@@ -95,6 +95,12 @@ pub struct MqttConfig {
     /// Bound on each session's queue of messages waiting to be sent.
     pub max_queued_messages: usize,
     pub max_topic_levels: usize,
+    /// Subscriptions one session may hold; more are refused with Quota Exceeded.
+    pub max_subscriptions: usize,
+    /// Retained messages the broker keeps, by count and by bytes of topics and payloads; a
+    /// new retained topic past either is routed but not retained (replacing one always works).
+    pub max_retained_messages: usize,
+    pub max_retained_bytes: usize,
     pub session_expiry_max_s: u32,
     pub retain_available: bool,
     pub shared_subscriptions: bool,
@@ -117,6 +123,9 @@ impl Default for MqttConfig {
             max_inflight: 32,
             max_queued_messages: 1000,
             max_topic_levels: 128,
+            max_subscriptions: 1000,
+            max_retained_messages: 1_000_000,
+            max_retained_bytes: 1 << 30,
             session_expiry_max_s: u32::MAX,
             retain_available: true,
             shared_subscriptions: true,
@@ -276,6 +285,9 @@ impl CoreConfig {
         }
         if m.max_queued_messages == 0 {
             return Err(err("mqtt.max_queued_messages: must be at least 1".into()));
+        }
+        if m.max_subscriptions == 0 {
+            return Err(err("mqtt.max_subscriptions: must be at least 1".into()));
         }
         if !(1..=crate::topic::MAX_TOPIC_LEVELS).contains(&m.max_topic_levels) {
             return Err(err(format!(

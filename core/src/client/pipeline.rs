@@ -223,6 +223,12 @@ impl Attachment {
         if !topic::valid_topic_filter(inner) || topic::level_count(inner) > cfg.max_topic_levels {
             return Err(SubscribeRefused::Code(ReasonCode::TOPIC_FILTER_INVALID));
         }
+        // Each subscription is a tree entry and a write lock; one SUBSCRIBE can carry
+        // thousands of filters.
+        if !self.session.has_room_for(filter, cfg.max_subscriptions) {
+            debug!(client_id = %self.client.client_id, listener = %self.client.listener, filter, max = cfg.max_subscriptions, "subscription refused: max_subscriptions reached");
+            return Err(SubscribeRefused::Code(ReasonCode::QUOTA_EXCEEDED));
+        }
         let hooks = &self.broker.hooks;
         if !hooks.wants(HookSet::AUTHORIZE) {
             return Ok(Grant::Full);

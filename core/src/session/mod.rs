@@ -252,6 +252,13 @@ impl Session {
         Some(st.subscriptions.insert(filter.to_string(), sub).is_some())
     }
 
+    /// Whether `filter` may be added without the session holding more than `max`
+    /// subscriptions (replacing one it has is always possible).
+    pub fn has_room_for(&self, filter: &str, max: usize) -> bool {
+        let st = self.state.lock();
+        st.subscriptions.len() < max || st.subscriptions.contains_key(filter)
+    }
+
     pub(crate) fn remove_subscription(&self, filter: &str) -> bool {
         self.state.lock().subscriptions.remove(filter).is_some()
     }
