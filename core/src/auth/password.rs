@@ -1,7 +1,9 @@
 //! The password file: one `user:$pbkdf2-sha512$ITERATIONS$SALT$HASH` line per user (salt and
 //! hash in base64), like `mosquitto_passwd` writes. Verification is slow on purpose, so it runs on
 //! the blocking pool, and a successful check is remembered by a fast keyed digest so reconnect
-//! storms do not pay it again.
+//! storms do not pay it again. An unknown user costs a derivation too (against a dummy entry),
+//! so timing does not tell which user names exist; derivations in progress are bounded, so a
+//! CONNECT flood queues instead of taking the whole blocking pool.
 
 use crate::hooks::{AuthDecision, ConnectInfo, Hook, HookSet};
 use crate::protocol::ReasonCode;
@@ -157,6 +159,18 @@ pub struct PasswordFile {
     users: HashMap<String, Entry>,
     /// user → SHA-256(salt ‖ password) of the last password that verified.
     verified: RwLock<HashMap<String, [u8; 32]>>,
+    /// What an unknown user's password is checked against: as costly as a real entry.
+    dummy: Entry,
+    derivations: std::sync::Arc<tokio::sync::Semaphore>,
+    /// Derivations run, and the most that ran at once (for tests and the curious).
+    derived: std::sync::atomic::AtomicU64,
+    running: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    peak: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+/// Derivations that may run at once: beyond it, checks wait their turn.
+fn derivation_slots() -> usize {
+    2 * std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 impl PasswordFile {
@@ -165,9 +179,25 @@ impl PasswordFile {
         for (i, (user, rest)) in read_lines(path)?.into_iter().enumerate() {
             users.insert(user, parse_entry(path, i + 1, &rest)?);
         }
+        // As costly as the costliest real entry, so no user name answers faster.
+        let iterations = users
+            .values()
+            .map(|e: &Entry| e.iterations)
+            .max()
+            .unwrap_or(DEFAULT_ITERATIONS);
+        let dummy = Entry {
+            iterations,
+            salt: vec![0x5a; 16],
+            hash: vec![0; 64],
+        };
         Ok(Self {
             users,
             verified: RwLock::new(HashMap::new()),
+            dummy,
+            derivations: std::sync::Arc::new(tokio::sync::Semaphore::new(derivation_slots())),
+            derived: Default::default(),
+            running: Default::default(),
+            peak: Default::default(),
         })
     }
 
@@ -184,6 +214,8 @@ impl PasswordFile {
 
     async fn verify(&self, user: &str, password: &[u8]) -> bool {
         let Some(entry) = self.users.get(user) else {
+            // The same work as for a real user, and the answer is no.
+            let _ = self.derive_matches(&self.dummy, password).await;
             return false;
         };
         let digest = Self::fast_digest(entry, password);
@@ -195,17 +227,44 @@ impl PasswordFile {
         {
             return true;
         }
-        let e = entry.clone();
-        let pw = password.to_vec();
-        let ok = tokio::task::spawn_blocking(move || {
-            constant_time_eq(&derive(&pw, &e.salt, e.iterations), &e.hash)
-        })
-        .await
-        .unwrap_or(false);
+        let ok = self.derive_matches(entry, password).await;
         if ok {
             self.verified.write().insert(user.to_string(), digest);
         }
         ok
+    }
+}
+
+impl PasswordFile {
+    /// Whether `password` derives to `entry`'s hash: on the blocking pool, at most
+    /// `derivation_slots()` at once.
+    async fn derive_matches(&self, entry: &Entry, password: &[u8]) -> bool {
+        use std::sync::atomic::Ordering;
+        let Ok(_slot) = self.derivations.clone().acquire_owned().await else {
+            return false;
+        };
+        self.derived.fetch_add(1, Ordering::Relaxed);
+        let (running, peak) = (self.running.clone(), self.peak.clone());
+        let e = entry.clone();
+        let pw = password.to_vec();
+        tokio::task::spawn_blocking(move || {
+            let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+            peak.fetch_max(now, Ordering::SeqCst);
+            let ok = constant_time_eq(&derive(&pw, &e.salt, e.iterations), &e.hash);
+            running.fetch_sub(1, Ordering::SeqCst);
+            ok
+        })
+        .await
+        .unwrap_or(false)
+    }
+
+    /// Derivations run since load, and the most that ran at once.
+    pub fn derivation_stats(&self) -> (u64, usize) {
+        use std::sync::atomic::Ordering;
+        (
+            self.derived.load(Ordering::Relaxed),
+            self.peak.load(Ordering::SeqCst),
+        )
     }
 }
 
@@ -250,7 +309,37 @@ mod tests {
         assert!(pf.verify("alice", b"changed").await);
         assert!(pf.verify("alice", b"changed").await, "cached path");
         assert!(!pf.verify("alice", b"s3cret").await);
+        let (before, _) = pf.derivation_stats();
         assert!(!pf.verify("carol", b"x").await);
+        assert_eq!(
+            pf.derivation_stats().0,
+            before + 1,
+            "an unknown user costs a derivation, like a known one"
+        );
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_flood_of_checks_runs_a_bounded_number_of_derivations_at_once() {
+        let dir = std::env::temp_dir().join(format!("sy-pw3-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("passwd");
+        set_password(&path, "alice", "s3cret").unwrap();
+        let pf = std::sync::Arc::new(PasswordFile::load(&path).unwrap());
+        let flood: Vec<_> = (0..4 * derivation_slots())
+            .map(|i| {
+                let pf = pf.clone();
+                tokio::spawn(
+                    async move { pf.verify("alice", format!("wrong-{i}").as_bytes()).await },
+                )
+            })
+            .collect();
+        for f in flood {
+            assert!(!f.await.unwrap());
+        }
+        let (derived, peak) = pf.derivation_stats();
+        assert_eq!(derived, 4 * derivation_slots() as u64);
+        assert!(peak <= derivation_slots(), "peak {peak}");
         std::fs::remove_dir_all(dir).unwrap();
     }
 
