@@ -8,6 +8,17 @@ use switchyard_core::hooks::{ClientInfo, Hook, HookSet, MessageDecision};
 use switchyard_core::protocol::{self, ProtocolVersion, QoS, ReasonCode};
 use switchyard_core::Message;
 
+/// `switchyard_limit_hits_total{limit="LIMIT"}` from `/metrics`.
+async fn limit_hits(server: &switchyard::Running, limit: &str) -> u64 {
+    let http = server.http_addr.expect("http endpoint");
+    let (_, body) = http_get(http, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    let key = format!("switchyard_limit_hits_total{{limit=\"{limit}\"}} ");
+    body.lines()
+        .find_map(|l| l.strip_prefix(&key))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{key} missing from /metrics"))
+}
+
 fn deep_topic(levels: usize) -> String {
     vec!["l"; levels].join("/")
 }
@@ -71,6 +82,7 @@ async fn a_will_with_65535_levels_is_refused_and_nothing_that_deep_is_retained()
         .unwrap();
     publisher.next_puback_reason().await;
     assert_eq!(broker.broker.retained_count(), 0);
+    assert_eq!(limit_hits(&broker, "retained").await, 1);
 
     let mut watcher = v5::connect(v5::options(addr, "watcher")).await;
     watcher.subscribe("#", v5::QoS::AtLeastOnce).await;
@@ -145,6 +157,8 @@ async fn sockets_that_never_finish_their_handshake_are_closed_at_the_connect_tim
         "ws-json closed after {:?}",
         started.elapsed()
     );
+    // Counted: the five silent sockets and the silent ws-json session.
+    assert_eq!(limit_hits(&broker, "handshake_timeout").await, 6);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -263,4 +277,10 @@ async fn subscriptions_and_retained_messages_are_bounded() {
         watcher.next_publish().await;
     }
     assert_eq!(broker.broker.retained_count(), 1, "only r/3 is left");
+    assert_eq!(limit_hits(&broker, "subscriptions").await, 2);
+    assert_eq!(
+        limit_hits(&broker, "retained").await,
+        2,
+        "r/3 the first time, r/big"
+    );
 }

@@ -427,7 +427,7 @@ impl Broker {
         // Every retained message passes here, whatever made it (a client, a will, a plugin's
         // patch, a rule's sink): none deeper than the configured limit enters the tree.
         if topic::level_count(&msg.topic) > self.config.max_topic_levels {
-            Metrics::add(&self.metrics.messages_dropped, 1);
+            Metrics::add(&self.metrics.retained_refused, 1);
             tracing::warn!(
                 topic_levels = topic::level_count(&msg.topic),
                 max = self.config.max_topic_levels,
@@ -460,7 +460,7 @@ impl Broker {
         if count > self.config.max_retained_messages || bytes_after > self.config.max_retained_bytes
         {
             drop(retained);
-            Metrics::add(&self.metrics.messages_dropped, 1);
+            Metrics::add(&self.metrics.retained_refused, 1);
             if self.retained_full_log.admit("").is_some() {
                 tracing::warn!(
                     retained = count - 1,

@@ -213,6 +213,22 @@ pub fn prometheus(broker: &Broker) -> String {
             "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
         );
     }
+    let limits = [
+        ("retained", &m.retained_refused),
+        ("subscriptions", &m.subscriptions_refused),
+        ("handshake_timeout", &m.handshake_timeouts),
+    ];
+    let _ = writeln!(
+        out,
+        "# HELP switchyard_limit_hits_total Things a limit refused: retained messages not stored (max_retained_*, max_topic_levels), subscriptions past max_subscriptions, sockets closed at connect_timeout_s.\n# TYPE switchyard_limit_hits_total counter"
+    );
+    for (limit, counter) in limits {
+        let _ = writeln!(
+            out,
+            "switchyard_limit_hits_total{{limit=\"{limit}\"}} {}",
+            Metrics::get(counter)
+        );
+    }
     broker.render_metrics_sources(&mut out);
     out
 }

@@ -14,6 +14,12 @@ pub struct Metrics {
     pub messages_dropped: AtomicU64,
     /// Publishes refused by authorization or dropped by a message hook.
     pub publishes_denied: AtomicU64,
+    /// Limits that refused something: retained messages not stored (store full, too deep),
+    /// subscriptions past `max_subscriptions`, sockets closed at the connect timeout (no
+    /// CONNECT, TLS handshake, WebSocket upgrade or first ws-json request in time).
+    pub retained_refused: AtomicU64,
+    pub subscriptions_refused: AtomicU64,
+    pub handshake_timeouts: AtomicU64,
 }
 
 /// Counters and state owned by another crate (plugin host, rule engine), rendered into

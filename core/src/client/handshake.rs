@@ -69,6 +69,7 @@ where
             return None;
         }
         Err(_) => {
+            Metrics::add(&broker.metrics.handshake_timeouts, 1);
             debug!(listener = %ctx.name, %peer, "no CONNECT within the connect timeout");
             return None;
         }

@@ -226,6 +226,7 @@ impl Attachment {
         // Each subscription is a tree entry and a write lock; one SUBSCRIBE can carry
         // thousands of filters.
         if !self.session.has_room_for(filter, cfg.max_subscriptions) {
+            Metrics::add(&self.broker.metrics.subscriptions_refused, 1);
             debug!(client_id = %self.client.client_id, listener = %self.client.listener, filter, max = cfg.max_subscriptions, "subscription refused: max_subscriptions reached");
             return Err(SubscribeRefused::Code(ReasonCode::QUOTA_EXCEEDED));
         }

@@ -207,7 +207,11 @@ async fn within_connect_timeout<T>(
     step: impl std::future::Future<Output = T>,
 ) -> Option<T> {
     let limit = std::time::Duration::from_secs(ctx.broker.config.connect_timeout_s);
-    tokio::time::timeout(limit, step).await.ok()
+    let done = tokio::time::timeout(limit, step).await.ok();
+    if done.is_none() {
+        crate::metrics::Metrics::add(&ctx.broker.metrics.handshake_timeouts, 1);
+    }
+    done
 }
 
 struct OpenGuard(Arc<AtomicUsize>);

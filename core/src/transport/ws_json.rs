@@ -109,7 +109,10 @@ pub(crate) async fn serve<S>(
         };
         let frame = tokio::select! {
             _ = shutdown.cancelled() => break "server shutting down",
-            _ = &mut unopened, if att.is_none() => break "no request within the connect timeout",
+            _ = &mut unopened, if att.is_none() => {
+                Metrics::add(&broker.metrics.handshake_timeouts, 1);
+                break "no request within the connect timeout";
+            }
             _ = wake => {
                 if let Some(a) = &att {
                     if !a.owns_session() {
