@@ -3,6 +3,7 @@
 
 mod common;
 use common::*;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use switchyard_core::hooks::{ClientInfo, Hook, HookSet, MessageDecision};
 use switchyard_core::protocol::{self, ProtocolVersion, QoS, ReasonCode};
@@ -23,8 +24,8 @@ fn deep_topic(levels: usize) -> String {
     vec!["l"; levels].join("/")
 }
 
-/// A message hook that moves `deepen/…` messages to a very deep topic, as a buggy or hostile
-/// plugin's patch could.
+/// A message hook that moves `deepen/…` messages to a very deep topic and `forge/…` into
+/// `$SYS`, as a buggy or hostile plugin's patch could.
 struct Deepen;
 
 #[async_trait::async_trait]
@@ -36,12 +37,16 @@ impl Hook for Deepen {
         HookSet::MESSAGE_PUBLISH
     }
     async fn on_publish(&self, _c: &ClientInfo, m: &Message) -> MessageDecision {
-        if !m.topic.starts_with("deepen/") {
+        let topic = if m.topic.starts_with("deepen/") {
+            deep_topic(65_535)
+        } else if m.topic.starts_with("forge/") {
+            "$SYS/broker/clients/connected".to_string()
+        } else {
             return MessageDecision::Pass;
-        }
-        let mut deep = m.clone();
-        deep.topic = deep_topic(65_535).into();
-        MessageDecision::Modify(Box::new(deep))
+        };
+        let mut moved = m.clone();
+        moved.topic = topic.into();
+        MessageDecision::Modify(Box::new(moved))
     }
 }
 
@@ -73,14 +78,34 @@ async fn a_will_with_65535_levels_is_refused_and_nothing_that_deep_is_retained()
         assert_eq!(raw.handshake_with(c).await.code, expected, "{version:?}");
     }
 
-    // A retained message pushed that deep by a hook is not stored; the broker goes on.
+    // A message a hook moves that deep (or into `$SYS`) is dropped before routing.
     let mut publisher = v5::connect(v5::options(addr, "deepener")).await;
-    publisher
-        .client
-        .publish("deepen/x", v5::QoS::AtLeastOnce, true, "deep")
-        .await
-        .unwrap();
-    publisher.next_puback_reason().await;
+    let denied_before = broker
+        .broker
+        .metrics
+        .publishes_denied
+        .load(Ordering::Relaxed);
+    for topic in ["deepen/x", "forge/x"] {
+        publisher
+            .client
+            .publish(topic, v5::QoS::AtLeastOnce, true, "moved")
+            .await
+            .unwrap();
+        publisher.next_puback_reason().await;
+    }
+    assert_eq!(broker.broker.retained_count(), 0);
+    assert_eq!(
+        broker
+            .broker
+            .metrics
+            .publishes_denied
+            .load(Ordering::Relaxed),
+        denied_before + 2
+    );
+    // What reaches the store without passing a client's pipeline (a rule's republish) is
+    // held to the level limit there.
+    let deep = Message::new(deep_topic(65_535), &b"deep"[..], QoS::AtMostOnce, true);
+    broker.broker.publish(Arc::new(deep));
     assert_eq!(broker.broker.retained_count(), 0);
     assert_eq!(limit_hits(&broker, "retained").await, 1);
 

@@ -372,14 +372,19 @@ impl HookChain {
         self.version.load(Ordering::Acquire)
     }
 
-    /// The first answer that is not `Ignore`, and the id of the hook that gave it.
+    /// The first answer that is not `Ignore`, and, for a challenge, the id of the hook that
+    /// gave it.
     pub async fn authenticate(&self, c: &ConnectInfo) -> (AuthDecision, Option<String>) {
         let inner = self.inner.load_full();
         for (_, h) in &inner.hooks {
             if h.interests().contains(HookSet::AUTHENTICATE) {
                 match h.authenticate(c).await {
                     AuthDecision::Ignore => continue,
-                    d => return (d, Some(h.id().to_string())),
+                    // Only a challenge needs to know who gave it (and an id costs a copy).
+                    d => {
+                        let id = matches!(d, AuthDecision::Continue(_)).then(|| h.id().to_string());
+                        return (d, id);
+                    }
                 }
             }
         }

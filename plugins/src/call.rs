@@ -102,10 +102,7 @@ impl WasmPlugin {
     }
 
     async fn run_admitted(&self, call: &Call<'_>) -> Result<Reply, Failure> {
-        let mut warm = match self.pool.take() {
-            Some(w) => w,
-            None => self.acquire(Instant::now() + self.wall_deadline()).await?,
-        };
+        let mut warm = self.acquire().await?;
         // The run has a deadline of its own: a call that waited long for an instance is not
         // cut short for it (that would be charged to the guest).
         let outcome = {
@@ -149,8 +146,13 @@ impl WasmPlugin {
     }
 
     /// A warm instance, a new one within the instance cap, or — when the cap is reached —
-    /// the first one given back before `until`.
-    async fn acquire(&self, until: Instant) -> Result<Warm, Failure> {
+    /// the first one given back within the wall-clock deadline (read from the clock only when
+    /// there is no warm instance).
+    async fn acquire(&self) -> Result<Warm, Failure> {
+        if let Some(w) = self.pool.take() {
+            return Ok(w);
+        }
+        let until = Instant::now() + self.wall_deadline();
         loop {
             if let Some(w) = self.pool.take() {
                 return Ok(w);

@@ -210,10 +210,14 @@ where
     };
     match admitted {
         Ok(attrs) => info.attributes = attrs,
-        Err(code) => {
-            let code = code.unwrap_or(ReasonCode::NOT_AUTHORIZED);
+        Err(Some(code)) => {
             info!(client_id = %info.client_id, listener = %ctx.name, %peer, reason = %code, "connection refused");
             let _ = stream.write_all(&refusal(code, version)).await;
+            return None;
+        }
+        // The client went away, or its enhanced authentication ran out of time.
+        Err(None) => {
+            debug!(client_id = %info.client_id, listener = %ctx.name, %peer, "closed during authentication");
             return None;
         }
     }

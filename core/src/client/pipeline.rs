@@ -167,7 +167,15 @@ impl Attachment {
             }
         }
         let msg = if broker.hooks.wants(HookSet::MESSAGE_PUBLISH) {
+            let before = msg.topic.as_ptr() as usize;
             match Box::pin(broker.hooks.on_publish(&self.client, msg)).await {
+                // A hook that moved the message to another topic is held to the same rules
+                // as the client: no `$` topics, no more levels than allowed.
+                Some(m) if m.topic.as_ptr() as usize != before && !self.topic_allowed(&m.topic) => {
+                    Metrics::add(&broker.metrics.publishes_denied, 1);
+                    debug!(client_id = %self.client.client_id, listener = %self.client.listener, topic = %m.topic, "a message hook's topic is not allowed; dropped");
+                    return Err(PublishRefused::Dropped);
+                }
                 Some(m) => m,
                 None => {
                     Metrics::add(&broker.metrics.publishes_denied, 1);
@@ -194,6 +202,14 @@ impl Attachment {
             Box::pin(broker.backpressure.wait(&congested, Some(&self.session))).await;
         }
         Ok(())
+    }
+
+    /// Whether a topic another party chose (a message hook's patch) may be routed for this
+    /// client: not a `$` topic, within `max_topic_levels`.
+    fn topic_allowed(&self, t: &str) -> bool {
+        !t.is_empty()
+            && !t.starts_with('$')
+            && topic::level_count(t) <= self.broker.config.max_topic_levels
     }
 
     /// Validates and authorizes one filter of a subscribe request.
