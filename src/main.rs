@@ -68,21 +68,28 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-async fn wait_for_signal() -> Result<&'static str> {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        let mut term = signal(SignalKind::terminate())?;
+/// Installs the SIGTERM and SIGINT handlers now and returns what waits for either. Installed
+/// before the listeners are announced: a signal sent as soon as they are (a supervisor, a test)
+/// would otherwise meet the default action and kill the process without a graceful shutdown.
+#[cfg(unix)]
+fn stop_signals() -> Result<impl std::future::Future<Output = &'static str>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(async move {
         tokio::select! {
-            r = tokio::signal::ctrl_c() => { r?; Ok("SIGINT") }
-            _ = term.recv() => Ok("SIGTERM"),
+            _ = int.recv() => "SIGINT",
+            _ = term.recv() => "SIGTERM",
         }
-    }
-    #[cfg(not(unix))]
-    {
-        tokio::signal::ctrl_c().await?;
-        Ok("ctrl-c")
-    }
+    })
+}
+
+#[cfg(not(unix))]
+fn stop_signals() -> Result<impl std::future::Future<Output = &'static str>> {
+    Ok(async {
+        let _ = tokio::signal::ctrl_c().await;
+        "ctrl-c"
+    })
 }
 
 /// SIGHUP re-reads the password file and ACL rules (from the config file again, when there is
@@ -177,6 +184,7 @@ fn main() -> Result<()> {
         // admitted by a broker whose auth plugins are not there yet.
         let running = Switchyard::builder(config).start().await?;
         reload_on_sighup(&running, cli.config.clone());
+        let stop = stop_signals()?;
         let server = &running.server;
         for (kind, addr) in &server.listeners {
             println!("switchyard listening: {} {}", kind.as_str(), addr);
@@ -185,7 +193,7 @@ fn main() -> Result<()> {
             println!("switchyard listening: http {addr} (/health, /metrics)");
         }
         info!(version = switchyard_core::sys::VERSION, "broker started");
-        let signal = wait_for_signal().await?;
+        let signal = stop.await;
         info!(signal, "shutting down");
         // Listeners first, then rules: every accepted message has reached the rules by then.
         running.shutdown(Duration::from_secs(5)).await;
