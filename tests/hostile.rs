@@ -9,17 +9,6 @@ use switchyard_core::hooks::{ClientInfo, Hook, HookSet, MessageDecision};
 use switchyard_core::protocol::{self, ProtocolVersion, QoS, ReasonCode};
 use switchyard_core::Message;
 
-/// `switchyard_limit_hits_total{limit="LIMIT"}` from `/metrics`.
-async fn limit_hits(server: &switchyard::Running, limit: &str) -> u64 {
-    let http = server.http_addr.expect("http endpoint");
-    let (_, body) = http_get(http, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").await;
-    let key = format!("switchyard_limit_hits_total{{limit=\"{limit}\"}} ");
-    body.lines()
-        .find_map(|l| l.strip_prefix(&key))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("{key} missing from /metrics"))
-}
-
 fn deep_topic(levels: usize) -> String {
     vec!["l"; levels].join("/")
 }

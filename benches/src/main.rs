@@ -78,6 +78,13 @@ struct Args {
     /// ephemeral ports towards one broker port.
     #[arg(long, default_value_t = 1)]
     source_ips: u8,
+    /// Extra subscribers on the same topics that do not keep up (fan-in, fan-out): each reads
+    /// `--laggard-read-bps` bytes a second (0: never reads). Their messages are not counted;
+    /// the result says what the others kept.
+    #[arg(long, default_value_t = 0)]
+    laggards: usize,
+    #[arg(long, default_value_t = 0)]
+    laggard_read_bps: usize,
 }
 
 static NEXT_SOURCE: AtomicU64 = AtomicU64::new(0);
@@ -272,26 +279,9 @@ async fn subscriber(
                         f.get_or_insert(now);
                     }
                     *stats.last.lock().unwrap() = Some(now);
-                    match p.qos {
-                        QoS::AtLeastOnce => protocol::encode_packet(
-                            &Packet::PubAck(PubResponse::new(p.packet_id, ReasonCode::SUCCESS)),
-                            v,
-                            &mut out,
-                        ),
-                        QoS::ExactlyOnce => protocol::encode_packet(
-                            &Packet::PubRec(PubResponse::new(p.packet_id, ReasonCode::SUCCESS)),
-                            v,
-                            &mut out,
-                        ),
-                        QoS::AtMostOnce => {}
-                    }
+                    acknowledge(&Packet::Publish(p), v, &mut out);
                 }
-                Packet::PubRel(r) => protocol::encode_packet(
-                    &Packet::PubComp(PubResponse::new(r.packet_id, ReasonCode::SUCCESS)),
-                    v,
-                    &mut out,
-                ),
-                _ => {}
+                other => acknowledge(&other, v, &mut out),
             }
         }
         if !out.is_empty() {
@@ -314,6 +304,74 @@ async fn subscriber(
     }
     stats.latency.lock().unwrap().add(&local_hist)?;
     Ok(())
+}
+
+/// Encodes what a subscriber answers to `p`: PUBACK, PUBREC or PUBCOMP (nothing otherwise).
+fn acknowledge(p: &Packet, v: ProtocolVersion, out: &mut BytesMut) {
+    let reply = match p {
+        Packet::Publish(p) if p.qos == QoS::AtLeastOnce => Packet::PubAck,
+        Packet::Publish(p) if p.qos == QoS::ExactlyOnce => Packet::PubRec,
+        Packet::PubRel(_) => Packet::PubComp,
+        _ => return,
+    };
+    let id = match p {
+        Packet::Publish(p) => p.packet_id,
+        Packet::PubRel(r) => r.packet_id,
+        _ => return,
+    };
+    protocol::encode_packet(&reply(PubResponse::new(id, ReasonCode::SUCCESS)), v, out);
+}
+
+/// A subscriber that reads `read_bps` bytes a second (0: nothing after its SUBACK) and
+/// acknowledges what it reads: a stalled or trickling client next to the measured ones.
+async fn laggard(args: Args, id: String, filter: String, ready: Arc<Semaphore>) -> Result<()> {
+    let (mut r, mut w, mut buf) = connect(&args, &id).await?;
+    let v = version(args.version);
+    let qos = QoS::from_u8(args.qos).unwrap_or(QoS::AtMostOnce);
+    let mut out = BytesMut::new();
+    let sub = Subscribe {
+        packet_id: 1,
+        filters: vec![(
+            filter,
+            SubscriptionOptions {
+                qos,
+                ..Default::default()
+            },
+        )],
+        properties: Default::default(),
+    };
+    protocol::encode_packet(&Packet::Subscribe(sub), v, &mut out);
+    w.write_all(&out).await?;
+    out.clear();
+    let mut subscribed = false;
+    let mut chunk = vec![0u8; args.laggard_read_bps.max(1)];
+    loop {
+        while let Some(p) = protocol::decode_packet(&mut buf, Some(v), usize::MAX)? {
+            match p {
+                Packet::SubAck(_) if !subscribed => {
+                    subscribed = true;
+                    ready.add_permits(1);
+                }
+                other => acknowledge(&other, v, &mut out),
+            }
+        }
+        if !out.is_empty() {
+            w.write_all(&out).await?;
+            out.clear();
+        }
+        if subscribed && args.laggard_read_bps == 0 {
+            // Holds the socket open and reads nothing more until the run aborts it.
+            std::future::pending::<()>().await;
+        }
+        let n = r.read(&mut chunk).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        if subscribed {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
 }
 
 async fn publisher(
@@ -559,9 +617,23 @@ async fn main() -> Result<()> {
             per_sub_publishers,
         )));
     }
+    let mut laggards = Vec::new();
+    for i in 0..args.laggards {
+        let filter = match args.scenario {
+            Scenario::P2p => format!("bench/{run_id}/p2p/{i}"),
+            _ => format!("bench/{run_id}/#"),
+        };
+        let id = format!("laggard-{run_id}-{i}");
+        laggards.push(tokio::spawn(laggard(
+            args.clone(),
+            id,
+            filter,
+            ready.clone(),
+        )));
+    }
     let _ = tokio::time::timeout(
         Duration::from_secs(30),
-        ready.acquire_many(subscribers as u32),
+        ready.acquire_many((subscribers + args.laggards) as u32),
     )
     .await
     .context("subscribers ready")?;
@@ -592,6 +664,9 @@ async fn main() -> Result<()> {
         s.await??;
     }
     let cpu_after = args.broker_pid.and_then(proc_cpu_and_rss);
+    for l in laggards {
+        l.abort();
+    }
     let received = stats.received.load(Ordering::Relaxed);
     // From the start signal to the last receipt: what the system sustained end to end.
     let window = match *stats.last.lock().unwrap() {
@@ -604,12 +679,13 @@ async fn main() -> Result<()> {
         _ => "n/a".into(),
     };
     println!(
-        "RESULT label={} scenario={:?} qos={} v={} clients={} payload={} msgs_per_s={:.0} received={} expected={} lost={} dup={} p50_us={} p99_us={} max_us={} broker_cpu_us_per_msg={} rss_kb={}",
+        "RESULT label={} scenario={:?} qos={} v={} clients={} laggards={} payload={} msgs_per_s={:.0} received={} expected={} lost={} dup={} p50_us={} p99_us={} max_us={} broker_cpu_us_per_msg={} rss_kb={}",
         args.label,
         args.scenario,
         args.qos,
         args.version,
         args.clients,
+        args.laggards,
         args.payload,
         received as f64 / window,
         received,

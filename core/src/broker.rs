@@ -3,11 +3,12 @@
 //! The subscription tree sits behind a read-write lock so both cores route in parallel; only
 //! SUBSCRIBE/UNSUBSCRIBE take it exclusively. Each session has its own small lock for its queue.
 
-use crate::config::MqttConfig;
+use crate::config::{LimitsConfig, MqttConfig};
+use crate::guard::Guard;
 use crate::hooks::ClientInfo;
 use crate::hooks::{Event, HookChain, HookSet};
 use crate::message::Message;
-use crate::metrics::{Metrics, MetricsSource};
+use crate::metrics::{Limit, Metrics, MetricsSource};
 use crate::protocol::{QoS, RetainHandling, SubscriptionOptions};
 use crate::read_check::ReadCheck;
 use crate::session::{
@@ -57,6 +58,9 @@ pub struct Routed {
     /// An online session whose queue is past its high-water mark: the publisher should wait
     /// for it to drain before sending more (see `Session::space`).
     pub congested: Option<Arc<Session>>,
+    /// The message with a payload of its own, made for the first offline session it is queued
+    /// for and shared by the others (see `Session::enqueue`).
+    pub(crate) stored_copy: Option<Arc<Message>>,
 }
 
 /// Result of attaching a connection to a session.
@@ -76,6 +80,8 @@ pub struct Broker {
     pub started: Instant,
     /// Queue bounds and the wait for congested subscribers, for every front end.
     pub backpressure: Backpressure,
+    /// Bans, connections per address, overload: the door every client passes.
+    pub guard: Guard,
     sessions: Box<dyn SessionStore>,
     subscriptions: RwLock<TopicTree<Subscriber>>,
     retained: RwLock<RetainedTree<Arc<Message>>>,
@@ -89,12 +95,21 @@ pub struct Broker {
 
 impl Broker {
     pub fn new(config: MqttConfig) -> Arc<Self> {
-        Self::with_store(config, Box::new(MemoryStore::default()))
+        Self::with_limits(config, LimitsConfig::default())
+    }
+
+    pub fn with_limits(config: MqttConfig, limits: LimitsConfig) -> Arc<Self> {
+        Self::with_store(config, limits, Box::new(MemoryStore::default()))
     }
 
     /// A broker whose sessions live in `store`.
-    pub fn with_store(config: MqttConfig, store: Box<dyn SessionStore>) -> Arc<Self> {
+    pub fn with_store(
+        config: MqttConfig,
+        limits: LimitsConfig,
+        store: Box<dyn SessionStore>,
+    ) -> Arc<Self> {
         Arc::new(Self {
+            guard: Guard::new(limits),
             backpressure: Backpressure::from_config(&config),
             config,
             hooks: HookChain::default(),
@@ -128,11 +143,23 @@ impl Broker {
     /// What the registered sources report as wrong now (a required plugin missing, a breaker
     /// open): `/health` turns `degraded` and lists them.
     pub fn problems(&self) -> Vec<String> {
-        self.metrics_sources
+        let mut problems: Vec<String> = self
+            .metrics_sources
             .read()
             .iter()
             .flat_map(|(_, source)| source.problems())
-            .collect()
+            .collect();
+        if let Some(why) = self.guard.overload_reason() {
+            problems.push(format!(
+                "overloaded ({why}): new connections refused, QoS 0 shed"
+            ));
+        }
+        problems
+    }
+
+    /// Messages waiting in every session's queue (the overload monitor asks once a second).
+    pub fn total_queued(&self) -> usize {
+        self.sessions.sessions().iter().map(|s| s.queued()).sum()
     }
 
     /// Renders every registered [`MetricsSource`] into `out`.
@@ -398,7 +425,14 @@ impl Broker {
             .hooks
             .wants(HookSet::MESSAGE_EVENTS)
             .then(|| delivery.msg.clone());
-        let (outcome, congested) = session.enqueue(delivery, &self.backpressure);
+        // Under overload QoS 0 is the first thing given up, so that what was promised drains.
+        if delivery.qos == QoS::AtMostOnce && self.guard.is_overloaded() {
+            self.metrics.limit_hit(Limit::Overload);
+            Metrics::add(&self.metrics.messages_dropped, 1);
+            return;
+        }
+        let (outcome, congested) =
+            session.enqueue(delivery, &self.backpressure, &mut routed.stored_copy);
         match outcome {
             Enqueued::Queued => routed.queued += 1,
             Enqueued::DroppedOther => {
@@ -427,7 +461,7 @@ impl Broker {
         // Every retained message passes here, whatever made it (a client, a will, a plugin's
         // patch, a rule's sink): none deeper than the configured limit enters the tree.
         if topic::level_count(&msg.topic) > self.config.max_topic_levels {
-            Metrics::add(&self.metrics.retained_refused, 1);
+            self.metrics.limit_hit(Limit::Retained);
             tracing::warn!(
                 topic_levels = topic::level_count(&msg.topic),
                 max = self.config.max_topic_levels,
@@ -446,10 +480,7 @@ impl Broker {
         // A payload is a slice of the read buffer it arrived in (64 KiB to 1 MiB): kept for
         // good, a 10-byte retained payload would pin all of it. The copy is made outside the
         // lock, and only on this path.
-        let stored = Arc::new(Message {
-            payload: bytes::Bytes::copy_from_slice(&msg.payload),
-            ..(**msg).clone()
-        });
+        let stored = Arc::new(msg.with_own_payload());
         let size = retained_size(&stored);
         let mut retained = self.retained.write();
         // Bytes change only under the write lock, so this read is exact.
@@ -460,7 +491,7 @@ impl Broker {
         if count > self.config.max_retained_messages || bytes_after > self.config.max_retained_bytes
         {
             drop(retained);
-            Metrics::add(&self.metrics.retained_refused, 1);
+            self.metrics.limit_hit(Limit::Retained);
             if self.retained_full_log.admit("").is_some() {
                 tracing::warn!(
                     retained = count - 1,
@@ -534,6 +565,7 @@ impl Broker {
                     subscription_ids: identifier.into_iter().collect(),
                 },
                 &self.backpressure,
+                &mut None,
             );
         }
     }
@@ -604,6 +636,35 @@ fn retained_size(m: &Message) -> usize {
 #[cfg(test)]
 mod retained_tests {
     use super::*;
+
+    #[test]
+    fn payloads_queued_for_offline_sessions_do_not_pin_read_buffers() {
+        let broker = Broker::new(MqttConfig::default());
+        let read_buffer = bytes::Bytes::from(vec![9u8; 64 * 1024]);
+        let in_buffer = |p: &bytes::Bytes| read_buffer.as_ptr_range().contains(&p.as_ptr());
+        // Two offline sessions share one copy; an online one keeps the slice (it is sent soon).
+        let offline: Vec<_> = (0..2)
+            .map(|i| Arc::new(Session::new(format!("off-{i}").into(), None, 600)))
+            .collect();
+        let options = SubscriptionOptions {
+            qos: QoS::AtLeastOnce,
+            ..Default::default()
+        };
+        for s in &offline {
+            broker.subscribe(s, "q/#", options, None, None);
+        }
+        let mut msg = Message::new("q/t", read_buffer.slice(10..20), QoS::AtLeastOnce, false);
+        msg.payload_is_own = false;
+        let (routed, _) = broker.route(&Arc::new(msg));
+        assert_eq!(routed.queued, 2);
+        let mut seen = Vec::new();
+        for s in &offline {
+            let m = s.first_queued().expect("queued");
+            assert!(!in_buffer(&m.payload), "still a slice of the read buffer");
+            seen.push(Arc::as_ptr(&m));
+        }
+        assert_eq!(seen[0], seen[1], "one copy per publish, not per session");
+    }
 
     #[test]
     fn a_retained_payload_does_not_pin_the_buffer_it_arrived_in() {

@@ -110,6 +110,14 @@ pub struct MqttConfig {
     pub topic_alias_max: u16,
     /// How long a new connection may take to send CONNECT.
     pub connect_timeout_s: u64,
+    /// A client that takes no bytes we write for this long is disconnected (0: never).
+    pub write_timeout_s: u64,
+    /// The most one congested subscriber holds its publishers back: past this (or after a
+    /// fifth of it without draining anything) it is slow and publishers stop waiting for it.
+    pub backpressure_wait_ms: u64,
+    /// What happens to a slow subscriber's QoS 1/2 overflow: dropped and counted, or the
+    /// client is disconnected (its session, if persistent, keeps the queue).
+    pub slow_subscriber: SlowSubscriberPolicy,
     /// A persistent session belongs to the user name that created it: a client authenticated
     /// as anyone else may neither resume nor replace it (CONNACK 0x87).
     pub sessions_bound_to_user: bool,
@@ -126,16 +134,27 @@ impl Default for MqttConfig {
             max_subscriptions: 1000,
             max_retained_messages: 1_000_000,
             max_retained_bytes: 1 << 30,
-            session_expiry_max_s: u32::MAX,
+            session_expiry_max_s: 7 * 24 * 3600,
             retain_available: true,
             shared_subscriptions: true,
             sys_interval_s: 10,
             max_keepalive_s: 65_535,
             topic_alias_max: 64,
             connect_timeout_s: 10,
+            write_timeout_s: 30,
+            backpressure_wait_ms: 500,
+            slow_subscriber: SlowSubscriberPolicy::Drop,
             sessions_bound_to_user: true,
         }
     }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum SlowSubscriberPolicy {
+    #[default]
+    Drop,
+    Disconnect,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
@@ -202,6 +221,65 @@ pub struct CoreConfig {
     pub acl: Vec<AclRule>,
     #[serde(default)]
     pub http: HttpConfig,
+    #[serde(default)]
+    pub limits: LimitsConfig,
+}
+
+/// What one client, one address or the crowd may take: the `[limits]` table. Every limit is
+/// counted in `/metrics` (`switchyard_limit_hits_total`) when it bites; 0 turns one off.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Sessions held in all, online and offline; a new one past it is refused (0x97).
+    pub max_sessions: usize,
+    /// Filters in one SUBSCRIBE; the rest are answered 0x97 (v3: 0x80).
+    pub max_filters_per_subscribe: usize,
+    /// Open connections from one address, all listeners together.
+    pub max_connections_per_ip: usize,
+    /// New connections a second per listener; more wait in the kernel's accept queue.
+    pub max_connection_rate: u64,
+    /// PUBLISH packets a second per client; past it v5 QoS 1/2 get 0x97 Quota Exceeded (PUBACK
+    /// has no 0x96), other publishes are dropped.
+    pub max_publish_rate: u64,
+    /// Publish payload bytes a second per client, answered like `max_publish_rate`.
+    pub max_publish_bytes_rate: u64,
+    /// Flapping detection: a client id that ends more than this many connections within
+    /// `flapping_window_s` is refused for `flapping_ban_s`.
+    pub flapping_max_connects: u32,
+    /// The same for a user name and for an address: off by default, since many devices may
+    /// share one user or sit behind one NAT address.
+    pub flapping_max_connects_per_user: u32,
+    pub flapping_max_connects_per_ip: u32,
+    pub flapping_window_s: u64,
+    pub flapping_ban_s: u64,
+    /// `[[ban]]` tables (`clientid`, `username` or `ip`); read at start and on SIGHUP.
+    pub bans_file: PathBuf,
+    /// Overload protection: resident memory in MB (0: 80% of the machine's) and messages
+    /// queued in all sessions (0: no limit) past which new connections are refused and QoS 0
+    /// is shed.
+    pub overload_memory_mb: u64,
+    pub overload_queued_messages: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_sessions: 1_000_000,
+            max_filters_per_subscribe: 100,
+            max_connections_per_ip: 1000,
+            max_connection_rate: 5000,
+            max_publish_rate: 10_000,
+            max_publish_bytes_rate: 10 << 20,
+            flapping_max_connects: 15,
+            flapping_max_connects_per_user: 0,
+            flapping_max_connects_per_ip: 0,
+            flapping_window_s: 60,
+            flapping_ban_s: 300,
+            bans_file: PathBuf::new(),
+            overload_memory_mb: 0,
+            overload_queued_messages: 10_000_000,
+        }
+    }
 }
 
 /// The operators' HTTP endpoint: `/health` and `/metrics`.
@@ -210,6 +288,13 @@ pub struct CoreConfig {
 pub struct HttpConfig {
     pub enabled: bool,
     pub bind: SocketAddr,
+    /// Bearer token required for everything but the open endpoints. Empty: those endpoints
+    /// answer only clients on this machine (loopback).
+    pub token: String,
+    /// `/health` and `/metrics` need no token (load balancers, Prometheus).
+    pub open_metrics: bool,
+    /// Connections served at once; more are closed at accept (counted).
+    pub max_connections: usize,
 }
 
 impl Default for HttpConfig {
@@ -217,6 +302,9 @@ impl Default for HttpConfig {
         Self {
             enabled: true,
             bind: SocketAddr::from(([0, 0, 0, 0], 18083)),
+            token: String::new(),
+            open_metrics: true,
+            max_connections: 64,
         }
     }
 }
@@ -229,6 +317,7 @@ impl Default for CoreConfig {
             auth: AuthConfig::default(),
             acl: Vec::new(),
             http: HttpConfig::default(),
+            limits: LimitsConfig::default(),
         }
     }
 }

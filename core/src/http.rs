@@ -1,10 +1,15 @@
 //! The HTTP endpoint for operators (DESIGN: port 18083): `GET /health` for load balancers and
 //! orchestrators, `GET /metrics` in the Prometheus text format, and the JSON status of
-//! extensions (`GET /rules`, `GET /plugins`: what is loaded, reload errors, counters).
-//! Deliberately tiny: one request per connection, no keep-alive, no bodies accepted.
+//! extensions (`GET /rules`, `GET /plugins`: what is loaded, reload errors, counters), and the
+//! bans in force (`GET /bans`).
+//! Deliberately tiny: one request per connection, no keep-alive, no bodies accepted, request
+//! heads up to 8 KB, at most `max_connections` at once. Everything but the open endpoints
+//! (`/health`, `/metrics` unless `open_metrics = false`) shows configuration and needs
+//! `Authorization: Bearer <token>`; with no token configured it is served to loopback only.
 
 use crate::broker::Broker;
-use crate::metrics::Metrics;
+use crate::config::HttpConfig;
+use crate::metrics::{Limit, Metrics};
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -21,10 +26,12 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 }
 
 /// Serves until shutdown.
-pub async fn run(listener: TcpListener, broker: Arc<Broker>) {
+pub async fn run(listener: TcpListener, broker: Arc<Broker>, cfg: HttpConfig) {
     if let Ok(addr) = listener.local_addr() {
         info!(listener = %format!("http:{addr}"), "listening");
     }
+    let slots = Arc::new(tokio::sync::Semaphore::new(cfg.max_connections.max(1)));
+    let cfg = Arc::new(cfg);
     loop {
         let accepted = tokio::select! {
             _ = broker.shutdown.cancelled() => return,
@@ -34,10 +41,18 @@ pub async fn run(listener: TcpListener, broker: Arc<Broker>) {
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            broker.metrics.limit_hit(Limit::Http);
+            debug!(%peer, "http: max_connections reached; closed");
+            continue;
+        };
         let broker = broker.clone();
+        let cfg = cfg.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             let served =
-                tokio::time::timeout(Duration::from_secs(10), serve(stream, &broker)).await;
+                tokio::time::timeout(Duration::from_secs(10), serve(stream, peer, &broker, &cfg))
+                    .await;
             if !matches!(served, Ok(Ok(()))) {
                 debug!(%peer, "http request failed or timed out");
             }
@@ -45,11 +60,43 @@ pub async fn run(listener: TcpListener, broker: Arc<Broker>) {
     }
 }
 
-async fn serve(mut stream: TcpStream, broker: &Broker) -> std::io::Result<()> {
+/// Whether the request may see the endpoint at `path`.
+fn authorized(head: &[u8], peer: SocketAddr, path: &str, cfg: &HttpConfig) -> bool {
+    if cfg.open_metrics && matches!(path, "/health" | "/metrics") {
+        return true;
+    }
+    if cfg.token.is_empty() {
+        return peer.ip().is_loopback();
+    }
+    let text = String::from_utf8_lossy(head);
+    let presented = text.split("\r\n").skip(1).find_map(|line| {
+        let (name, value) = line.split_once(':')?;
+        if !name.trim().eq_ignore_ascii_case("authorization") {
+            return None;
+        }
+        value.trim().strip_prefix("Bearer ").map(str::trim)
+    });
+    // Compared in constant time: the answer's timing must not reveal a prefix.
+    presented.is_some_and(|t| {
+        t.len() == cfg.token.len()
+            && t.bytes()
+                .zip(cfg.token.bytes())
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0
+    })
+}
+
+async fn serve(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    broker: &Broker,
+    cfg: &HttpConfig,
+) -> std::io::Result<()> {
     let mut head = Vec::with_capacity(512);
     let mut chunk = [0u8; 1024];
     while !head.windows(4).any(|w| w == b"\r\n\r\n") {
         if head.len() > MAX_HEAD {
+            broker.metrics.limit_hit(Limit::Http);
             return respond(
                 &mut stream,
                 "431 Request Header Fields Too Large",
@@ -68,7 +115,16 @@ async fn serve(mut stream: TcpStream, broker: &Broker) -> std::io::Result<()> {
     let line = String::from_utf8_lossy(line);
     let mut parts = line.split(' ');
     let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-    match (method, path.split('?').next().unwrap_or("")) {
+    let path = path.split('?').next().unwrap_or("");
+    if !authorized(&head, peer, path, cfg) {
+        let why = if cfg.token.is_empty() {
+            "served to this machine only: set [http] token to reach it from elsewhere\n"
+        } else {
+            "missing or wrong Authorization: Bearer token\n"
+        };
+        return respond(&mut stream, "401 Unauthorized", "text/plain", why).await;
+    }
+    match (method, path) {
         ("GET", "/health") => {
             // Degraded still answers 200: the broker serves, but an operator must look.
             let problems = broker.problems();
@@ -94,6 +150,11 @@ async fn serve(mut stream: TcpStream, broker: &Broker) -> std::io::Result<()> {
                 &prometheus(broker),
             )
             .await
+        }
+        ("GET", "/bans") => {
+            let bans = broker.guard.bans.list(std::time::Instant::now());
+            let body = format!("{:#}\n", serde_json::json!({ "bans": bans }));
+            respond(&mut stream, "200 OK", "application/json", &body).await
         }
         ("GET", path) => match broker.status_of(path.trim_start_matches('/')) {
             Some(status) => {
@@ -213,20 +274,16 @@ pub fn prometheus(broker: &Broker) -> String {
             "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
         );
     }
-    let limits = [
-        ("retained", &m.retained_refused),
-        ("subscriptions", &m.subscriptions_refused),
-        ("handshake_timeout", &m.handshake_timeouts),
-    ];
     let _ = writeln!(
         out,
-        "# HELP switchyard_limit_hits_total Things a limit refused: retained messages not stored (max_retained_*, max_topic_levels), subscriptions past max_subscriptions, sockets closed at connect_timeout_s.\n# TYPE switchyard_limit_hits_total counter"
+        "# HELP switchyard_limit_hits_total Things a limit refused or cut off (see README, Limits).\n# TYPE switchyard_limit_hits_total counter"
     );
-    for (limit, counter) in limits {
+    for limit in Limit::ALL {
         let _ = writeln!(
             out,
-            "switchyard_limit_hits_total{{limit=\"{limit}\"}} {}",
-            Metrics::get(counter)
+            "switchyard_limit_hits_total{{limit=\"{}\"}} {}",
+            limit.as_str(),
+            m.limit_hits(limit)
         );
     }
     broker.render_metrics_sources(&mut out);

@@ -9,6 +9,8 @@
 //!   (handshake, inbound, outbound).
 //! - [`read_check`]: per-topic read checks of wildcard subscriptions next to deny rules.
 //! - [`transport`]: TCP, TLS, WebSocket, WSS listeners and the `ws-json` bridge.
+//! - [`guard`]: the door every client passes: bans and flapping, connections per address,
+//!   rates, overload protection.
 //! - [`hooks`]: the [`hooks::Hook`] trait that plugins, rules and built-ins implement.
 //! - [`auth`]: the built-in password file and ACL rules.
 //! - [`config`]: the core's part of the TOML configuration.
@@ -17,11 +19,16 @@
 //! - [`http`]: `/health` and Prometheus `/metrics` for operators.
 //! - [`log_limit`]: rate and size limits for what extensions write to the log.
 //! - [`template`]: `${field}` templates over JSON (sinks, HTTP authentication).
+//! - `fuzzing` (feature `fuzzing`, hidden): the checks behind the fuzz targets in `fuzz/`.
 
 pub mod auth;
 pub mod broker;
 pub mod client;
 pub mod config;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
+pub mod guard;
 pub mod hooks;
 pub mod http;
 pub mod log_limit;

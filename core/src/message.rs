@@ -18,6 +18,10 @@ pub struct Message {
     /// The publishing client, for No Local; `None` for the broker's own messages.
     pub publisher: Option<Arc<str>>,
     pub received_at: SystemTime,
+    /// The payload may be a slice of a connection's read buffer (64 KiB to 1 MiB): kept for
+    /// long (retained, queued for an offline session) a small payload would pin all of it.
+    /// False until [`Message::with_own_payload`] made a copy.
+    pub payload_is_own: bool,
 }
 
 impl Message {
@@ -36,6 +40,17 @@ impl Message {
             expires_at: None,
             publisher: None,
             received_at: SystemTime::now(),
+            // Made by the broker, a rule or a plugin from a payload of their own.
+            payload_is_own: true,
+        }
+    }
+
+    /// The same message with a payload of its own allocation, to be stored for long.
+    pub fn with_own_payload(&self) -> Self {
+        Self {
+            payload: Bytes::copy_from_slice(&self.payload),
+            payload_is_own: true,
+            ..self.clone()
         }
     }
 
@@ -54,6 +69,7 @@ impl Message {
             properties,
             publisher: Some(publisher),
             received_at: SystemTime::now(),
+            payload_is_own: false,
         }
     }
 
@@ -71,6 +87,7 @@ impl Message {
             properties,
             publisher: Some(publisher),
             received_at: SystemTime::now(),
+            payload_is_own: false,
         }
     }
 

@@ -24,6 +24,8 @@ pub enum StartError {
     Password(#[from] PasswordError),
     #[error("cannot read ACL file {path}: {message}")]
     AclFile { path: PathBuf, message: String },
+    #[error("bans file {0}")]
+    Bans(#[from] crate::guard::bans::BansError),
     #[error("cannot listen on {addr} (http): {source}")]
     Http {
         addr: SocketAddr,
@@ -39,8 +41,8 @@ struct AclFile {
 }
 
 /// Loads the password file and the ACL rules (`[[acl]]` and `acl_file`) into the hook chain,
-/// replacing the ones loaded before: at start, and again on SIGHUP. On any error nothing
-/// changes, so a bad edit leaves the running rules in force.
+/// and the bans file into the guard, replacing the ones loaded before: at start, and again on
+/// SIGHUP. On any error nothing changes, so a bad edit leaves the running rules in force.
 pub fn load_auth(broker: &Broker, config: &CoreConfig) -> Result<(), StartError> {
     let passwords = if config.auth.password_file.as_os_str().is_empty() {
         None
@@ -67,6 +69,11 @@ pub fn load_auth(broker: &Broker, config: &CoreConfig) -> Result<(), StartError>
             .map_err(|e| err(e.to_string()))?;
         rules.extend(file.acl);
     }
+    let bans = match &config.limits.bans_file {
+        p if p.as_os_str().is_empty() => Vec::new(),
+        p => crate::guard::bans::load_bans_file(p)?,
+    };
+    broker.guard.bans.set_listed(bans);
     match passwords {
         Some(pf) => broker.hooks.replace(BUILTIN_HOOK_PRIORITY, Arc::new(pf)),
         None => broker.hooks.unregister("builtin:password-file"),
@@ -125,10 +132,11 @@ impl Prepared {
             tokio::spawn(l.run(broker.clone(), tasks.clone()));
         }
         tokio::spawn(crate::sys::run(broker.clone()));
+        tokio::spawn(crate::guard::overload::run(broker.clone()));
         let http_addr = match http {
             Some(l) => {
                 let addr = l.local_addr().ok();
-                tokio::spawn(crate::http::run(l, broker.clone()));
+                tokio::spawn(crate::http::run(l, broker.clone(), config.http.clone()));
                 addr
             }
             None => None,
@@ -145,7 +153,7 @@ impl Prepared {
 impl Server {
     /// Creates the broker and loads the built-in auth hooks; nothing listens yet.
     pub fn prepare(config: CoreConfig) -> Result<Prepared, StartError> {
-        let broker = Broker::new(config.mqtt.clone());
+        let broker = Broker::with_limits(config.mqtt.clone(), config.limits.clone());
         load_auth(&broker, &config)?;
         Ok(Prepared { broker, config })
     }

@@ -122,6 +122,17 @@ pub async fn start(config: CoreConfig) -> switchyard::Running {
         .expect("broker starts")
 }
 
+/// `switchyard_limit_hits_total{limit="LIMIT"}` from `/metrics`.
+pub async fn limit_hits(server: &switchyard::Running, limit: &str) -> u64 {
+    let http = server.http_addr.expect("http endpoint");
+    let (_, body) = http_get(http, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    let key = format!("switchyard_limit_hits_total{{limit=\"{limit}\"}} ");
+    body.lines()
+        .find_map(|l| l.strip_prefix(&key))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{key} missing from /metrics"))
+}
+
 pub fn tcp_addr(s: &Server) -> SocketAddr {
     s.addr(ListenerKind::Tcp).expect("tcp listener")
 }
@@ -410,6 +421,18 @@ impl Raw {
     pub async fn connect(addr: SocketAddr) -> Raw {
         Raw {
             stream: TcpStream::connect(addr).await.unwrap(),
+            buf: BytesMut::new(),
+            version: ProtocolVersion::V5,
+        }
+    }
+
+    /// A client whose socket buffers only `bytes` of what the server sends: one that stops
+    /// reading is felt at once instead of after megabytes of kernel buffering.
+    pub async fn connect_small(addr: SocketAddr, bytes: u32) -> Raw {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(bytes).unwrap();
+        Raw {
+            stream: socket.connect(addr).await.unwrap(),
             buf: BytesMut::new(),
             version: ProtocolVersion::V5,
         }

@@ -7,6 +7,7 @@ use super::ListenerContext;
 use crate::message::Message;
 use crate::metrics::Metrics;
 use crate::protocol::*;
+use crate::session::Standing;
 use bytes::BytesMut;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -54,6 +55,23 @@ impl Close {
             notify: false,
             linger: false,
             why,
+        }
+    }
+}
+
+impl Close {
+    /// Why a connection that no longer stands as its session's owner must end.
+    pub(super) fn lost(standing: Standing) -> Option<Self> {
+        match standing {
+            Standing::Owner => None,
+            Standing::TakenOver => Some(Close::error(
+                ReasonCode::SESSION_TAKEN_OVER,
+                "session taken over",
+            )),
+            Standing::Evicted => Some(Close::error(
+                ReasonCode::QUOTA_EXCEEDED,
+                "slow subscriber: its queue overflowed",
+            )),
         }
     }
 }
@@ -132,8 +150,8 @@ where
                     if self.att.broker.shutdown.is_cancelled() {
                         return Close::error(ReasonCode::SERVER_SHUTTING_DOWN, "server shutting down");
                     }
-                    if !self.att.owns_session() {
-                        return Close::error(ReasonCode::SESSION_TAKEN_OVER, "session taken over");
+                    if let Some(close) = Close::lost(self.att.standing()) {
+                        return close;
                     }
                 }
                 read = self.stream.read_buf(&mut self.rbuf) => {

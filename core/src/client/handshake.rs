@@ -6,8 +6,9 @@ use super::enhanced_auth;
 use super::outbound::OutAliases;
 use super::pipeline::Attachment;
 use super::ListenerContext;
+use crate::guard::Refusal;
 use crate::hooks::{Admission, AuthStep, ClientInfo, ConnectInfo};
-use crate::metrics::Metrics;
+use crate::metrics::{Limit, Metrics};
 use crate::protocol::*;
 use bytes::BytesMut;
 use std::net::SocketAddr;
@@ -69,7 +70,7 @@ where
             return None;
         }
         Err(_) => {
-            Metrics::add(&broker.metrics.handshake_timeouts, 1);
+            broker.metrics.limit_hit(Limit::HandshakeTimeout);
             debug!(listener = %ctx.name, %peer, "no CONNECT within the connect timeout");
             return None;
         }
@@ -160,6 +161,36 @@ where
         if v5 {
             ack_props.assigned_client_identifier = Some(client_id.clone());
         }
+    }
+
+    // The door: bans (flapping or listed) and the session limit, before any authentication
+    // work is spent on the client.
+    let refused = match broker.guard.admit_client(
+        &client_id,
+        connect.username.as_deref(),
+        peer.ip(),
+        &broker.metrics,
+    ) {
+        Err(Refusal::Banned(who)) => Some((ReasonCode::BANNED, format!("banned ({who})"))),
+        Err(_) => Some((ReasonCode::SERVER_BUSY, "refused".to_string())),
+        Ok(()) => {
+            let max = broker.guard.limits.max_sessions;
+            let new_session = connect.clean_start || broker.session(&client_id).is_none();
+            (max > 0 && new_session && broker.session_count() >= max).then(|| {
+                broker.metrics.limit_hit(Limit::Sessions);
+                let code = if v5 {
+                    ReasonCode::QUOTA_EXCEEDED
+                } else {
+                    ReasonCode::SERVER_UNAVAILABLE
+                };
+                (code, "max_sessions reached".to_string())
+            })
+        }
+    };
+    if let Some((code, why)) = refused {
+        info!(client_id = %client_id, listener = %ctx.name, %peer, reason = %why, "connection refused");
+        let _ = stream.write_all(&refusal(code, version)).await;
+        return None;
     }
 
     let mut info = ClientInfo {

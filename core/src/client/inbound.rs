@@ -5,6 +5,7 @@
 use super::connection::{Close, Connection};
 use super::pipeline::{PublishRefused, SubscribeRefused};
 use crate::message::Message;
+use crate::metrics::Limit;
 use crate::protocol::*;
 use crate::session::{IncomingQos2, PubRecOutcome};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -165,7 +166,18 @@ where
         let identifier = s.properties.subscription_identifiers.first().copied();
         let mut codes = Vec::with_capacity(s.filters.len());
         let mut granted = Vec::new();
-        for (filter, options) in s.filters {
+        let max_filters = self.att.broker.guard.limits.max_filters_per_subscribe;
+        for (n, (filter, options)) in s.filters.into_iter().enumerate() {
+            // Past the limit each filter is refused unread: a 1 MiB SUBSCRIBE cannot make the
+            // broker take its tree's write lock 100,000 times.
+            if max_filters > 0 && n >= max_filters {
+                self.att
+                    .broker
+                    .metrics
+                    .limit_hit(Limit::FiltersPerSubscribe);
+                codes.push(ReasonCode::QUOTA_EXCEEDED);
+                continue;
+            }
             match self.att.check_subscribe(&filter, &options).await {
                 Ok(grant) => {
                     codes.push(ReasonCode(options.qos as u8));

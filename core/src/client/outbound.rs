@@ -2,20 +2,23 @@
 //! outbound topic aliases), and the write that keeps reading while the socket is full.
 
 use super::connection::{Close, Connection, IDLE_BUFFER_KEEP};
-use crate::metrics::Metrics;
+use crate::metrics::{Limit, Metrics};
 use crate::protocol::*;
 use crate::session::{Acks, Delivery, Outlet};
 use bytes::BytesMut;
 use std::collections::HashMap;
 use std::future::poll_fn;
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::Poll;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// How much encoded output to gather before writing; then we go back to reading.
 const WRITE_BATCH: usize = 64 * 1024;
+/// While a write is blocked, how often the client's progress and the session are checked.
+const WRITE_CHECK: Duration = Duration::from_millis(250);
 /// Scratch size for reads done while a write is blocked.
 const READ_CHUNK: usize = 2048;
 /// Topics this short are sent as they are: an alias (3 bytes of property) saves nothing.
@@ -185,22 +188,36 @@ where
     }
 
     /// Writes the buffer while still reading, so a client that only reads after its own writes
-    /// complete cannot deadlock with us.
+    /// complete cannot deadlock with us. While the socket stays full, every [`WRITE_CHECK`] it
+    /// asks whether the client took anything (none for `write_timeout_s`: it is disconnected),
+    /// whether the session was taken over or evicted, and whether the server is stopping.
     async fn write_out(&mut self) -> Result<(), Close> {
         let mut written = 0;
         let total = self.wbuf.len();
-        let read_limit = self.att.broker.config.max_packet_size as usize + READ_CHUNK;
+        let broker = &self.att.broker;
+        let read_limit = broker.config.max_packet_size as usize + READ_CHUNK;
+        let write_timeout = Duration::from_secs(broker.config.write_timeout_s);
         let mut eof = false;
+        // Created only once a write blocks: most never do.
+        let mut timer: Option<Pin<Box<tokio::time::Sleep>>> = None;
+        let mut progressed = false;
+        let mut stalled = Duration::ZERO;
         let stream = &mut self.stream;
         let wbuf = &self.wbuf;
         let rbuf = &mut self.rbuf;
         let unprocessed = &mut self.unprocessed_input;
-        let result = poll_fn(|cx| {
-            while written < total {
+        let att = &self.att;
+        let result = poll_fn(|cx| loop {
+            if written < total {
                 match Pin::new(&mut *stream).poll_write(cx, &wbuf[written..]) {
-                    Poll::Ready(Ok(0)) => return Poll::Ready(Err(())),
-                    Poll::Ready(Ok(n)) => written += n,
-                    Poll::Ready(Err(_)) => return Poll::Ready(Err(())),
+                    Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
+                        return Poll::Ready(Err(Close::silent("write failed")))
+                    }
+                    Poll::Ready(Ok(n)) => {
+                        written += n;
+                        progressed = true;
+                        continue;
+                    }
                     Poll::Pending => {
                         if !eof && rbuf.len() < read_limit {
                             let mut chunk = [0u8; READ_CHUNK];
@@ -216,15 +233,44 @@ where
                                 }
                             }
                         }
-                        return Poll::Pending;
                     }
                 }
+            } else {
+                match Pin::new(&mut *stream).poll_flush(cx) {
+                    Poll::Ready(Ok(())) => return Poll::Ready(Ok(())),
+                    Poll::Ready(Err(_)) => return Poll::Ready(Err(Close::silent("write failed"))),
+                    Poll::Pending => {}
+                }
             }
-            match Pin::new(&mut *stream).poll_flush(cx) {
-                Poll::Ready(Ok(())) => Poll::Ready(Ok(())),
-                Poll::Ready(Err(_)) => Poll::Ready(Err(())),
-                Poll::Pending => Poll::Pending,
+            let t = timer.get_or_insert_with(|| {
+                progressed = false;
+                Box::pin(tokio::time::sleep(WRITE_CHECK))
+            });
+            while t.as_mut().poll(cx).is_ready() {
+                stalled = if std::mem::take(&mut progressed) {
+                    Duration::ZERO
+                } else {
+                    stalled + WRITE_CHECK
+                };
+                if !write_timeout.is_zero() && stalled >= write_timeout {
+                    att.broker.metrics.limit_hit(Limit::WriteTimeout);
+                    return Poll::Ready(Err(Close::error(
+                        ReasonCode::KEEP_ALIVE_TIMEOUT,
+                        "write timeout: the client reads nothing",
+                    )));
+                }
+                if let Some(close) = Close::lost(att.standing()) {
+                    return Poll::Ready(Err(close));
+                }
+                if att.broker.shutdown.is_cancelled() {
+                    return Poll::Ready(Err(Close::error(
+                        ReasonCode::SERVER_SHUTTING_DOWN,
+                        "server shutting down",
+                    )));
+                }
+                t.as_mut().reset(tokio::time::Instant::now() + WRITE_CHECK);
             }
+            return Poll::Pending;
         })
         .await;
         Metrics::add(&self.att.broker.metrics.bytes_sent, written as u64);
@@ -232,6 +278,6 @@ where
         if self.wbuf.capacity() > IDLE_BUFFER_KEEP {
             self.wbuf = BytesMut::new();
         }
-        result.map_err(|()| Close::silent("write failed"))
+        result
     }
 }

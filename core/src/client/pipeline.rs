@@ -10,15 +10,17 @@
 //! - outbound: the session's batch, with `MessageDelivered` / `MessageDropped` and counters.
 
 use crate::broker::Broker;
+use crate::guard::rate::TokenBucket;
 use crate::hooks::{Access, AclDecision, ClientInfo, Event, HookSet};
 use crate::message::Message;
-use crate::metrics::Metrics;
+use crate::metrics::{Limit, Metrics};
 use crate::protocol::{QoS, ReasonCode, SubscriptionOptions};
 use crate::read_check::ReadCheck;
-use crate::session::{Acks, AttachId, Outlet, Session, SessionOwnedByOther};
+use crate::session::{Acks, AttachId, Outlet, Session, SessionOwnedByOther, Standing, WaitOutcome};
 use crate::topic;
+use parking_lot::Mutex;
 use std::sync::Arc;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 /// Why a publish was not routed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,6 +67,15 @@ pub struct Attachment {
     pub client: Arc<ClientInfo>,
     pub session: Arc<Session>,
     pub id: AttachId,
+    /// Publish rate buckets (messages, bytes), made at the first publish: a client that only
+    /// subscribes never pays for them.
+    rates: Mutex<Option<Box<PublishRates>>>,
+}
+
+/// `max_publish_rate` and `max_publish_bytes_rate` of one client.
+struct PublishRates {
+    messages: Option<TokenBucket>,
+    bytes: Option<TokenBucket>,
 }
 
 impl Attachment {
@@ -99,6 +110,7 @@ impl Attachment {
             client,
             session: attached.session,
             id: attached.id,
+            rates: Mutex::new(None),
         };
         Ok((att, attached.session_present))
     }
@@ -108,10 +120,18 @@ impl Attachment {
         self.session.is_attached(self.id)
     }
 
+    pub fn standing(&self) -> Standing {
+        self.session.standing(self.id)
+    }
+
     /// Detaches from the session and announces the disconnect.
     pub fn close(&self, why: &str) {
         Metrics::add(&self.broker.metrics.clients_connected, u64::MAX); // wrapping -1
         self.broker.detach(&self.session, self.id);
+        let c = &self.client;
+        self.broker
+            .guard
+            .connection_ended(&c.client_id, c.username.as_deref(), c.peer_addr.ip());
         let client = self.client.clone();
         let why = why.to_string();
         self.broker.hooks.emit(|| Event::ClientDisconnected {
@@ -149,6 +169,11 @@ impl Attachment {
         if msg.topic.starts_with('$') {
             Metrics::add(&broker.metrics.publishes_denied, 1);
             return Err(PublishRefused::Denied(ReasonCode::NOT_AUTHORIZED));
+        }
+        if !self.within_publish_rate(msg.payload.len()) {
+            broker.metrics.limit_hit(Limit::PublishRate);
+            Metrics::add(&broker.metrics.publishes_denied, 1);
+            return Err(PublishRefused::Denied(ReasonCode::QUOTA_EXCEEDED));
         }
         // The hook calls are boxed: they run only when a hook asked for them, and inline they
         // would push every read's future (allocated per read) past the allocator's fast size.
@@ -199,9 +224,33 @@ impl Attachment {
             msg,
         });
         if let Some(congested) = congested {
-            Box::pin(broker.backpressure.wait(&congested, Some(&self.session))).await;
+            let waited = Box::pin(broker.backpressure.wait(&congested, Some(&self.session))).await;
+            if waited == WaitOutcome::MarkedSlow {
+                broker.metrics.limit_hit(Limit::SlowSubscriber);
+                warn!(client_id = %congested.client_id, publisher = %self.client.client_id, listener = %self.client.listener, policy = ?broker.backpressure.policy, "slow subscriber: publishers no longer wait for it");
+            }
         }
         Ok(())
+    }
+
+    /// Takes one message and `bytes` from the client's publish rate buckets.
+    fn within_publish_rate(&self, bytes: usize) -> bool {
+        let limits = &self.broker.guard.limits;
+        if limits.max_publish_rate == 0 && limits.max_publish_bytes_rate == 0 {
+            return true;
+        }
+        let mut rates = self.rates.lock();
+        let r = rates.get_or_insert_with(|| {
+            Box::new(PublishRates {
+                messages: TokenBucket::new(limits.max_publish_rate),
+                bytes: TokenBucket::new(limits.max_publish_bytes_rate),
+            })
+        });
+        let now = std::time::Instant::now();
+        r.messages.as_mut().is_none_or(|b| b.try_take(1, now))
+            && r.bytes
+                .as_mut()
+                .is_none_or(|b| b.try_take(bytes as u64, now))
     }
 
     /// Whether a topic another party chose (a message hook's patch) may be routed for this
@@ -242,7 +291,7 @@ impl Attachment {
         // Each subscription is a tree entry and a write lock; one SUBSCRIBE can carry
         // thousands of filters.
         if !self.session.has_room_for(filter, cfg.max_subscriptions) {
-            Metrics::add(&self.broker.metrics.subscriptions_refused, 1);
+            self.broker.metrics.limit_hit(Limit::Subscriptions);
             debug!(client_id = %self.client.client_id, listener = %self.client.listener, filter, max = cfg.max_subscriptions, "subscription refused: max_subscriptions reached");
             return Err(SubscribeRefused::Code(ReasonCode::QUOTA_EXCEEDED));
         }

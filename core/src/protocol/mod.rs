@@ -13,7 +13,7 @@
 mod decode;
 mod encode;
 mod error;
-mod properties;
+pub(crate) mod properties;
 mod reason;
 pub(crate) mod wire;
 

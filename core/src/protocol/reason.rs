@@ -35,6 +35,7 @@ impl ReasonCode {
     pub const RECEIVE_MAXIMUM_EXCEEDED: Self = Self(0x93);
     pub const TOPIC_ALIAS_INVALID: Self = Self(0x94);
     pub const PACKET_TOO_LARGE: Self = Self(0x95);
+    pub const MESSAGE_RATE_TOO_HIGH: Self = Self(0x96);
     pub const QUOTA_EXCEEDED: Self = Self(0x97);
     pub const PAYLOAD_FORMAT_INVALID: Self = Self(0x99);
     pub const RETAIN_NOT_SUPPORTED: Self = Self(0x9A);
@@ -84,6 +85,7 @@ impl ReasonCode {
             0x93 => "receive maximum exceeded",
             0x94 => "topic alias invalid",
             0x95 => "packet too large",
+            0x96 => "message rate too high",
             0x97 => "quota exceeded",
             0x99 => "payload format invalid",
             0x9A => "retain not supported",

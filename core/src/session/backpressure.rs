@@ -1,30 +1,47 @@
 //! The one backpressure policy. A subscriber whose queue passes the high-water mark makes the
 //! publisher that filled it stop reading (TCP then pushes back on that client) until the queue
-//! drains below the low-water mark, instead of dropping what it sends. A subscriber that does
-//! not catch up within the timeout is marked slow: publishers stop waiting for it and its
-//! overflow is dropped and counted, so one stalled client cannot hold everyone back for long.
+//! drains below the low-water mark, instead of dropping what it sends — but only while that
+//! subscriber keeps up. One that takes nothing from its queue for a fifth of
+//! `backpressure_wait_ms`, or has not drained below the low-water mark within
+//! `backpressure_wait_ms` of passing the high-water mark, is marked slow: publishers stop
+//! waiting for it, its QoS 0 overflow makes room and its QoS 1/2 overflow is dropped and counted
+//! (`slow_subscriber = "drop"`) or its connection is closed (`"disconnect"`). So one congestion
+//! episode of a stalled or trickling client holds publishers for at most that bound, and the
+//! mark stays until the client has caught up (drained below the low-water mark).
 
 use super::Session;
-use crate::config::MqttConfig;
+use crate::config::{MqttConfig, SlowSubscriberPolicy};
 use std::sync::Arc;
-use std::time::Duration;
-use tracing::warn;
-
-/// How long a publisher waits for a congested subscriber before giving up on it.
-const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
+use std::time::{Duration, Instant};
 
 #[derive(Debug, Clone)]
 pub struct Backpressure {
     /// Per-session queue bound (online or offline).
     pub max_queued: usize,
-    pub timeout: Duration,
+    /// The most one congestion episode of one subscriber holds its publishers.
+    pub max_wait: Duration,
+    /// A congested subscriber that takes nothing from its queue for this long is slow.
+    pub stall: Duration,
+    pub policy: SlowSubscriberPolicy,
+}
+
+/// What a wait ended with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WaitOutcome {
+    /// The subscriber drained, went offline or was already marked slow.
+    Released,
+    /// This wait marked the subscriber slow (counted and logged once by the caller).
+    MarkedSlow,
 }
 
 impl Backpressure {
     pub fn from_config(cfg: &MqttConfig) -> Self {
+        let max_wait = Duration::from_millis(cfg.backpressure_wait_ms);
         Self {
             max_queued: cfg.max_queued_messages,
-            timeout: DEFAULT_TIMEOUT,
+            max_wait,
+            stall: max_wait / 5,
+            policy: cfg.slow_subscriber,
         }
     }
 
@@ -39,23 +56,55 @@ impl Backpressure {
     }
 
     /// Holds the publisher (whose own session is `publisher`, if it has one) until `congested`
-    /// drains, goes offline, or the timeout marks it slow.
-    pub async fn wait(&self, congested: &Arc<Session>, publisher: Option<&Arc<Session>>) {
+    /// drains, goes offline, or turns out not to keep up.
+    pub async fn wait(
+        &self,
+        congested: &Arc<Session>,
+        publisher: Option<&Arc<Session>>,
+    ) -> WaitOutcome {
         if publisher.is_some_and(|p| Arc::ptr_eq(p, congested)) {
-            return;
+            return WaitOutcome::Released;
         }
-        let notified = congested.space.notified();
-        tokio::pin!(notified);
-        notified.as_mut().enable();
-        {
-            let st = congested.state.lock();
-            if st.queue.len() <= self.low_water() || st.attached.is_none() || st.slow || st.ended {
-                return;
+        loop {
+            let notified = congested.space.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let deadline = {
+                let mut st = congested.state.lock();
+                if st.queue.len() <= self.low_water()
+                    || st.attached.is_none()
+                    || st.slow
+                    || st.ended
+                {
+                    return WaitOutcome::Released;
+                }
+                let now = Instant::now();
+                let since = *st.congested_since.get_or_insert(now);
+                // Draining before this episode began says nothing about keeping up now.
+                let progress = st.last_drain.map_or(since, |d| d.max(since));
+                let deadline = (since + self.max_wait).min(progress + self.stall);
+                if now >= deadline {
+                    st.slow = true;
+                    let evict = self.policy == SlowSubscriberPolicy::Disconnect;
+                    st.evicted = evict;
+                    drop(st);
+                    // Publishers waiting for it go on; its connection closes if so chosen.
+                    congested.space.notify_waiters();
+                    if evict {
+                        congested.wake();
+                    }
+                    return WaitOutcome::MarkedSlow;
+                }
+                deadline
+            };
+            // Released by the drain: go on even if others have refilled the queue since, or
+            // the publishers woken last would wait again and again.
+            if tokio::time::timeout_at(deadline.into(), notified)
+                .await
+                .is_ok()
+            {
+                return WaitOutcome::Released;
             }
-        }
-        if tokio::time::timeout(self.timeout, notified).await.is_err() {
-            congested.state.lock().slow = true;
-            warn!(client_id = %congested.client_id, "slow subscriber: publishers no longer wait for it; its overflow is dropped");
         }
     }
 }

@@ -18,7 +18,7 @@ mod backpressure;
 mod state;
 mod store;
 
-pub use backpressure::Backpressure;
+pub use backpressure::{Backpressure, WaitOutcome};
 pub use state::{Inflight, InflightState, StoredSubscription};
 pub use store::{MemoryStore, Opened, SessionClaim, SessionOwnedByOther, SessionStore};
 
@@ -26,6 +26,7 @@ use crate::message::Message;
 use crate::protocol::{QoS, SubscriptionOptions};
 use parking_lot::Mutex;
 use state::SessionState;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::Notify;
@@ -48,6 +49,16 @@ pub struct Delivery {
 /// (wills and expiry timers compare it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct AttachId(pub(crate) u64);
+
+/// Where a connection stands with its session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Standing {
+    Owner,
+    /// Another connection attached, or the session ended.
+    TakenOver,
+    /// Marked slow under `slow_subscriber = "disconnect"`: the connection must close.
+    Evicted,
+}
 
 /// Outcome of offering a delivery to a session's queue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -160,6 +171,10 @@ impl Session {
         st.attached = Some(id);
         st.last_attach = id;
         st.expiry_interval = expiry_interval;
+        // A new connection starts with a clean record: what made the last one slow was its.
+        st.slow = false;
+        st.evicted = false;
+        st.congested_since = None;
         drop(st);
         if had_owner {
             self.wake.notify_one();
@@ -176,6 +191,21 @@ impl Session {
         }
         st.attached = None;
         st.queue.retain(|d| d.qos != QoS::AtMostOnce);
+        // Kept while offline: payloads that are slices of read buffers get their own copies
+        // (one per message, however many deliveries share it).
+        {
+            let st = &mut *st;
+            let mut copies: HashMap<*const Message, Arc<Message>> = HashMap::new();
+            let inflight = st.inflight.iter_mut().map(|f| &mut f.delivery);
+            for d in st.queue.iter_mut().chain(inflight) {
+                if !d.msg.payload_is_own {
+                    let copy = copies
+                        .entry(Arc::as_ptr(&d.msg))
+                        .or_insert_with(|| Arc::new(d.msg.with_own_payload()));
+                    d.msg = copy.clone();
+                }
+            }
+        }
         let expiry = st.expiry_interval;
         drop(st);
         // Publishers held back by this session's queue need not wait for an offline client.
@@ -267,9 +297,21 @@ impl Session {
         self.state.lock().queue.len()
     }
 
+    #[cfg(test)]
+    pub(crate) fn first_queued(&self) -> Option<Arc<Message>> {
+        self.state.lock().queue.front().map(|d| d.msg.clone())
+    }
+
     /// Adds a delivery to the bounded queue and wakes the connection. The flag says the queue
     /// of this online session is past the high-water mark: the publisher should wait for it.
-    pub(crate) fn enqueue(&self, d: Delivery, bp: &Backpressure) -> (Enqueued, bool) {
+    /// An offline session keeps the message with a payload of its own: `stored_copy` holds the
+    /// copy made for the first offline session of a publish, shared by the others.
+    pub(crate) fn enqueue(
+        &self,
+        mut d: Delivery,
+        bp: &Backpressure,
+        stored_copy: &mut Option<Arc<Message>>,
+    ) -> (Enqueued, bool) {
         let mut st = self.state.lock();
         if st.ended {
             return (Enqueued::Refused, false);
@@ -277,6 +319,11 @@ impl Session {
         let online = st.attached.is_some();
         if !online && d.qos == QoS::AtMostOnce {
             return (Enqueued::Skipped, false);
+        }
+        if !online && !d.msg.payload_is_own {
+            d.msg = stored_copy
+                .get_or_insert_with(|| Arc::new(d.msg.with_own_payload()))
+                .clone();
         }
         let mut outcome = Enqueued::Queued;
         if st.queue.len() >= bp.max_queued {
@@ -290,6 +337,9 @@ impl Session {
         }
         st.queue.push_back(d);
         let congested = online && !st.slow && st.queue.len() >= bp.high_water();
+        if congested && st.congested_since.is_none() {
+            st.congested_since = Some(Instant::now());
+        }
         drop(st);
         if online {
             self.wake.notify_one();
@@ -318,6 +368,7 @@ impl Session {
         let now = Instant::now();
         let low = bp.low_water();
         let was_above = st.queue.len() > low;
+        let queued_before = st.queue.len();
         if st.queue.len() > 4 {
             let estimate = st
                 .queue
@@ -359,15 +410,32 @@ impl Session {
                 st.start_inflight(packet_id, d);
             }
         }
+        if st.queue.len() < queued_before {
+            st.last_drain = Some(now);
+        }
         let released = was_above && st.queue.len() <= low;
         if released {
             st.slow = false;
+            st.congested_since = None;
         }
         drop(st);
         if released {
             self.space.notify_waiters();
         }
         batch
+    }
+
+    /// Whether the connection of `id` may go on: one lock for the questions a woken
+    /// connection asks.
+    pub fn standing(&self, id: AttachId) -> Standing {
+        let st = self.state.lock();
+        if st.attached != Some(id) {
+            Standing::TakenOver
+        } else if st.evicted {
+            Standing::Evicted
+        } else {
+            Standing::Owner
+        }
     }
 
     /// Whether [`Session::fill`] would find more to send right now.

@@ -3,6 +3,7 @@
 use super::{AttachId, Delivery};
 use crate::protocol::SubscriptionOptions;
 use std::collections::{HashMap, VecDeque};
+use std::time::Instant;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum InflightState {
@@ -47,6 +48,14 @@ pub(super) struct SessionState {
     /// The client did not drain its queue within the backpressure timeout: publishers stop
     /// waiting for it (its overflow is dropped and counted) until it catches up.
     pub(super) slow: bool,
+    /// `slow_subscriber = "disconnect"`: the connection must close (its session stays).
+    pub(super) evicted: bool,
+    /// When the queue last passed the high-water mark; cleared once it drains below the
+    /// low-water mark. Read clock only at that crossing, never per message.
+    pub(super) congested_since: Option<Instant>,
+    /// When the connection last took anything from the queue (set by `fill`, which reads the
+    /// clock anyway): a congested subscriber that stops draining is slow.
+    pub(super) last_drain: Option<Instant>,
 }
 
 impl SessionState {
@@ -62,6 +71,9 @@ impl SessionState {
             expiry_interval,
             ended: false,
             slow: false,
+            evicted: false,
+            congested_since: None,
+            last_drain: None,
         }
     }
 

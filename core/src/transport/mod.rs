@@ -3,15 +3,18 @@
 //! [`crate::client::serve`].
 
 mod tls;
-mod ws;
+pub(crate) mod ws;
 pub mod ws_json;
 
 use crate::broker::Broker;
 use crate::client::{serve, ListenerContext};
 use crate::config::{ListenerConfig, ListenerKind};
+use crate::guard::rate::TokenBucket;
+use crate::metrics::Limit;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, warn};
@@ -84,6 +87,7 @@ impl BoundListener {
             name: name.clone(),
         });
         let open = Arc::new(AtomicUsize::new(0));
+        let mut rate = TokenBucket::new(broker.guard.limits.max_connection_rate);
         let shared = Arc::new(self);
         loop {
             let accepted = tokio::select! {
@@ -100,13 +104,28 @@ impl BoundListener {
                 }
             };
             if open.load(Ordering::Relaxed) >= shared.config.max_connections {
+                broker.metrics.limit_hit(Limit::ListenerConnections);
                 debug!(listener = %name, %peer, "max_connections reached; refusing");
                 drop(tcp);
                 continue;
             }
+            let ip_slot = match broker.guard.admit_socket(peer.ip(), &broker.metrics) {
+                Ok(slot) => slot,
+                Err(why) => {
+                    debug!(listener = %name, %peer, reason = ?why, "connection refused at accept");
+                    drop(tcp);
+                    continue;
+                }
+            };
+            // Past the connection rate the next accept waits: the kernel's queue holds the
+            // rest, and a reconnect storm after a restart is spread out instead of refused.
+            if let Some(wait) = rate.as_mut().and_then(|r| r.take_or_wait(Instant::now())) {
+                broker.metrics.limit_hit(Limit::ConnectionRate);
+                tokio::time::sleep(wait).await;
+            }
             let _ = tcp.set_nodelay(true);
             open.fetch_add(1, Ordering::Relaxed);
-            let guard = OpenGuard(open.clone());
+            let guard = (OpenGuard(open.clone()), ip_slot);
             let ctx = ctx.clone();
             // Plain TCP, the common case, gets a task sized for plain TCP; TLS and WebSocket
             // connections carry several KB of extra state and get their own (boxed) futures.
@@ -149,7 +168,8 @@ impl BoundListener {
     ) where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send,
     {
-        match within_connect_timeout(&ctx, ws::accept(stream, self.config.path())).await {
+        let limit = ws::mqtt_message_limit(ctx.broker.config.max_packet_size);
+        match within_connect_timeout(&ctx, ws::accept(stream, self.config.path(), limit)).await {
             Some(Ok(ws)) => serve(ws, peer, cn, ctx).await,
             Some(Err(e)) => {
                 debug!(listener = %ctx.name, %peer, error = %e, "websocket handshake failed")
@@ -161,7 +181,8 @@ impl BoundListener {
     }
 
     async fn serve_ws_json(&self, tcp: TcpStream, peer: SocketAddr, ctx: Arc<ListenerContext>) {
-        match within_connect_timeout(&ctx, ws::accept_json(tcp, self.config.path())).await {
+        let limit = ws::json_message_limit(ctx.broker.config.max_packet_size);
+        match within_connect_timeout(&ctx, ws::accept_json(tcp, self.config.path(), limit)).await {
             Some(Ok((ws, query))) => ws_json::serve(ws, peer, query, ctx).await,
             Some(Err(e)) => {
                 debug!(listener = %ctx.name, %peer, error = %e, "websocket handshake failed")
@@ -209,7 +230,7 @@ async fn within_connect_timeout<T>(
     let limit = std::time::Duration::from_secs(ctx.broker.config.connect_timeout_s);
     let done = tokio::time::timeout(limit, step).await.ok();
     if done.is_none() {
-        crate::metrics::Metrics::add(&ctx.broker.metrics.handshake_timeouts, 1);
+        ctx.broker.metrics.limit_hit(Limit::HandshakeTimeout);
     }
     done
 }

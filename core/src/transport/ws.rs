@@ -17,11 +17,23 @@ use tokio_tungstenite::WebSocketStream;
 /// Subprotocols MQTT clients ask for, in our order of preference.
 const MQTT_SUBPROTOCOLS: [&str; 3] = ["mqtt", "mqttv3.1", "mqttv5"];
 
-fn ws_config() -> WebSocketConfig {
-    // A frame or message larger than the largest MQTT packet we accept is refused by tungstenite.
+/// Frames and messages are held whole in memory before we see them: past `max_message` bytes
+/// tungstenite refuses them and the connection closes.
+fn ws_config(max_message: usize) -> WebSocketConfig {
     WebSocketConfig::default()
-        .max_message_size(Some(64 << 20))
-        .max_frame_size(Some(64 << 20))
+        .max_message_size(Some(max_message))
+        .max_frame_size(Some(max_message))
+}
+
+/// Largest WebSocket message of MQTT over WebSocket: one packet of `max_packet_size`, with room
+/// for small packets a client coalesces into the same message.
+pub(crate) fn mqtt_message_limit(max_packet_size: u32) -> usize {
+    max_packet_size as usize + (64 << 10)
+}
+
+/// Largest `ws-json` message: a payload of `max_packet_size` in base64, inside its JSON.
+pub(crate) fn json_message_limit(max_packet_size: u32) -> usize {
+    max_packet_size as usize * 2 + (64 << 10)
 }
 
 fn not_found() -> ErrorResponse {
@@ -34,6 +46,7 @@ fn not_found() -> ErrorResponse {
 pub(crate) async fn accept<S>(
     stream: S,
     path: &str,
+    max_message: usize,
 ) -> Result<WsByteStream<S>, tokio_tungstenite::tungstenite::Error>
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -61,8 +74,12 @@ where
         }
         Ok(resp)
     };
-    let ws = tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(ws_config()))
-        .await?;
+    let ws = tokio_tungstenite::accept_hdr_async_with_config(
+        stream,
+        callback,
+        Some(ws_config(max_message)),
+    )
+    .await?;
     Ok(WsByteStream {
         inner: ws,
         pending: Bytes::new(),
@@ -73,6 +90,7 @@ where
 pub(crate) async fn accept_json<S>(
     stream: S,
     path: &str,
+    max_message: usize,
 ) -> Result<(WebSocketStream<S>, String), tokio_tungstenite::tungstenite::Error>
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -86,8 +104,12 @@ where
         query = req.uri().query().unwrap_or_default().to_string();
         Ok(resp)
     };
-    let ws = tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(ws_config()))
-        .await?;
+    let ws = tokio_tungstenite::accept_hdr_async_with_config(
+        stream,
+        callback,
+        Some(ws_config(max_message)),
+    )
+    .await?;
     Ok((ws, query))
 }
 

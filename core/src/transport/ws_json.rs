@@ -11,13 +11,14 @@
 //! ([`crate::client::pipeline`]), so JSON clients get the same validation, authorization, hooks,
 //! rules, events and backpressure as MQTT clients.
 
+use crate::broker::Broker;
 use crate::client::pipeline::{PublishRefused, SubscribeRefused};
 use crate::client::{Attachment, ListenerContext};
 use crate::hooks::{Admission, ClientInfo, ConnectInfo};
 use crate::message::Message;
-use crate::metrics::Metrics;
+use crate::metrics::{Limit, Metrics};
 use crate::protocol::{ProtocolVersion, QoS, ReasonCode, RetainHandling, SubscriptionOptions};
-use crate::session::{Acks, Delivery, Outlet};
+use crate::session::{Acks, Delivery, Outlet, Standing};
 use base64::Engine;
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
@@ -110,13 +111,15 @@ pub(crate) async fn serve<S>(
         let frame = tokio::select! {
             _ = shutdown.cancelled() => break "server shutting down",
             _ = &mut unopened, if att.is_none() => {
-                Metrics::add(&broker.metrics.handshake_timeouts, 1);
+                broker.metrics.limit_hit(Limit::HandshakeTimeout);
                 break "no request within the connect timeout";
             }
             _ = wake => {
                 if let Some(a) = &att {
-                    if !a.owns_session() {
-                        break "session taken over";
+                    match a.standing() {
+                        Standing::Owner => {}
+                        Standing::TakenOver => break "session taken over",
+                        Standing::Evicted => break "slow subscriber: its queue overflowed",
                     }
                     if !forward_deliveries(&mut ws, a).await {
                         break "write failed";
@@ -137,7 +140,7 @@ pub(crate) async fn serve<S>(
             Ok(v @ Value::Object(_)) => v,
             _ => {
                 let error = json!({"type": "error", "msg": "frame is not a JSON object"});
-                if send(&mut ws, error).await.is_err() {
+                if send(&mut ws, &broker, error).await.is_err() {
                     break "write failed";
                 }
                 continue;
@@ -158,15 +161,19 @@ pub(crate) async fn serve<S>(
             match open(&ctx, peer, &creds).await {
                 Ok(a) => att = Some(a),
                 Err(code) => {
-                    let _ = send(&mut ws, json!({"type": "error", "msg": format!("connection refused: {}", code.describe())})).await;
+                    let _ = send(&mut ws, &broker, json!({"type": "error", "msg": format!("connection refused: {}", code.describe())})).await;
                     let _ = ws.close(None).await;
                     return;
                 }
             }
             if kind == "connect" {
-                if send(&mut ws, json!({"type": "success", "op": "connect"}))
-                    .await
-                    .is_err()
+                if send(
+                    &mut ws,
+                    &broker,
+                    json!({"type": "success", "op": "connect"}),
+                )
+                .await
+                .is_err()
                 {
                     break "write failed";
                 }
@@ -189,7 +196,7 @@ pub(crate) async fn serve<S>(
             Err(msg) => Some(json!({"type": "error", "msg": msg})),
         };
         if let Some(reply) = reply {
-            if send(&mut ws, reply).await.is_err() {
+            if send(&mut ws, &broker, reply).await.is_err() {
                 break "write failed";
             }
         }
@@ -206,13 +213,11 @@ pub(crate) async fn serve<S>(
     let _ = tokio::time::timeout(std::time::Duration::from_secs(1), ws.close(None)).await;
 }
 
-async fn send<S>(ws: &mut WebSocketStream<S>, v: Value) -> Result<(), ()>
+async fn send<S>(ws: &mut WebSocketStream<S>, broker: &Broker, v: Value) -> Result<(), ()>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    ws.send(WsMessage::Text(v.to_string().into()))
-        .await
-        .map_err(|_| ())
+    within_write_timeout(broker, ws.send(WsMessage::Text(v.to_string().into()))).await
 }
 
 /// Authenticates the client and attaches it to a fresh session (JSON clients have no
@@ -304,7 +309,7 @@ where
     };
     let granted = a.subscribe(filter.to_string(), options, None, grant);
     let ok = json!({"type": "success", "op": "subscribe", "topic": filter});
-    let sent = send(ws, ok).await;
+    let sent = send(ws, &a.broker, ok).await;
     a.complete_subscribe(granted).await;
     match sent {
         Ok(()) => Ok(None),
@@ -394,13 +399,32 @@ where
             return true;
         }
         Metrics::add(&a.broker.metrics.bytes_sent, out.bytes as u64);
-        for text in out.frames {
-            if ws.feed(WsMessage::Text(text.into())).await.is_err() {
-                return false;
+        let write = async {
+            for text in out.frames {
+                ws.feed(WsMessage::Text(text.into())).await?;
             }
-        }
-        if ws.flush().await.is_err() {
+            ws.flush().await
+        };
+        if within_write_timeout(&a.broker, write).await.is_err() {
             return false;
+        }
+    }
+}
+
+/// Runs a write, failing it when the client takes nothing for `write_timeout_s` (counted).
+async fn within_write_timeout<F, E>(broker: &Broker, write: F) -> Result<(), ()>
+where
+    F: std::future::Future<Output = Result<(), E>>,
+{
+    let secs = broker.config.write_timeout_s;
+    if secs == 0 {
+        return write.await.map_err(|_| ());
+    }
+    match tokio::time::timeout(std::time::Duration::from_secs(secs), write).await {
+        Ok(r) => r.map_err(|_| ()),
+        Err(_) => {
+            broker.metrics.limit_hit(Limit::WriteTimeout);
+            Err(())
         }
     }
 }

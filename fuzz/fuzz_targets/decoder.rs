@@ -1,0 +1,3 @@
+#![no_main]
+//! See `switchyard_core::fuzzing::check_decoder`.
+libfuzzer_sys::fuzz_target!(|data: &[u8]| switchyard_core::fuzzing::check_decoder(data));
