@@ -1,5 +1,7 @@
-//! Clients (and extensions) that try to knock the broker over (issue 9). So far: topics deep
-//! enough to exhaust a thread's stack when the topic trees are walked.
+//! Clients (and extensions) that try to knock the broker over (issue 9): topics deep enough to
+//! exhaust a thread's stack when the topic trees are walked, sockets that never finish their
+//! handshake, `$` topics, unbounded subscriptions and retained messages. Slow consumers are in
+//! `slow_consumers.rs`, the crowd's limits (bans, rates, overload, HTTP) in `limits.rs`.
 
 mod common;
 use common::*;

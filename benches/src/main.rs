@@ -85,6 +85,9 @@ struct Args {
     laggards: usize,
     #[arg(long, default_value_t = 0)]
     laggard_read_bps: usize,
+    /// Idle scenario: hold the connections this many seconds after measuring (soak runs).
+    #[arg(long, default_value_t = 0)]
+    hold_s: u64,
 }
 
 static NEXT_SOURCE: AtomicU64 = AtomicU64::new(0);
@@ -566,6 +569,7 @@ async fn run_idle(args: &Args) -> Result<()> {
         per_conn,
         after.map_or(0, |a| a.1)
     );
+    tokio::time::sleep(Duration::from_secs(args.hold_s)).await;
     drop(conns);
     Ok(())
 }

@@ -69,6 +69,10 @@ pub fn decode_packet(
                 return Err(DecodeError::InvalidHeaderFlags(kind));
             }
             let code = ReasonCode(r.u8()?);
+            // A 3.1.1 return code is 0-5 and stays as it is (found by the decoder fuzz target).
+            if !v5 && code.0 > 5 {
+                return Err(DecodeError::InvalidReturnCode(code.0));
+            }
             let properties = props(&mut r, v5, PropertyContext::ConnAck)?;
             Packet::ConnAck(ConnAck {
                 session_present: ack_flags & 1 == 1,
@@ -117,7 +121,14 @@ pub fn decode_packet(
             check_flags(kind, flags, 0)?;
             let packet_id = r.packet_id()?;
             let properties = props(&mut r, v5, PropertyContext::SubAck)?;
-            let codes = r.rest().iter().map(|&c| ReasonCode(c)).collect();
+            let codes: Vec<ReasonCode> = r.rest().iter().map(|&c| ReasonCode(c)).collect();
+            // 3.1.1 has granted QoS 0-2 and 0x80 only (found by the decoder fuzz target: any
+            // other byte was accepted and then written back as 0x80).
+            if !v5 {
+                if let Some(bad) = codes.iter().find(|c| c.0 > 2 && c.0 != 0x80) {
+                    return Err(DecodeError::InvalidReturnCode(bad.0));
+                }
+            }
             Packet::SubAck(SubAck {
                 packet_id,
                 codes,

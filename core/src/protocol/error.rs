@@ -49,6 +49,8 @@ pub enum DecodeError {
     NoTopicFilters,
     #[error("reserved bits set in subscription options")]
     InvalidSubscriptionOptions,
+    #[error("return code 0x{0:02X} is not one MQTT 3.1.1 allows here")]
+    InvalidReturnCode(u8),
     #[error("property 0x{0:02X} is not allowed here")]
     InvalidProperty(u8),
     #[error("property 0x{0:02X} appears more than once")]

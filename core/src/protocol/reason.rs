@@ -48,10 +48,12 @@ impl ReasonCode {
         self.0 >= 0x80
     }
 
-    /// The MQTT 3.1.1 CONNACK return code closest to this v5 CONNACK reason.
+    /// The MQTT 3.1.1 CONNACK return code closest to this v5 CONNACK reason. Codes 1-5 are
+    /// no v5 reason: they are 3.1.1 return codes already (as decoded) and stay.
     pub fn to_v3_connack(self) -> u8 {
         match self {
             Self::SUCCESS => 0x00,
+            Self(c @ 1..=5) => c,
             Self::UNSUPPORTED_PROTOCOL_VERSION => 0x01,
             Self::CLIENT_IDENTIFIER_NOT_VALID => 0x02,
             Self::SERVER_UNAVAILABLE | Self::SERVER_BUSY | Self::SERVER_SHUTTING_DOWN => 0x03,
