@@ -84,7 +84,10 @@ impl Deliver for Republish {
         let mut failures = Vec::new();
         for (i, record) in batch.iter().enumerate() {
             let name = self.topic.render(record);
-            if !topic::valid_topic_name(&name) || name.starts_with('$') {
+            // The same rules as a client's PUBLISH: a valid name, not the broker's `$`
+            // topics, no deeper than `max_topic_levels`.
+            let too_deep = topic::level_count(&name) > self.broker.config.max_topic_levels;
+            if !topic::valid_topic_name(&name) || name.starts_with('$') || too_deep {
                 failures.push((i, Failure::Permanent(format!("not a topic name: {name:?}"))));
                 continue;
             }
@@ -96,5 +99,37 @@ impl Deliver for Republish {
             let _ = self.broker.publish(Arc::new(msg));
         }
         failures
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use switchyard_core::config::MqttConfig;
+
+    #[tokio::test]
+    async fn a_rendered_topic_is_held_to_a_clients_rules() {
+        let broker = Broker::new(MqttConfig::default());
+        let c = MqttSinkConfig {
+            topic: "${t}".into(),
+            qos: 0,
+            retain: true,
+            payload: None,
+        };
+        let mut sink = Republish::new(&c, broker.clone()).unwrap();
+        let deep = vec!["l"; 5000].join("/");
+        let batch: Vec<Record> = ["ok/t", "$SYS/fake", deep.as_str(), "a/+"]
+            .iter()
+            .map(|t| Arc::new(serde_json::json!({ "t": t })))
+            .collect();
+        let failed: Vec<usize> = sink
+            .deliver(&batch)
+            .await
+            .into_iter()
+            .map(|f| f.0)
+            .collect();
+        assert_eq!(failed, vec![1, 2, 3]);
+        // Only the valid one was routed (and retained).
+        assert_eq!(broker.retained_count(), 1);
     }
 }
