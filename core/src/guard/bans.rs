@@ -109,6 +109,10 @@ struct State {
     last_sweep: Option<Instant>,
 }
 
+/// Keys tracked for flapping at once. A storm of made-up client ids is not flapping, and must
+/// not grow the table without bound: past this, new keys are not tracked until a sweep.
+const MAX_TALLIES: usize = 100_000;
+
 #[derive(Debug)]
 pub struct Bans {
     policy: FlappingPolicy,
@@ -135,6 +139,12 @@ impl Bans {
     /// Replaces the listed bans (the bans file was read again).
     pub fn set_listed(&self, listed: Vec<BanKey>) {
         self.state.lock().listed = listed;
+    }
+
+    /// Whether any ban is in force (the common answer, no: nothing else to look at).
+    pub fn any(&self) -> bool {
+        let st = self.state.lock();
+        !st.listed.is_empty() || !st.flapping.is_empty()
     }
 
     /// The first of `keys` that is banned now.
@@ -165,6 +175,20 @@ impl Bans {
             let max = self.threshold(&key);
             if max == 0 {
                 continue;
+            }
+            if st.tallies.len() >= MAX_TALLIES && !st.tallies.contains_key(&key) {
+                // A sweep is a pass over the whole table: at most one a second.
+                if st
+                    .last_sweep
+                    .is_none_or(|t| now.saturating_duration_since(t) >= Duration::from_secs(1))
+                {
+                    st.tallies
+                        .retain(|_, t| now.saturating_duration_since(t.window_start) <= window);
+                    st.last_sweep = Some(now);
+                }
+                if st.tallies.len() >= MAX_TALLIES {
+                    continue;
+                }
             }
             let tally = st.tallies.entry(key.clone()).or_insert(Tally {
                 window_start: now,
@@ -256,6 +280,16 @@ mod tests {
         assert!(bans
             .banned(&keys(), now + Duration::from_secs(301))
             .is_none());
+    }
+
+    #[test]
+    fn a_storm_of_made_up_client_ids_does_not_grow_the_table_without_bound() {
+        let bans = Bans::new(policy());
+        let t0 = Instant::now();
+        for i in 0..(MAX_TALLIES + 5000) {
+            bans.connection_ended(vec![BanKey::ClientId(format!("id-{i}"))], t0);
+        }
+        assert!(bans.state.lock().tallies.len() <= MAX_TALLIES);
     }
 
     #[test]

@@ -96,10 +96,12 @@ impl Guard {
             metrics.limit_hit(Limit::Overload);
             return Err(Refusal::Overloaded);
         }
-        let key = [BanKey::Ip(ip)];
-        if let Some(k) = self.bans.banned(&key, Instant::now()) {
-            metrics.limit_hit(Limit::Banned);
-            return Err(Refusal::Banned(k.clone()));
+        if self.bans.any() {
+            let key = [BanKey::Ip(ip)];
+            if let Some(k) = self.bans.banned(&key, Instant::now()) {
+                metrics.limit_hit(Limit::Banned);
+                return Err(Refusal::Banned(k.clone()));
+            }
         }
         let max = self.limits.max_connections_per_ip;
         if max == 0 {
@@ -128,6 +130,9 @@ impl Guard {
         ip: IpAddr,
         metrics: &Metrics,
     ) -> Result<(), Refusal> {
+        if !self.bans.any() {
+            return Ok(());
+        }
         let mut keys = vec![BanKey::ClientId(client_id.to_string()), BanKey::Ip(ip)];
         if let Some(u) = user {
             keys.push(BanKey::User(u.to_string()));
