@@ -90,8 +90,8 @@ seeds = {
         "session-v3": bytes(),
     },
     "ws_json": {
-        "publish-subscribe": b'{"type":"connect","clientId":"fz","username":"u"}\n{"type":"subscribe","topic":"a/#","qos":1}\n{"type":"publish","topic":"a/b","payload":"hi","qos":1,"retain":true}\n{"type":"ping"}\n{"type":"unsubscribe","topic":"a/#"}',
-        "binary-payload": b'{"type":"subscribe","topic":"#"}\n{"type":"publish","topic":"b","payload":{"base64":"AAEC"}}\n{"type":"publish","topic":"$SYS/x","payload":1}',
+        "publish-subscribe": b'{"type":"connect","clientId":"fz","username":"u"}\n{"type":"subscribe","topic":"a/#","qos":1}\n{"type":"publish","topic":"a/b","data":"hi","qos":1,"retain":true}\n{"type":"ping"}\n{"type":"unsubscribe","topic":"a/#"}',
+        "binary-payload": b'{"type":"subscribe","topic":"#"}\n{"type":"publish","topic":"b","data":{"n":[1,2]}}\n{"type":"publish","topic":"$SYS/x","data":1}',
         "garbage": b'{"type":"publish"}\n[1,2]\n{"type":42}\nnot json',
     },
     "sessions": {

@@ -167,25 +167,22 @@ pub fn check_topics(data: &[u8]) {
 /// MQTT over WebSocket: the upgrade, tungstenite's framing and our byte-stream adapter, then
 /// the MQTT connection behind them. `data` follows a valid upgrade request, as frames.
 pub fn check_websocket(data: &[u8]) {
-    let mut input = upgrade_request("/mqtt", Some("mqtt"));
-    input.extend_from_slice(data);
+    let upgrade = upgrade_request("/mqtt", Some("mqtt"));
     let broker = small_broker();
-    runtime().block_on(drive(input, |s| async move {
-        serve_websocket(&broker, s).await
-    }));
+    let serve = |s| async move { serve_websocket(&broker, s).await };
+    runtime().block_on(drive(Some(upgrade), data.to_vec(), serve));
 }
 
 /// The `ws-json` bridge: each line of `data` is one text frame, after a valid upgrade.
 pub fn check_ws_json(data: &[u8]) {
-    let mut input = upgrade_request("/?clientId=fuzz", None);
+    let upgrade = upgrade_request("/?clientId=fuzz", None);
+    let mut input = Vec::new();
     for line in data.split(|b| *b == b'\n').take(64) {
         input.extend(frame(1, line));
     }
     let broker = small_broker();
-    runtime().block_on(drive(
-        input,
-        |s| async move { serve_ws_json(&broker, s).await },
-    ));
+    let serve = |s| async move { serve_ws_json(&broker, s).await };
+    runtime().block_on(drive(Some(upgrade), input, serve));
 }
 
 /// Decodes every packet in `data`. A packet the decoder accepts must encode into bytes that
@@ -248,8 +245,10 @@ pub fn small_broker() -> Arc<Broker> {
 }
 
 /// Writes `input` to a connection served by `serve`, then half-closes it, while reading and
-/// discarding what the server sends (so its writes never block). Bounded in time.
-pub async fn drive<F, Fut>(input: Vec<u8>, serve: F) -> Vec<u8>
+/// discarding what the server sends (so its writes never block). With a `handshake` (an HTTP
+/// upgrade), that goes first and `input` follows the server's answer, as a real client waits
+/// for it (tungstenite refuses bytes that arrive with the request). Bounded in time.
+pub async fn drive<F, Fut>(handshake: Option<Vec<u8>>, input: Vec<u8>, serve: F) -> Vec<u8>
 where
     F: FnOnce(DuplexStream) -> Fut,
     Fut: std::future::Future<Output = ()>,
@@ -257,12 +256,24 @@ where
     let (mut client, server) = tokio::io::duplex(64 * 1024);
     let server = serve(server);
     let client = async move {
+        let mut got = Vec::new();
+        if let Some(h) = handshake {
+            if client.write_all(&h).await.is_err() {
+                return got;
+            }
+            let mut chunk = [0u8; 1024];
+            while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                match client.read(&mut chunk).await {
+                    Ok(0) | Err(_) => return got,
+                    Ok(n) => got.extend_from_slice(&chunk[..n]),
+                }
+            }
+        }
         let (mut r, mut w) = tokio::io::split(&mut client);
         let write = async {
             let _ = w.write_all(&input).await;
             let _ = w.shutdown().await;
         };
-        let mut got = Vec::new();
         let read = r.read_to_end(&mut got);
         let _ = tokio::join!(write, read);
         got
