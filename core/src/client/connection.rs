@@ -113,6 +113,8 @@ pub(super) struct Connection<S> {
     /// Size of the next read: grows while reads fill it, shrinks when they do not, so an idle
     /// connection holds a small buffer and a busy one reads in large batches.
     pub(super) read_size: usize,
+    /// Wakes a write blocked on a full socket to check on the client (see `write_out`).
+    pub(super) write_timer: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl<S> Connection<S>
@@ -285,6 +287,7 @@ mod tests {
             problem_information: true,
             unprocessed_input: false,
             read_size: READ_MIN,
+            write_timer: None,
         };
         let size = std::mem::size_of_val(&conn.process_input());
         assert!(size <= 1032, "process_input() future is {size} bytes");

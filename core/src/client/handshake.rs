@@ -351,6 +351,7 @@ where
         problem_information: connect.properties.request_problem_information != Some(0),
         unprocessed_input: false,
         read_size: READ_MIN,
+        write_timer: None,
     };
     // Through `send`, so that it too respects the client's Maximum Packet Size.
     conn.send(&connack);

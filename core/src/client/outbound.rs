@@ -198,8 +198,10 @@ where
         let read_limit = broker.config.max_packet_size as usize + READ_CHUNK;
         let write_timeout = Duration::from_secs(broker.config.write_timeout_s);
         let mut eof = false;
-        // Created only once a write blocks: most never do.
-        let mut timer: Option<Pin<Box<tokio::time::Sleep>>> = None;
+        // Made the first time a write of this connection blocks (most never do) and kept:
+        // re-arming a timer is cheaper than allocating and registering one per blocked write.
+        let timer = &mut self.write_timer;
+        let mut armed = false;
         let mut progressed = false;
         let mut stalled = Duration::ZERO;
         let stream = &mut self.stream;
@@ -242,10 +244,18 @@ where
                     Poll::Pending => {}
                 }
             }
-            let t = timer.get_or_insert_with(|| {
+            if !armed {
+                armed = true;
                 progressed = false;
-                Box::pin(tokio::time::sleep(WRITE_CHECK))
-            });
+                let at = tokio::time::Instant::now() + WRITE_CHECK;
+                match timer {
+                    Some(t) => t.as_mut().reset(at),
+                    None => *timer = Some(Box::pin(tokio::time::sleep_until(at))),
+                }
+            }
+            let Some(t) = timer.as_mut() else {
+                return Poll::Pending;
+            };
             while t.as_mut().poll(cx).is_ready() {
                 stalled = if std::mem::take(&mut progressed) {
                     Duration::ZERO

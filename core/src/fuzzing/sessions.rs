@@ -192,10 +192,17 @@ fn packet_for(op: &Op, open: &mut Vec<Open>, v5: bool) -> Option<Packet> {
                 }
             }
         }
-        Op::PubAck(id) => Packet::PubAck(PubResponse::new(*id, ReasonCode::SUCCESS)),
+        // Any packet id: it may happen to finish a delivery that is open, which then is not.
+        Op::PubAck(id) => {
+            open.retain(|o| !(o.id == *id && o.qos == QoS::AtLeastOnce));
+            Packet::PubAck(PubResponse::new(*id, ReasonCode::SUCCESS))
+        }
         Op::PubRec(id) => Packet::PubRec(PubResponse::new(*id, ReasonCode::SUCCESS)),
         Op::PubRel(id) => Packet::PubRel(PubResponse::new(*id, ReasonCode::SUCCESS)),
-        Op::PubComp(id) => Packet::PubComp(PubResponse::new(*id, ReasonCode::SUCCESS)),
+        Op::PubComp(id) => {
+            open.retain(|o| !(o.id == *id && o.qos == QoS::ExactlyOnce && o.released));
+            Packet::PubComp(PubResponse::new(*id, ReasonCode::SUCCESS))
+        }
         Op::Ping => Packet::PingReq,
         Op::Disconnect { code } => Packet::Disconnect(Disconnect {
             code: if v5 {
