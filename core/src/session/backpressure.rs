@@ -9,6 +9,7 @@
 //! episode of a stalled or trickling client holds publishers for at most that bound, and the
 //! mark stays until the client has caught up (drained below the low-water mark).
 
+use super::state::Stamp;
 use super::Session;
 use crate::config::{MqttConfig, SlowSubscriberPolicy};
 use std::sync::Arc;
@@ -79,11 +80,16 @@ impl Backpressure {
                     return WaitOutcome::Released;
                 }
                 let now = Instant::now();
-                let since = *st.congested_since.get_or_insert(now);
+                let stamp = Stamp::at(now);
+                let since = *st.congested_since.get_or_insert(stamp);
                 // Draining before this episode began says nothing about keeping up now.
-                let progress = st.last_drain.map_or(since, |d| d.max(since));
-                let deadline = (since + self.max_wait).min(progress + self.stall);
-                if now >= deadline {
+                let progress = st.last_drain.map_or(since, |d| d.latest(since));
+                let ms = |d: Duration| d.as_millis().min(u128::from(u32::MAX)) as u32;
+                let episode_left = ms(self.max_wait).saturating_sub(since.ms_until(stamp));
+                let stall_left = ms(self.stall).saturating_sub(progress.ms_until(stamp));
+                let left = episode_left.min(stall_left);
+                let deadline = now + Duration::from_millis(u64::from(left));
+                if left == 0 {
                     st.slow = true;
                     let evict = self.policy == SlowSubscriberPolicy::Disconnect;
                     st.evicted = evict;

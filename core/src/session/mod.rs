@@ -25,7 +25,7 @@ pub use store::{MemoryStore, Opened, SessionClaim, SessionOwnedByOther, SessionS
 use crate::message::Message;
 use crate::protocol::{QoS, SubscriptionOptions};
 use parking_lot::Mutex;
-use state::SessionState;
+use state::{SessionState, Stamp};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
@@ -338,7 +338,7 @@ impl Session {
         st.queue.push_back(d);
         let congested = online && !st.slow && st.queue.len() >= bp.high_water();
         if congested && st.congested_since.is_none() {
-            st.congested_since = Some(Instant::now());
+            st.congested_since = Some(Stamp::at(Instant::now()));
         }
         drop(st);
         if online {
@@ -411,7 +411,7 @@ impl Session {
             }
         }
         if st.queue.len() < queued_before {
-            st.last_drain = Some(now);
+            st.last_drain = Some(Stamp::at(now));
         }
         let released = was_above && st.queue.len() <= low;
         if released {

@@ -3,7 +3,43 @@
 use super::{AttachId, Delivery};
 use crate::protocol::SubscriptionOptions;
 use std::collections::{HashMap, VecDeque};
+use std::num::NonZeroU32;
+use std::sync::OnceLock;
 use std::time::Instant;
+
+/// A moment in 4 bytes: milliseconds since the process first asked, wrapping after 49 days.
+/// Sessions keep two of these instead of two 16-byte `Instant`s (idle memory is a budget), and
+/// only compare moments less than a minute apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Stamp(NonZeroU32);
+
+impl Stamp {
+    pub(crate) fn at(now: Instant) -> Self {
+        static EPOCH: OnceLock<Instant> = OnceLock::new();
+        let epoch = *EPOCH.get_or_init(Instant::now);
+        let ms = now.saturating_duration_since(epoch).as_millis() as u32;
+        Stamp(NonZeroU32::new(ms).unwrap_or(NonZeroU32::MIN))
+    }
+
+    /// Milliseconds from `self` to `later` (0 if `later` is not later).
+    pub(crate) fn ms_until(self, later: Stamp) -> u32 {
+        let d = later.0.get().wrapping_sub(self.0.get());
+        if d < 1 << 31 {
+            d
+        } else {
+            0
+        }
+    }
+
+    /// The later of two stamps.
+    pub(crate) fn latest(self, other: Stamp) -> Stamp {
+        if self.ms_until(other) > 0 {
+            other
+        } else {
+            self
+        }
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum InflightState {
@@ -50,12 +86,12 @@ pub(super) struct SessionState {
     pub(super) slow: bool,
     /// `slow_subscriber = "disconnect"`: the connection must close (its session stays).
     pub(super) evicted: bool,
-    /// When the queue last passed the high-water mark; cleared once it drains below the
-    /// low-water mark. Read clock only at that crossing, never per message.
-    pub(super) congested_since: Option<Instant>,
+    /// When the queue last passed the high-water mark ([`Stamp`]); cleared once it drains
+    /// below the low-water mark. The clock is read only at that crossing, never per message.
+    pub(super) congested_since: Option<Stamp>,
     /// When the connection last took anything from the queue (set by `fill`, which reads the
     /// clock anyway): a congested subscriber that stops draining is slow.
-    pub(super) last_drain: Option<Instant>,
+    pub(super) last_drain: Option<Stamp>,
 }
 
 impl SessionState {
@@ -131,5 +167,27 @@ impl SessionState {
             }
             None => false,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Stamp;
+    use std::num::NonZeroU32;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn stamps_measure_short_spans_even_across_a_wrap() {
+        let _ = Stamp::at(Instant::now()); // sets the epoch
+        let t0 = Instant::now() + Duration::from_millis(5);
+        let a = Stamp::at(t0);
+        let b = Stamp::at(t0 + Duration::from_millis(250));
+        assert_eq!(a.ms_until(b), 250);
+        assert_eq!(b.ms_until(a), 0, "not later");
+        assert_eq!(a.latest(b), b);
+        let before_wrap = Stamp(NonZeroU32::new(u32::MAX - 10).unwrap());
+        let after_wrap = Stamp(NonZeroU32::new(20).unwrap());
+        assert_eq!(before_wrap.ms_until(after_wrap), 31);
+        assert_eq!(before_wrap.latest(after_wrap), after_wrap);
     }
 }
