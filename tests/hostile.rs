@@ -219,6 +219,26 @@ async fn clients_cannot_publish_into_the_brokers_dollar_topics() {
         count <= 3,
         "the broker's own count, not a forged one: {count}"
     );
+    // Nor through a will (the sessions fuzz target found a retained will on `$SYS/x` stored).
+    for (version, expected) in [
+        (ProtocolVersion::V5, ReasonCode::NOT_AUTHORIZED),
+        (ProtocolVersion::V311, ReasonCode(0x05)),
+    ] {
+        let mut c = connect_packet(version, "will-forger");
+        c.will = Some(protocol::LastWill {
+            topic: "$SYS/forged/will".into(),
+            payload: bytes::Bytes::from_static(b"0"),
+            qos: QoS::AtMostOnce,
+            retain: true,
+            properties: Default::default(),
+        });
+        let mut raw = Raw::connect(addr).await;
+        assert_eq!(raw.handshake_with(c).await.code, expected, "{version:?}");
+    }
+    assert!(broker
+        .broker
+        .retained_matching("$SYS/forged/will")
+        .is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -142,6 +142,15 @@ where
                 .await;
             return None;
         }
+        // `$` topics are the broker's, for a will as for a PUBLISH (the sessions fuzz target
+        // found a retained will on `$SYS/x` being stored and sent to `$SYS/#` subscribers).
+        if will.topic.starts_with('$') {
+            info!(listener = %ctx.name, %peer, topic = %will.topic, "will on a $ topic; refused");
+            let _ = stream
+                .write_all(&refusal(ReasonCode::NOT_AUTHORIZED, version))
+                .await;
+            return None;
+        }
     }
 
     let mut client_id = connect.client_id.clone();

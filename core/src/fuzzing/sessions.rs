@@ -114,7 +114,17 @@ fn connect_packet(c: &Client) -> Connect {
     }
 }
 
-fn packet_for(op: &Op, open: &mut Vec<Open>, v5: bool) -> Option<Packet> {
+/// The check's books of one client: deliveries open, and raw acknowledgements that matched
+/// none (yet): the broker may have sent that delivery already, unread by the check, and the
+/// ack then finishes it.
+#[derive(Default)]
+struct Books {
+    open: Vec<Open>,
+    early: Vec<(u16, QoS)>,
+}
+
+fn packet_for(op: &Op, books: &mut Books, v5: bool) -> Option<Packet> {
+    let open = &mut books.open;
     let qos = |q: u8| QoS::from_u8(q % 3).unwrap_or(QoS::AtMostOnce);
     Some(match op {
         Op::Subscribe {
@@ -194,13 +204,21 @@ fn packet_for(op: &Op, open: &mut Vec<Open>, v5: bool) -> Option<Packet> {
         }
         // Any packet id: it may happen to finish a delivery that is open, which then is not.
         Op::PubAck(id) => {
+            let before = open.len();
             open.retain(|o| !(o.id == *id && o.qos == QoS::AtLeastOnce));
+            if open.len() == before {
+                books.early.push((*id, QoS::AtLeastOnce));
+            }
             Packet::PubAck(PubResponse::new(*id, ReasonCode::SUCCESS))
         }
         Op::PubRec(id) => Packet::PubRec(PubResponse::new(*id, ReasonCode::SUCCESS)),
         Op::PubRel(id) => Packet::PubRel(PubResponse::new(*id, ReasonCode::SUCCESS)),
         Op::PubComp(id) => {
+            let before = open.len();
             open.retain(|o| !(o.id == *id && o.qos == QoS::ExactlyOnce && o.released));
+            if open.len() == before {
+                books.early.push((*id, QoS::ExactlyOnce));
+            }
             Packet::PubComp(PubResponse::new(*id, ReasonCode::SUCCESS))
         }
         Op::Ping => Packet::PingReq,
@@ -228,7 +246,7 @@ async fn run_client(broker: &Arc<Broker>, c: &Client) {
     } else {
         usize::from(broker.config.max_inflight)
     };
-    let open: RefCell<Vec<Open>> = RefCell::new(Vec::new());
+    let books: RefCell<Books> = RefCell::default();
     let (mut r, mut w) = tokio::io::split(client);
     let write = async {
         let mut out = BytesMut::new();
@@ -240,7 +258,7 @@ async fn run_client(broker: &Arc<Broker>, c: &Client) {
         for op in &c.ops {
             if let Op::Raw(bytes) = op {
                 out.extend_from_slice(bytes);
-            } else if let Some(p) = packet_for(op, &mut open.borrow_mut(), c.v5) {
+            } else if let Some(p) = packet_for(op, &mut books.borrow_mut(), c.v5) {
                 encode_packet(&p, version, &mut out);
             }
             if w.write_all(&out).await.is_err() {
@@ -256,9 +274,15 @@ async fn run_client(broker: &Arc<Broker>, c: &Client) {
         let mut buf = BytesMut::new();
         loop {
             while let Ok(Some(p)) = decode_packet(&mut buf, Some(version), 1 << 20) {
-                let mut open = open.borrow_mut();
+                let mut books = books.borrow_mut();
+                let Books { open, early } = &mut *books;
                 match p {
                     Packet::Publish(p) if p.qos != QoS::AtMostOnce && !p.dup => {
+                        let acked = (p.packet_id, QoS::AtLeastOnce);
+                        if p.qos == QoS::AtLeastOnce && early.contains(&acked) {
+                            early.retain(|e| *e != acked);
+                            continue;
+                        }
                         open.push(Open {
                             id: p.packet_id,
                             qos: p.qos,
@@ -271,7 +295,11 @@ async fn run_client(broker: &Arc<Broker>, c: &Client) {
                         );
                     }
                     Packet::PubRel(r) => {
-                        if let Some(o) = open.iter_mut().find(|o| o.id == r.packet_id) {
+                        let completed = (r.packet_id, QoS::ExactlyOnce);
+                        if early.contains(&completed) {
+                            early.retain(|e| *e != completed);
+                            open.retain(|o| o.id != r.packet_id);
+                        } else if let Some(o) = open.iter_mut().find(|o| o.id == r.packet_id) {
                             o.released = true;
                         }
                     }
