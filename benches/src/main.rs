@@ -216,6 +216,28 @@ async fn connect(args: &Args, id: &str) -> Result<(OwnedReadHalf, OwnedWriteHalf
     }
 }
 
+/// Sends SUBSCRIBE to `filter` at the run's QoS (the SUBACK is read by the caller's loop).
+async fn subscribe(
+    w: &mut OwnedWriteHalf,
+    args: &Args,
+    filter: String,
+    out: &mut BytesMut,
+) -> Result<()> {
+    let options = SubscriptionOptions {
+        qos: QoS::from_u8(args.qos).unwrap_or(QoS::AtMostOnce),
+        ..Default::default()
+    };
+    let sub = Subscribe {
+        packet_id: 1,
+        filters: vec![(filter, options)],
+        properties: Default::default(),
+    };
+    protocol::encode_packet(&Packet::Subscribe(sub), version(args.version), out);
+    w.write_all(out).await?;
+    out.clear();
+    Ok(())
+}
+
 async fn subscriber(
     args: Args,
     id: String,
@@ -227,25 +249,8 @@ async fn subscriber(
 ) -> Result<()> {
     let (mut r, mut w, mut buf) = connect(&args, &id).await?;
     let v = version(args.version);
-    let qos = QoS::from_u8(args.qos).unwrap_or(QoS::AtMostOnce);
     let mut out = BytesMut::new();
-    protocol::encode_packet(
-        &Packet::Subscribe(Subscribe {
-            packet_id: 1,
-            filters: vec![(
-                filter,
-                SubscriptionOptions {
-                    qos,
-                    ..Default::default()
-                },
-            )],
-            properties: Default::default(),
-        }),
-        v,
-        &mut out,
-    );
-    w.write_all(&out).await?;
-    out.clear();
+    subscribe(&mut w, &args, filter, &mut out).await?;
     let per_sub_expected = args.messages * publishers as u64;
     let mut tracker = Tracker::default();
     let mut got = 0u64;
@@ -330,22 +335,8 @@ fn acknowledge(p: &Packet, v: ProtocolVersion, out: &mut BytesMut) {
 async fn laggard(args: Args, id: String, filter: String, ready: Arc<Semaphore>) -> Result<()> {
     let (mut r, mut w, mut buf) = connect(&args, &id).await?;
     let v = version(args.version);
-    let qos = QoS::from_u8(args.qos).unwrap_or(QoS::AtMostOnce);
     let mut out = BytesMut::new();
-    let sub = Subscribe {
-        packet_id: 1,
-        filters: vec![(
-            filter,
-            SubscriptionOptions {
-                qos,
-                ..Default::default()
-            },
-        )],
-        properties: Default::default(),
-    };
-    protocol::encode_packet(&Packet::Subscribe(sub), v, &mut out);
-    w.write_all(&out).await?;
-    out.clear();
+    subscribe(&mut w, &args, filter, &mut out).await?;
     let mut subscribed = false;
     let mut chunk = vec![0u8; args.laggard_read_bps.max(1)];
     loop {

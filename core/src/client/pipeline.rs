@@ -196,7 +196,10 @@ impl Attachment {
             match Box::pin(broker.hooks.on_publish(&self.client, msg)).await {
                 // A hook that moved the message to another topic is held to the same rules
                 // as the client: no `$` topics, no more levels than allowed.
-                Some(m) if m.topic.as_ptr() as usize != before && !self.topic_allowed(&m.topic) => {
+                Some(m)
+                    if m.topic.as_ptr() as usize != before
+                        && !topic::publishable(&m.topic, broker.config.max_topic_levels) =>
+                {
                     Metrics::add(&broker.metrics.publishes_denied, 1);
                     debug!(client_id = %self.client.client_id, listener = %self.client.listener, topic = %m.topic, "a message hook's topic is not allowed; dropped");
                     return Err(PublishRefused::Dropped);
@@ -251,14 +254,6 @@ impl Attachment {
             && r.bytes
                 .as_mut()
                 .is_none_or(|b| b.try_take(bytes as u64, now))
-    }
-
-    /// Whether a topic another party chose (a message hook's patch) may be routed for this
-    /// client: not a `$` topic, within `max_topic_levels`.
-    fn topic_allowed(&self, t: &str) -> bool {
-        !t.is_empty()
-            && !t.starts_with('$')
-            && topic::level_count(t) <= self.broker.config.max_topic_levels
     }
 
     /// Validates and authorizes one filter of a subscribe request.

@@ -15,6 +15,13 @@ pub fn valid_topic_name(topic: &str) -> bool {
     !topic.is_empty() && topic.len() <= MAX_TOPIC_LEN && !topic.contains(['+', '#', '\0'])
 }
 
+/// A topic a party other than the broker may publish to — a client's PUBLISH or will, a
+/// message hook's patch, a rule's republish: a valid name, not one of the broker's `$` topics,
+/// no deeper than `max_levels`. One definition, so no source is checked less than the others.
+pub fn publishable(topic: &str, max_levels: usize) -> bool {
+    valid_topic_name(topic) && !topic.starts_with('$') && level_count(topic) <= max_levels
+}
+
 /// A topic filter: `+` fills a whole level, `#` is a whole last level.
 pub fn valid_topic_filter(filter: &str) -> bool {
     if filter.is_empty() || filter.len() > MAX_TOPIC_LEN || filter.contains('\0') {
@@ -105,6 +112,15 @@ pub fn filters_overlap(a: &str, b: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn publishable_is_a_valid_name_outside_dollar_within_the_level_limit() {
+        assert!(publishable("a/b", 2));
+        assert!(!publishable("a/b/c", 2), "too deep");
+        assert!(!publishable("$SYS/x", 8), "the broker's");
+        assert!(!publishable("a/+", 8), "a filter, not a name");
+        assert!(!publishable("", 8));
+    }
 
     #[test]
     fn names_and_filters_are_validated() {

@@ -84,10 +84,8 @@ impl Deliver for Republish {
         let mut failures = Vec::new();
         for (i, record) in batch.iter().enumerate() {
             let name = self.topic.render(record);
-            // The same rules as a client's PUBLISH: a valid name, not the broker's `$`
-            // topics, no deeper than `max_topic_levels`.
-            let too_deep = topic::level_count(&name) > self.broker.config.max_topic_levels;
-            if !topic::valid_topic_name(&name) || name.starts_with('$') || too_deep {
+            // The same rules as a client's PUBLISH.
+            if !topic::publishable(&name, self.broker.config.max_topic_levels) {
                 failures.push((i, Failure::Permanent(format!("not a topic name: {name:?}"))));
                 continue;
             }
