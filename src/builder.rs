@@ -100,17 +100,23 @@ impl Builder {
         } = self;
         let prepared = Server::prepare(config.core)?;
         let broker = prepared.broker.clone();
-        for (priority, hook) in hooks {
-            broker.hooks.register(priority, hook)?;
-        }
-        if let Some(http_auth) = HttpAuthHook::new(&config.http_auth)? {
-            broker
-                .hooks
-                .register(config.http_auth.priority, Arc::new(http_auth))?;
-        }
-        let plugins = PluginManager::new(broker.clone(), config.plugins, config.plugins_dir);
-        plugins.start().await?;
-        let rules = RuleEngine::start(config.rules, config.sinks, broker.clone()).await?;
+        // A start that fails from here on gives the persistence folder back (its lock, its
+        // writer) so the next attempt can open it.
+        let close = |e: StartError| {
+            broker.close_persistence();
+            e
+        };
+        let rest = Self::load_extensions(
+            &broker,
+            hooks,
+            config.http_auth,
+            config.plugins,
+            config.plugins_dir,
+        );
+        let plugins = rest.await.map_err(close)?;
+        let rules = RuleEngine::start(config.rules, config.sinks, broker.clone())
+            .await
+            .map_err(|e| close(e.into()))?;
         let mut plugin_watcher = None;
         if watch {
             plugin_watcher = plugins.watch();
@@ -122,7 +128,7 @@ impl Builder {
             Ok(server) => server,
             Err(e) => {
                 rules.shutdown().await;
-                return Err(e.into());
+                return Err(close(e.into()));
             }
         };
         Ok(Running {
@@ -131,6 +137,27 @@ impl Builder {
             rules,
             _plugin_watcher: plugin_watcher,
         })
+    }
+
+    /// Hooks of the embedding program, HTTP authentication and plugins, in that order.
+    async fn load_extensions(
+        broker: &Arc<Broker>,
+        hooks: Vec<(i32, Arc<dyn Hook>)>,
+        http_auth_config: switchyard_plugins::HttpAuthConfig,
+        entries: Vec<PluginSettings>,
+        dir: Option<PathBuf>,
+    ) -> Result<Arc<PluginManager>, StartError> {
+        for (priority, hook) in hooks {
+            broker.hooks.register(priority, hook)?;
+        }
+        if let Some(http_auth) = HttpAuthHook::new(&http_auth_config)? {
+            broker
+                .hooks
+                .register(http_auth_config.priority, Arc::new(http_auth))?;
+        }
+        let plugins = PluginManager::new(broker.clone(), entries, dir);
+        plugins.start().await?;
+        Ok(plugins)
     }
 }
 
@@ -178,7 +205,7 @@ pub struct Checked {
 /// Everything `start` would load, loaded and thrown away: plugins compiled and initialised,
 /// rule files compiled against the configured sinks. Nothing listens and no sink connects.
 pub async fn check(config: &Config) -> Result<Checked, StartError> {
-    Server::prepare(config.core.clone())?;
+    Server::check(&config.core)?;
     HttpAuthHook::new(&config.http_auth)?;
     let plugins = PluginManager::check(&config.plugins, config.plugins_dir.as_deref()).await?;
     let rules = RuleEngine::check(&config.rules, &config.sinks)?;

@@ -29,7 +29,15 @@ impl Config {
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| ConfigError(format!("cannot read config file {}: {e}", path.display())))?;
-        Self::parse(&text, &path.display().to_string())
+        let mut config = Self::parse(&text, &path.display().to_string())?;
+        // The data belongs with its configuration, wherever the broker is started from.
+        let data = &mut config.core.persistence.dir;
+        if data.is_relative() {
+            if let Some(base) = path.parent() {
+                *data = base.join(&*data);
+            }
+        }
+        Ok(config)
     }
 
     /// Parses `text`; `name` (the file) prefixes every error.

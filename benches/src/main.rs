@@ -88,6 +88,10 @@ struct Args {
     /// Idle scenario: hold the connections this many seconds after measuring (soak runs).
     #[arg(long, default_value_t = 0)]
     hold_s: u64,
+    /// Measured subscribers keep persistent sessions (3.1.1 clean session off, v5 an hour of
+    /// session expiry): what a broker's persistence stores.
+    #[arg(long)]
+    persistent: bool,
 }
 
 static NEXT_SOURCE: AtomicU64 = AtomicU64::new(0);
@@ -180,7 +184,11 @@ fn version(v: u8) -> ProtocolVersion {
     }
 }
 
-async fn connect(args: &Args, id: &str) -> Result<(OwnedReadHalf, OwnedWriteHalf, BytesMut)> {
+async fn connect(
+    args: &Args,
+    id: &str,
+    persistent: bool,
+) -> Result<(OwnedReadHalf, OwnedWriteHalf, BytesMut)> {
     let stream = open_socket(args).await?;
     stream.set_nodelay(true)?;
     let (mut r, mut w) = stream.into_split();
@@ -188,10 +196,13 @@ async fn connect(args: &Args, id: &str) -> Result<(OwnedReadHalf, OwnedWriteHalf
     let mut props = Properties::default();
     if v.is_v5() {
         props.receive_maximum = Some(u16::MAX);
+        if persistent {
+            props.session_expiry_interval = Some(3600);
+        }
     }
     let c = Connect {
         protocol: v,
-        clean_start: true,
+        clean_start: !persistent,
         keep_alive: 600,
         client_id: id.to_string(),
         will: None,
@@ -247,7 +258,7 @@ async fn subscriber(
     ready: Arc<Semaphore>,
     publishers: usize,
 ) -> Result<()> {
-    let (mut r, mut w, mut buf) = connect(&args, &id).await?;
+    let (mut r, mut w, mut buf) = connect(&args, &id, args.persistent).await?;
     let v = version(args.version);
     let mut out = BytesMut::new();
     subscribe(&mut w, &args, filter, &mut out).await?;
@@ -333,7 +344,7 @@ fn acknowledge(p: &Packet, v: ProtocolVersion, out: &mut BytesMut) {
 /// A subscriber that reads `read_bps` bytes a second (0: nothing after its SUBACK) and
 /// acknowledges what it reads: a stalled or trickling client next to the measured ones.
 async fn laggard(args: Args, id: String, filter: String, ready: Arc<Semaphore>) -> Result<()> {
-    let (mut r, mut w, mut buf) = connect(&args, &id).await?;
+    let (mut r, mut w, mut buf) = connect(&args, &id, false).await?;
     let v = version(args.version);
     let mut out = BytesMut::new();
     subscribe(&mut w, &args, filter, &mut out).await?;
@@ -376,7 +387,7 @@ async fn publisher(
     epoch: Instant,
     start: Arc<AtomicBool>,
 ) -> Result<()> {
-    let (r, w, buf) = connect(&args, &id).await?;
+    let (r, w, buf) = connect(&args, &id, false).await?;
     // The ack reader answers PUBREC with PUBREL through the same write half.
     let w = Arc::new(tokio::sync::Mutex::new(w));
     let v = version(args.version);
@@ -510,7 +521,7 @@ async fn run_storm(args: &Args) -> Result<()> {
                 if i >= args.clients as u64 {
                     return;
                 }
-                match connect(&args, &format!("storm-{i}")).await {
+                match connect(&args, &format!("storm-{i}"), false).await {
                     // DISCONNECT, then drop the connection.
                     Ok((_r, mut w, _)) => {
                         let _ = w.write_all(&[0xE0, 0x00]).await;
@@ -541,7 +552,7 @@ async fn run_idle(args: &Args) -> Result<()> {
     let started = Instant::now();
     let mut conns = Vec::with_capacity(args.clients);
     for i in 0..args.clients {
-        conns.push(connect(args, &format!("idle-{i}")).await?);
+        conns.push(connect(args, &format!("idle-{i}"), false).await?);
     }
     let connect_time = started.elapsed();
     tokio::time::sleep(Duration::from_secs(1)).await;

@@ -223,6 +223,41 @@ pub struct CoreConfig {
     pub http: HttpConfig,
     #[serde(default)]
     pub limits: LimitsConfig,
+    #[serde(default)]
+    pub persistence: PersistenceConfig,
+}
+
+/// How long acknowledged state lasts: the `[persistence]` table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PersistMode {
+    /// Everything in memory: a restart forgets sessions, queues and retained messages.
+    Off,
+    /// Written as it happens, fsync'd every `flush_interval_ms`: a crash loses at most that.
+    Periodic,
+    /// A PUBACK / PUBREC leaves only once what it promises is fsync'd (group commit).
+    Sync,
+}
+
+/// Where and how persistent sessions, their queues and retained messages are kept.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PersistenceConfig {
+    /// Created if missing; one broker per folder (it is locked).
+    pub dir: PathBuf,
+    pub mode: PersistMode,
+    /// `periodic`: how often the journal is fsync'd.
+    pub flush_interval_ms: u64,
+}
+
+impl Default for PersistenceConfig {
+    fn default() -> Self {
+        Self {
+            dir: PathBuf::from("data"),
+            mode: PersistMode::Sync,
+            flush_interval_ms: 100,
+        }
+    }
 }
 
 /// What one client, one address or the crowd may take: the `[limits]` table. Every limit is
@@ -318,6 +353,7 @@ impl Default for CoreConfig {
             acl: Vec::new(),
             http: HttpConfig::default(),
             limits: LimitsConfig::default(),
+            persistence: PersistenceConfig::default(),
         }
     }
 }
@@ -383,6 +419,16 @@ impl CoreConfig {
                 "mqtt.max_topic_levels: must be between 1 and {}, got {}",
                 crate::topic::MAX_TOPIC_LEVELS,
                 m.max_topic_levels
+            )));
+        }
+        let p = &self.persistence;
+        if p.mode != PersistMode::Off && p.dir.as_os_str().is_empty() {
+            return Err(err("persistence.dir: must name a folder".into()));
+        }
+        if p.mode == PersistMode::Periodic && !(1..=60_000).contains(&p.flush_interval_ms) {
+            return Err(err(format!(
+                "persistence.flush_interval_ms: must be between 1 and 60000, got {}",
+                p.flush_interval_ms
             )));
         }
         for (i, r) in self.acl.iter().enumerate() {

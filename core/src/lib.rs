@@ -5,6 +5,7 @@
 //! - [`message`]: a message as routed (topic, payload, properties, expiry, publisher).
 //! - [`session`]: the session state machine, backpressure and the [`session::SessionStore`].
 //! - [`broker`]: the router and session registry; retained messages; wills.
+//! - [`persist`]: durability — the journal, recovery and snapshots behind `[persistence]`.
 //! - [`client`]: the client pipeline every front end shares, and the MQTT connection
 //!   (handshake, inbound, outbound).
 //! - [`read_check`]: per-topic read checks of wildcard subscriptions next to deny rules.
@@ -34,6 +35,7 @@ pub mod http;
 pub mod log_limit;
 pub mod message;
 pub mod metrics;
+pub mod persist;
 pub mod protocol;
 pub mod read_check;
 pub mod server;

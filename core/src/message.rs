@@ -2,6 +2,7 @@
 
 use crate::protocol::{LastWill, Props, Publish, QoS};
 use bytes::Bytes;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
@@ -22,6 +23,38 @@ pub struct Message {
     /// long (retained, queued for an offline session) a small payload would pin all of it.
     /// False until [`Message::with_own_payload`] made a copy.
     pub payload_is_own: bool,
+    /// Its id in the persistence journal once a durable session or the retained store holds
+    /// it (0: not stored): stored once, however many sessions queue it.
+    pub(crate) store_id: StoreId,
+}
+
+/// A message's journal id, set once by the first durable holder. A clone starts without one:
+/// whoever clones a message may change it (a rule, a plugin), and the journal would then hold
+/// the old body under the id. [`Message::with_own_payload`] keeps it (same body).
+#[derive(Debug, Default)]
+pub(crate) struct StoreId(AtomicU64);
+
+impl StoreId {
+    pub(crate) fn get(&self) -> u64 {
+        self.0.load(Ordering::Acquire)
+    }
+
+    /// Sets the id unless another holder set one first; returns the id in force.
+    pub(crate) fn set(&self, id: u64) -> u64 {
+        match self
+            .0
+            .compare_exchange(0, id, Ordering::AcqRel, Ordering::Acquire)
+        {
+            Ok(_) => id,
+            Err(existing) => existing,
+        }
+    }
+}
+
+impl Clone for StoreId {
+    fn clone(&self) -> Self {
+        StoreId::default()
+    }
 }
 
 impl Message {
@@ -42,6 +75,7 @@ impl Message {
             received_at: SystemTime::now(),
             // Made by the broker, a rule or a plugin from a payload of their own.
             payload_is_own: true,
+            store_id: StoreId::default(),
         }
     }
 
@@ -50,6 +84,7 @@ impl Message {
         Self {
             payload: Bytes::copy_from_slice(&self.payload),
             payload_is_own: true,
+            store_id: StoreId(AtomicU64::new(self.store_id.get())),
             ..self.clone()
         }
     }
@@ -70,6 +105,7 @@ impl Message {
             publisher: Some(publisher),
             received_at: SystemTime::now(),
             payload_is_own: false,
+            store_id: StoreId::default(),
         }
     }
 
@@ -88,6 +124,7 @@ impl Message {
             publisher: Some(publisher),
             received_at: SystemTime::now(),
             payload_is_own: false,
+            store_id: StoreId::default(),
         }
     }
 

@@ -26,6 +26,8 @@ pub enum StartError {
     AclFile { path: PathBuf, message: String },
     #[error("bans file {0}")]
     Bans(#[from] crate::guard::bans::BansError),
+    #[error(transparent)]
+    Persist(#[from] crate::broker::PersistError),
     #[error("cannot listen on {addr} (http): {source}")]
     Http {
         addr: SocketAddr,
@@ -113,7 +115,11 @@ impl Prepared {
         let Prepared { broker, config } = self;
         let mut bound = Vec::new();
         for l in config.listeners {
-            bound.push(BoundListener::bind(l).await?);
+            bound.push(
+                BoundListener::bind(l)
+                    .await
+                    .inspect_err(|_| broker.close_persistence())?,
+            );
         }
         let http = if config.http.enabled {
             let addr = config.http.bind;
@@ -151,11 +157,25 @@ impl Prepared {
 }
 
 impl Server {
-    /// Creates the broker and loads the built-in auth hooks; nothing listens yet.
+    /// Creates the broker, puts back what `[persistence]` kept and loads the built-in auth
+    /// hooks; nothing listens yet. Must run inside the runtime.
     pub fn prepare(config: CoreConfig) -> Result<Prepared, StartError> {
-        let broker = Broker::with_limits(config.mqtt.clone(), config.limits.clone());
-        load_auth(&broker, &config)?;
+        let (broker, _) = Broker::open(
+            config.mqtt.clone(),
+            config.limits.clone(),
+            &config.persistence,
+        )?;
+        if let Err(e) = load_auth(&broker, &config) {
+            broker.close_persistence();
+            return Err(e);
+        }
         Ok(Prepared { broker, config })
+    }
+
+    /// What `check-config` loads of the core: the auth files (nothing is opened or started).
+    pub fn check(config: &CoreConfig) -> Result<(), StartError> {
+        let broker = Broker::with_limits(config.mqtt.clone(), config.limits.clone());
+        load_auth(&broker, config)
     }
 
     /// [`Server::prepare`] and [`Prepared::listen`] in one: a broker with only the built-in
@@ -178,5 +198,8 @@ impl Server {
         self.broker.begin_shutdown();
         self.tasks.close();
         let _ = tokio::time::timeout(grace, self.tasks.wait()).await;
+        // After the connections: their sessions' last records (offline, wills) go in too.
+        let broker = self.broker.clone();
+        let _ = tokio::task::spawn_blocking(move || broker.close_persistence()).await;
     }
 }

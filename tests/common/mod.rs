@@ -110,6 +110,8 @@ pub fn test_config() -> CoreConfig {
     };
     c.mqtt.sys_interval_s = 0;
     c.http.bind = "127.0.0.1:0".parse().unwrap();
+    // Tests that need a persistence folder make their own (tests/durability.rs).
+    c.persistence.mode = switchyard_core::config::PersistMode::Off;
     c
 }
 

@@ -180,6 +180,9 @@ where
             if self.wbuf.is_empty() {
                 return Ok(());
             }
+            if self.att.broker.sync_journal().is_some() {
+                Box::pin(self.att.wait_durable()).await;
+            }
             self.write_out().await?;
             if !self.att.session.has_ready(acks) {
                 return Ok(());

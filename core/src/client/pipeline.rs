@@ -19,6 +19,7 @@ use crate::read_check::ReadCheck;
 use crate::session::{Acks, AttachId, Outlet, Session, SessionOwnedByOther, Standing, WaitOutcome};
 use crate::topic;
 use parking_lot::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use tracing::{debug, info, warn};
 
@@ -70,6 +71,9 @@ pub struct Attachment {
     /// Publish rate buckets (messages, bytes), made at the first publish: a client that only
     /// subscribes never pays for them.
     rates: Mutex<Option<Box<PublishRates>>>,
+    /// The journal position this client's accepted publishes reached: in `sync` mode nothing
+    /// is written to the client (its PUBACK / PUBREC) before it is durable.
+    commit_lsn: AtomicU64,
 }
 
 /// `max_publish_rate` and `max_publish_bytes_rate` of one client.
@@ -111,8 +115,24 @@ impl Attachment {
             session: attached.session,
             id: attached.id,
             rates: Mutex::new(None),
+            commit_lsn: AtomicU64::new(0),
         };
         Ok((att, attached.session_present))
+    }
+
+    /// In `sync` mode: waits until everything this client's acknowledgements promise (its
+    /// publishes routed to durable sessions or retained, its session's own changes) is on disk.
+    pub async fn wait_durable(&self) {
+        let Some(journal) = self.broker.sync_journal() else {
+            return;
+        };
+        let need = self
+            .commit_lsn
+            .load(Ordering::Relaxed)
+            .max(self.session.lsn());
+        if need > journal.durable() {
+            journal.wait_durable(need).await;
+        }
     }
 
     /// Whether this connection still owns its session (not taken over, not ended).
@@ -216,10 +236,15 @@ impl Attachment {
         let msg = Arc::new(msg);
         let (routed, pending) = broker.route(&msg);
         let mut congested = routed.congested;
+        let mut lsn = routed.lsn;
         if !pending.is_empty() {
             // Boxed, as the wait below: rare paths kept out of every publish's future.
             let late = Box::pin(broker.resolve_reads(&msg, pending)).await;
-            congested = congested.or(late);
+            congested = congested.or(late.congested);
+            lsn = lsn.max(late.lsn);
+        }
+        if lsn > 0 {
+            self.commit_lsn.fetch_max(lsn, Ordering::Relaxed);
         }
         let client = &self.client;
         broker.hooks.emit(|| Event::MessageAccepted {

@@ -8,21 +8,26 @@
 //! - [`state`]: the fields behind the session's lock and the inflight window.
 //! - [`backpressure`]: the one policy for publishers facing a congested subscriber.
 //! - [`store`]: [`SessionStore`], where sessions live between connections, and the in-memory
-//!   store.
+//!   store (with a journal: persistent sessions are durable).
+//! - `durable`: a persistent session's link to the journal (`crate::persist`): every change
+//!   of its state is appended as a record under its lock; restored and snapshotted here.
 //!
 //! A session is shared between the router (which enqueues) and at most one connection (which
 //! drains). The queue lives here, not in a channel, so the same bounded queue serves an online
 //! and an offline session and a reconnect finds it intact.
 
 mod backpressure;
+mod durable;
 mod state;
 mod store;
 
 pub use backpressure::{Backpressure, WaitOutcome};
+pub(crate) use durable::{Durable, RestoredParts};
 pub use state::{Inflight, InflightState, StoredSubscription};
 pub use store::{MemoryStore, Opened, SessionClaim, SessionOwnedByOther, SessionStore};
 
 use crate::message::Message;
+use crate::persist::record::{now_ms, Rec};
 use crate::protocol::{QoS, SubscriptionOptions};
 use parking_lot::Mutex;
 use state::{SessionState, Stamp};
@@ -134,6 +139,8 @@ pub struct Session {
     wake: Notify,
     /// Wakes publishers held back because this session's queue was congested.
     space: Notify,
+    /// Set for a persistent session when the broker keeps a journal.
+    durable: Option<Box<Durable>>,
 }
 
 impl Session {
@@ -144,6 +151,7 @@ impl Session {
             state: Mutex::new(SessionState::new(expiry_interval)),
             wake: Notify::new(),
             space: Notify::new(),
+            durable: None,
         }
     }
 
@@ -175,6 +183,15 @@ impl Session {
         st.slow = false;
         st.evicted = false;
         st.congested_since = None;
+        if let Some(d) = self.durable() {
+            d.came_online();
+            d.log(&Rec::Online {
+                sid: d.sid,
+                expiry: expiry_interval,
+            });
+            // Resumed: a will waiting for its delay is cancelled (spec 3.1.3.2.2).
+            durable::clear_will_locked(d);
+        }
         drop(st);
         if had_owner {
             self.wake.notify_one();
@@ -207,6 +224,15 @@ impl Session {
             }
         }
         let expiry = st.expiry_interval;
+        if let Some(d) = self.durable() {
+            let at_ms = now_ms();
+            d.went_offline(at_ms);
+            d.log(&Rec::Offline {
+                sid: d.sid,
+                at_ms,
+                expiry,
+            });
+        }
         drop(st);
         // Publishers held back by this session's queue need not wait for an offline client.
         self.space.notify_waiters();
@@ -246,6 +272,9 @@ impl Session {
         let filters = st.subscriptions.drain().map(|(f, _)| f).collect();
         st.queue.clear();
         st.inflight.clear();
+        if let Some(d) = self.durable() {
+            d.log(&Rec::End { sid: d.sid });
+        }
         drop(st);
         if had_owner {
             self.wake.notify_one();
@@ -270,14 +299,25 @@ impl Session {
         filter: &str,
         options: SubscriptionOptions,
         identifier: Option<u32>,
+        read_checked: bool,
     ) -> Option<bool> {
         let mut st = self.state.lock();
         if st.ended {
             return None;
         }
+        if let Some(d) = self.durable() {
+            d.log(&Rec::Sub {
+                sid: d.sid,
+                filter,
+                options,
+                identifier,
+                read_checked,
+            });
+        }
         let sub = StoredSubscription {
             options,
             identifier,
+            read_checked,
         };
         Some(st.subscriptions.insert(filter.to_string(), sub).is_some())
     }
@@ -290,7 +330,12 @@ impl Session {
     }
 
     pub(crate) fn remove_subscription(&self, filter: &str) -> bool {
-        self.state.lock().subscriptions.remove(filter).is_some()
+        let mut st = self.state.lock();
+        let existed = st.subscriptions.remove(filter).is_some();
+        if let (true, Some(d)) = (existed, self.durable()) {
+            d.log(&Rec::Unsub { sid: d.sid, filter });
+        }
+        existed
     }
 
     pub fn queued(&self) -> usize {
@@ -305,20 +350,21 @@ impl Session {
     /// Adds a delivery to the bounded queue and wakes the connection. The flag says the queue
     /// of this online session is past the high-water mark: the publisher should wait for it.
     /// An offline session keeps the message with a payload of its own: `stored_copy` holds the
-    /// copy made for the first offline session of a publish, shared by the others.
+    /// copy made for the first offline session of a publish, shared by the others. The last
+    /// value is the LSN of the journal record (0: none), for the publisher's acknowledgement.
     pub(crate) fn enqueue(
         &self,
         mut d: Delivery,
         bp: &Backpressure,
         stored_copy: &mut Option<Arc<Message>>,
-    ) -> (Enqueued, bool) {
+    ) -> (Enqueued, bool, u64) {
         let mut st = self.state.lock();
         if st.ended {
-            return (Enqueued::Refused, false);
+            return (Enqueued::Refused, false, 0);
         }
         let online = st.attached.is_some();
         if !online && d.qos == QoS::AtMostOnce {
-            return (Enqueued::Skipped, false);
+            return (Enqueued::Skipped, false, 0);
         }
         if !online && !d.msg.payload_is_own {
             d.msg = stored_copy
@@ -332,8 +378,19 @@ impl Session {
                     st.queue.remove(i);
                     outcome = Enqueued::DroppedOther;
                 }
-                None => return (Enqueued::Refused, false),
+                None => return (Enqueued::Refused, false, 0),
             }
+        }
+        let mut lsn = 0;
+        if let Some(durable) = self.durable().filter(|_| d.qos != QoS::AtMostOnce) {
+            let mid = durable.message_id(&d.msg);
+            lsn = durable.log(&Rec::Enqueue {
+                sid: durable.sid,
+                mid,
+                qos: d.qos,
+                retain: d.retain,
+                sub_ids: &d.subscription_ids,
+            });
         }
         st.queue.push_back(d);
         let congested = online && !st.slow && st.queue.len() >= bp.high_water();
@@ -344,7 +401,7 @@ impl Session {
         if online {
             self.wake.notify_one();
         }
-        (outcome, congested)
+        (outcome, congested, lsn)
     }
 
     /// Moves queued deliveries to `out` as far as the acknowledgement window and the outlet
@@ -376,6 +433,17 @@ impl Session {
                 .map_or(64, |d| d.msg.payload.len() + d.msg.topic.len() + 16);
             out.reserve(estimate * st.queue.len());
         }
+        let durable = self.durable();
+        // A durable session's QoS 1/2 delivery leaves the queue: gone (done) or in flight.
+        let log = |d: &Delivery, sent: Option<u16>| {
+            if let (Some(dur), Some(mid)) = (durable, durable::stored_id(d)) {
+                let sid = dur.sid;
+                match sent {
+                    Some(pid) => dur.log(&Rec::Sent { sid, mid, pid }),
+                    None => dur.log(&Rec::Done { sid, mid }),
+                };
+            }
+        };
         while out.has_room() {
             let Some(front) = st.queue.front() else { break };
             let tracked = front.qos != QoS::AtMostOnce && acks != Acks::None;
@@ -386,6 +454,7 @@ impl Session {
             }
             let Some(d) = st.queue.pop_front() else { break };
             if d.msg.is_expired(now) {
+                log(&d, None);
                 batch.dropped += 1;
                 if observe {
                     batch.dropped_msgs.push((d.msg, "expired"));
@@ -394,6 +463,7 @@ impl Session {
             }
             let packet_id = if tracked { st.allocate_packet_id() } else { 0 };
             if !out.put(&d, packet_id, false, now) {
+                log(&d, None);
                 batch.dropped += 1;
                 if observe {
                     batch
@@ -402,6 +472,7 @@ impl Session {
                 }
                 continue;
             }
+            log(&d, tracked.then_some(packet_id));
             batch.sent += 1;
             if observe {
                 batch.delivered.push(d.msg.clone());
@@ -468,8 +539,16 @@ impl Session {
     /// PUBACK: the QoS 1 delivery is done. Returns its message.
     pub fn on_puback(&self, packet_id: u16) -> Option<Arc<Message>> {
         let mut st = self.state.lock();
-        st.take_inflight(packet_id, InflightState::AwaitingPubAck)
-            .map(|f| f.delivery.msg)
+        let f = st.take_inflight(packet_id, InflightState::AwaitingPubAck)?;
+        self.log_done(&f.delivery);
+        Some(f.delivery.msg)
+    }
+
+    /// A durable session's delivery is finished (acknowledged or refused by the client).
+    fn log_done(&self, delivery: &Delivery) {
+        if let (Some(d), Some(mid)) = (self.durable(), durable::stored_id(delivery)) {
+            d.log(&Rec::Done { sid: d.sid, mid });
+        }
     }
 
     /// PUBREC for a QoS 2 delivery; `refused`: its reason code is an error.
@@ -477,26 +556,34 @@ impl Session {
         let mut st = self.state.lock();
         if refused {
             return match st.take_inflight(packet_id, InflightState::AwaitingPubRec) {
-                Some(_) => PubRecOutcome::Ended,
+                Some(f) => {
+                    self.log_done(&f.delivery);
+                    PubRecOutcome::Ended
+                }
                 None => PubRecOutcome::Unknown,
             };
         }
-        if st.advance_inflight(
+        match st.advance_inflight(
             packet_id,
             InflightState::AwaitingPubRec,
             InflightState::AwaitingPubComp,
         ) {
-            PubRecOutcome::Release
-        } else {
-            PubRecOutcome::Unknown
+            Some(delivery) => {
+                if let (Some(d), Some(mid)) = (self.durable(), durable::stored_id(delivery)) {
+                    d.log(&Rec::Released { sid: d.sid, mid });
+                }
+                PubRecOutcome::Release
+            }
+            None => PubRecOutcome::Unknown,
         }
     }
 
     /// PUBCOMP: the QoS 2 delivery is done. Returns its message.
     pub fn on_pubcomp(&self, packet_id: u16) -> Option<Arc<Message>> {
         let mut st = self.state.lock();
-        st.take_inflight(packet_id, InflightState::AwaitingPubComp)
-            .map(|f| f.delivery.msg)
+        let f = st.take_inflight(packet_id, InflightState::AwaitingPubComp)?;
+        self.log_done(&f.delivery);
+        Some(f.delivery.msg)
     }
 
     /// An incoming QoS 2 PUBLISH; `limit` is the Receive Maximum the client was told, if any.
@@ -513,7 +600,14 @@ impl Session {
 
     /// The incoming QoS 2 message was routed and PUBREC sent: remember it until PUBREL.
     pub fn record_incoming_qos2(&self, packet_id: u16) {
-        self.state.lock().incoming_qos2.push(packet_id);
+        let mut st = self.state.lock();
+        st.incoming_qos2.push(packet_id);
+        if let Some(d) = self.durable() {
+            d.log(&Rec::Qos2In {
+                sid: d.sid,
+                pid: packet_id,
+            });
+        }
     }
 
     /// PUBREL: returns whether the packet id was waiting for it.
@@ -522,6 +616,12 @@ impl Session {
         match st.incoming_qos2.iter().position(|id| *id == packet_id) {
             Some(i) => {
                 st.incoming_qos2.swap_remove(i);
+                if let Some(d) = self.durable() {
+                    d.log(&Rec::Qos2Out {
+                        sid: d.sid,
+                        pid: packet_id,
+                    });
+                }
                 true
             }
             None => false,

@@ -62,6 +62,8 @@ pub struct Inflight {
 pub struct StoredSubscription {
     pub options: SubscriptionOptions,
     pub identifier: Option<u32>,
+    /// Granted with `AclDecision::Filter` (kept for the journal: restored with a read check).
+    pub read_checked: bool,
 }
 
 #[derive(Debug)]
@@ -124,6 +126,11 @@ impl SessionState {
         }
     }
 
+    /// After a restart: packet ids continue after the last one in flight.
+    pub(super) fn continue_packet_ids_after(&mut self, last: u16) {
+        self.next_packet_id = last.wrapping_add(1).max(1);
+    }
+
     pub(super) fn start_inflight(&mut self, packet_id: u16, delivery: Delivery) {
         let state = if delivery.qos == crate::protocol::QoS::AtLeastOnce {
             InflightState::AwaitingPubAck
@@ -149,24 +156,20 @@ impl SessionState {
         self.inflight.remove(i)
     }
 
-    /// Moves one inflight message from `from` to `to`; false if none was in `from`.
+    /// Moves one inflight message from `from` to `to`; returns its delivery, or `None` if
+    /// none was in `from`.
     pub(super) fn advance_inflight(
         &mut self,
         packet_id: u16,
         from: InflightState,
         to: InflightState,
-    ) -> bool {
-        match self
+    ) -> Option<&Delivery> {
+        let f = self
             .inflight
             .iter_mut()
-            .find(|f| f.packet_id == packet_id && f.state == from)
-        {
-            Some(f) => {
-                f.state = to;
-                true
-            }
-            None => false,
-        }
+            .find(|f| f.packet_id == packet_id && f.state == from)?;
+        f.state = to;
+        Some(&f.delivery)
     }
 }
 

@@ -1,9 +1,12 @@
 //! Where sessions live between connections. The broker asks its [`SessionStore`] which session
-//! a CONNECT resumes or replaces; [`MemoryStore`] keeps them in a map for the process's
-//! lifetime. A durable store (sessions that survive a restart) or a clustered one (sessions
-//! resumable on another node) implements the same trait.
+//! a CONNECT resumes or replaces; [`MemoryStore`] keeps them in a map. Given a journal
+//! ([`MemoryStore::durable`]) it makes every persistent session (expiry above 0) durable: its
+//! changes are appended to the journal and it is rebuilt after a restart. A clustered store
+//! (sessions resumable on another node) would implement the same trait.
 
-use super::Session;
+use super::{Durable, Session};
+use crate::persist::record::Rec;
+use crate::persist::Journal;
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -46,11 +49,43 @@ pub trait SessionStore: Send + Sync + 'static {
         self.len() == 0
     }
     fn sessions(&self) -> Vec<Arc<Session>>;
+    /// Puts back a session rebuilt after a restart (before any client connects).
+    fn restore(&self, session: Arc<Session>);
 }
 
 #[derive(Default)]
 pub struct MemoryStore {
     sessions: Mutex<HashMap<Arc<str>, Arc<Session>>>,
+    journal: Option<Arc<Journal>>,
+}
+
+impl MemoryStore {
+    /// A store whose persistent sessions are written to `journal`.
+    pub fn durable(journal: Arc<Journal>) -> Self {
+        Self {
+            sessions: Mutex::default(),
+            journal: Some(journal),
+        }
+    }
+
+    fn create(&self, claim: &SessionClaim<'_>) -> Session {
+        let client_id = claim.client_id.clone();
+        let user = claim.user.cloned();
+        match &self.journal {
+            Some(journal) if claim.expiry_interval > 0 => {
+                let sid = journal.new_session_id();
+                journal.append(&Rec::Open {
+                    sid,
+                    client_id: &client_id,
+                    user: user.as_deref(),
+                    expiry: claim.expiry_interval,
+                });
+                let durable = Durable::new(sid, journal.clone());
+                Session::new_durable(client_id, user, claim.expiry_interval, durable)
+            }
+            _ => Session::new(client_id, user, claim.expiry_interval),
+        }
+    }
 }
 
 impl SessionStore for MemoryStore {
@@ -69,11 +104,7 @@ impl SessionStore for MemoryStore {
                 });
             }
         }
-        let session = Arc::new(Session::new(
-            claim.client_id.clone(),
-            claim.user.cloned(),
-            claim.expiry_interval,
-        ));
+        let session = Arc::new(self.create(claim));
         sessions.insert(claim.client_id.clone(), session.clone());
         Ok(Opened {
             session,
@@ -105,5 +136,11 @@ impl SessionStore for MemoryStore {
 
     fn sessions(&self) -> Vec<Arc<Session>> {
         self.sessions.lock().values().cloned().collect()
+    }
+
+    fn restore(&self, session: Arc<Session>) {
+        self.sessions
+            .lock()
+            .insert(session.client_id.clone(), session);
     }
 }

@@ -2,6 +2,15 @@
 //!
 //! The subscription tree sits behind a read-write lock so both cores route in parallel; only
 //! SUBSCRIBE/UNSUBSCRIBE take it exclusively. Each session has its own small lock for its queue.
+//!
+//! - this module: [`Broker`], attach/detach, subscriptions, routing, wills;
+//! - `retained`: the retained store;
+//! - `durable`: persistence — open, restore, snapshots (see `crate::persist`).
+
+mod durable;
+mod retained;
+
+pub use durable::{PersistError, RestoreReport};
 
 use crate::config::{LimitsConfig, MqttConfig};
 use crate::guard::Guard;
@@ -9,7 +18,7 @@ use crate::hooks::ClientInfo;
 use crate::hooks::{Event, HookChain, HookSet};
 use crate::message::Message;
 use crate::metrics::{Limit, Metrics, MetricsSource};
-use crate::protocol::{QoS, RetainHandling, SubscriptionOptions};
+use crate::protocol::{QoS, SubscriptionOptions};
 use crate::read_check::ReadCheck;
 use crate::session::{
     AttachId, Backpressure, Delivery, Enqueued, MemoryStore, Session, SessionClaim,
@@ -61,6 +70,9 @@ pub struct Routed {
     /// The message with a payload of its own, made for the first offline session it is queued
     /// for and shared by the others (see `Session::enqueue`).
     pub(crate) stored_copy: Option<Arc<Message>>,
+    /// The LSN of the last journal record it caused (0: none): in `sync` mode the publisher's
+    /// acknowledgement waits until it is durable.
+    pub lsn: u64,
 }
 
 /// Result of attaching a connection to a session.
@@ -91,6 +103,8 @@ pub struct Broker {
     retained_full_log: crate::log_limit::LogLimiter,
     next_attach: AtomicU64,
     metrics_sources: RwLock<Vec<(String, Arc<dyn MetricsSource>)>>,
+    /// `[persistence]` on: durable sessions and the retained store append to it.
+    journal: Option<Arc<crate::persist::Journal>>,
 }
 
 impl Broker {
@@ -108,6 +122,15 @@ impl Broker {
         limits: LimitsConfig,
         store: Box<dyn SessionStore>,
     ) -> Arc<Self> {
+        Self::build(config, limits, store, None)
+    }
+
+    fn build(
+        config: MqttConfig,
+        limits: LimitsConfig,
+        store: Box<dyn SessionStore>,
+        journal: Option<Arc<crate::persist::Journal>>,
+    ) -> Arc<Self> {
         Arc::new(Self {
             guard: Guard::new(limits),
             backpressure: Backpressure::from_config(&config),
@@ -123,6 +146,7 @@ impl Broker {
             retained_full_log: crate::log_limit::LogLimiter::new(1, 0),
             next_attach: AtomicU64::new(1),
             metrics_sources: RwLock::new(Vec::new()),
+            journal,
         })
     }
 
@@ -212,15 +236,20 @@ impl Broker {
         if expiry == 0 {
             self.remove_session(session);
         } else if expiry != u32::MAX {
-            let broker = self.clone();
-            let session = session.clone();
-            tokio::spawn(async move {
-                tokio::time::sleep(Duration::from_secs(u64::from(expiry))).await;
-                if session.idle_since(id) {
-                    broker.remove_session(&session);
-                }
-            });
+            self.expire_after(session, id, Duration::from_secs(u64::from(expiry)));
         }
+    }
+
+    /// Ends `session` after `after` unless a client attached since the attach `id` ended.
+    fn expire_after(self: &Arc<Self>, session: &Arc<Session>, id: AttachId, after: Duration) {
+        let broker = self.clone();
+        let session = session.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(after).await;
+            if session.idle_since(id) {
+                broker.remove_session(&session);
+            }
+        });
     }
 
     fn remove_session(&self, session: &Arc<Session>) {
@@ -274,7 +303,8 @@ impl Broker {
         identifier: Option<u32>,
         reads: Option<Arc<ReadCheck>>,
     ) -> bool {
-        let Some(existed) = session.add_subscription(filter, options, identifier) else {
+        let Some(existed) = session.add_subscription(filter, options, identifier, reads.is_some())
+        else {
             return false;
         };
         let (share, inner) = split_share(filter);
@@ -319,8 +349,9 @@ impl Broker {
     /// Routes a message to every subscription that may have it now; returns the matches whose
     /// read check has yet to be asked (see [`Broker::resolve_reads`]).
     pub fn route(&self, msg: &Arc<Message>) -> (Routed, Vec<PendingRead>) {
+        let mut routed = Routed::default();
         if msg.retain {
-            self.store_retained(msg);
+            routed.lsn = self.store_retained(msg);
         }
         // Most topics have a handful of subscribers: keep them on the stack.
         let mut targets: smallvec::SmallVec<[Target; 4]> = smallvec::SmallVec::new();
@@ -368,7 +399,6 @@ impl Broker {
             pending.retain(|p| !targets.iter().any(|t| Arc::ptr_eq(&t.0, &p.session)));
             pending.dedup_by(|a, b| Arc::ptr_eq(&a.session, &b.session));
         }
-        let mut routed = Routed::default();
         let mut i = 0;
         while i < targets.len() {
             // A client with several matching subscriptions gets the message once, at the highest
@@ -394,13 +424,9 @@ impl Broker {
         (routed, pending)
     }
 
-    /// Asks the read checks [`Broker::route`] left open and delivers where they allow. Returns
-    /// a congested subscriber, as [`Routed::congested`].
-    pub async fn resolve_reads(
-        &self,
-        msg: &Arc<Message>,
-        pending: Vec<PendingRead>,
-    ) -> Option<Arc<Session>> {
+    /// Asks the read checks [`Broker::route`] left open and delivers where they allow
+    /// ([`Routed::congested`] and [`Routed::lsn`] are what the caller needs).
+    pub async fn resolve_reads(&self, msg: &Arc<Message>, pending: Vec<PendingRead>) -> Routed {
         let mut routed = Routed::default();
         for p in pending {
             if !p.check.check(&self.hooks, &msg.topic, p.qos).await {
@@ -414,7 +440,7 @@ impl Broker {
             };
             self.deliver(p.session, delivery, &mut routed);
         }
-        routed.congested
+        routed
     }
 
     /// Queues one delivery, counting and announcing what could not be queued.
@@ -431,8 +457,9 @@ impl Broker {
             Metrics::add(&self.metrics.messages_dropped, 1);
             return;
         }
-        let (outcome, congested) =
+        let (outcome, congested, lsn) =
             session.enqueue(delivery, &self.backpressure, &mut routed.stored_copy);
+        routed.lsn = routed.lsn.max(lsn);
         match outcome {
             Enqueued::Queued => routed.queued += 1,
             Enqueued::DroppedOther => {
@@ -457,119 +484,6 @@ impl Broker {
         }
     }
 
-    fn store_retained(&self, msg: &Arc<Message>) {
-        // Every retained message passes here, whatever made it (a client, a will, a plugin's
-        // patch, a rule's sink): none deeper than the configured limit enters the tree.
-        if topic::level_count(&msg.topic) > self.config.max_topic_levels {
-            self.metrics.limit_hit(Limit::Retained);
-            tracing::warn!(
-                topic_levels = topic::level_count(&msg.topic),
-                max = self.config.max_topic_levels,
-                "retained message not stored: too many topic levels"
-            );
-            return;
-        }
-        if msg.payload.is_empty() {
-            let mut retained = self.retained.write();
-            if let Some(old) = retained.remove(&msg.topic) {
-                self.retained_bytes
-                    .fetch_sub(retained_size(&old), Ordering::Relaxed);
-            }
-            return;
-        }
-        // A payload is a slice of the read buffer it arrived in (64 KiB to 1 MiB): kept for
-        // good, a 10-byte retained payload would pin all of it. The copy is made outside the
-        // lock, and only on this path.
-        let stored = Arc::new(msg.with_own_payload());
-        let size = retained_size(&stored);
-        let mut retained = self.retained.write();
-        // Bytes change only under the write lock, so this read is exact.
-        let bytes = self.retained_bytes.load(Ordering::Relaxed);
-        let old = retained.get(&msg.topic).map(|m| retained_size(m));
-        let count = retained.len() + usize::from(old.is_none());
-        let bytes_after = bytes - old.unwrap_or(0) + size;
-        if count > self.config.max_retained_messages || bytes_after > self.config.max_retained_bytes
-        {
-            drop(retained);
-            self.metrics.limit_hit(Limit::Retained);
-            if self.retained_full_log.admit("").is_some() {
-                tracing::warn!(
-                    retained = count - 1,
-                    bytes,
-                    "retained store full (max_retained_messages, max_retained_bytes): new retained topics are routed but not retained"
-                );
-            }
-            return;
-        }
-        retained.insert(&msg.topic, stored);
-        self.retained_bytes.store(bytes_after, Ordering::Relaxed);
-    }
-
-    /// Retained messages matching `filter` that have not expired; expired ones are removed.
-    pub fn retained_matching(&self, filter: &str) -> Vec<Arc<Message>> {
-        let now = Instant::now();
-        let mut found = Vec::new();
-        self.retained.read().matching(filter, &mut found);
-        if found.iter().any(|m| m.is_expired(now)) {
-            let mut retained = self.retained.write();
-            for m in found.iter().filter(|m| m.is_expired(now)) {
-                // Only if a newer message has not replaced it meanwhile.
-                if retained
-                    .get(&m.topic)
-                    .is_some_and(|cur| Arc::ptr_eq(cur, m))
-                {
-                    retained.remove(&m.topic);
-                    self.retained_bytes
-                        .fetch_sub(retained_size(m), Ordering::Relaxed);
-                }
-            }
-            found.retain(|m| !m.is_expired(now));
-        }
-        found
-    }
-
-    /// The retained messages a new subscription should get, per its Retain Handling.
-    pub fn retained_for(
-        &self,
-        filter: &str,
-        options: SubscriptionOptions,
-        existed: bool,
-    ) -> Vec<Arc<Message>> {
-        let send = match options.retain_handling {
-            RetainHandling::SendOnSubscribe => true,
-            RetainHandling::SendIfNew => !existed,
-            RetainHandling::DoNotSend => false,
-        };
-        // Shared subscriptions never get retained messages on subscribe.
-        if !send || topic::parse_shared(filter).is_some() {
-            return Vec::new();
-        }
-        self.retained_matching(filter)
-    }
-
-    /// Queues retained messages for a subscription.
-    pub fn enqueue_retained(
-        &self,
-        session: &Arc<Session>,
-        msgs: Vec<Arc<Message>>,
-        options: SubscriptionOptions,
-        identifier: Option<u32>,
-    ) {
-        for msg in msgs {
-            let qos = msg.qos.min(options.qos);
-            let _ = session.enqueue(
-                Delivery {
-                    msg,
-                    qos,
-                    retain: true,
-                    subscription_ids: identifier.into_iter().collect(),
-                },
-                &self.backpressure,
-                &mut None,
-            );
-        }
-    }
-
     /// Publishes the will of the connection that attached as `id`: now, or after its delay
     /// unless the session is resumed first. A session that has ended publishes it at once.
     pub fn schedule_will(
@@ -591,16 +505,32 @@ impl Broker {
         } else {
             delay.min(session.expiry_interval())
         };
+        let msg = Arc::new(msg);
         if delay == 0 {
-            self.publish(Arc::new(msg));
+            self.publish(msg);
             return;
         }
+        // Kept in the journal (a durable session) so a restart does not forget it.
+        let at_ms = crate::persist::record::now_ms() + u64::from(delay) * 1000;
+        session.store_will(&msg, at_ms);
+        self.publish_will_after(session, msg, Duration::from_secs(u64::from(delay)), id);
+    }
+
+    /// Publishes a delayed will after `delay` unless the session was resumed after `id`.
+    fn publish_will_after(
+        self: &Arc<Self>,
+        session: &Arc<Session>,
+        msg: Arc<Message>,
+        delay: Duration,
+        id: AttachId,
+    ) {
         let broker = self.clone();
         let session = session.clone();
         tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_secs(u64::from(delay))).await;
+            tokio::time::sleep(delay).await;
             if !session.resumed_after(id) {
-                broker.publish(Arc::new(msg));
+                session.clear_will();
+                broker.publish(msg);
             }
         });
     }
@@ -625,65 +555,5 @@ fn split_share(filter: &str) -> (Option<&str>, &str) {
     match topic::parse_shared(filter) {
         Some(Ok((group, inner))) => (Some(group), inner),
         _ => (None, filter),
-    }
-}
-
-/// What a retained message costs the store: its topic and payload.
-fn retained_size(m: &Message) -> usize {
-    m.topic.len() + m.payload.len()
-}
-
-#[cfg(test)]
-mod retained_tests {
-    use super::*;
-
-    #[test]
-    fn payloads_queued_for_offline_sessions_do_not_pin_read_buffers() {
-        let broker = Broker::new(MqttConfig::default());
-        let read_buffer = bytes::Bytes::from(vec![9u8; 64 * 1024]);
-        let in_buffer = |p: &bytes::Bytes| read_buffer.as_ptr_range().contains(&p.as_ptr());
-        // Two offline sessions share one copy; an online one keeps the slice (it is sent soon).
-        let offline: Vec<_> = (0..2)
-            .map(|i| Arc::new(Session::new(format!("off-{i}").into(), None, 600)))
-            .collect();
-        let options = SubscriptionOptions {
-            qos: QoS::AtLeastOnce,
-            ..Default::default()
-        };
-        for s in &offline {
-            broker.subscribe(s, "q/#", options, None, None);
-        }
-        let mut msg = Message::new("q/t", read_buffer.slice(10..20), QoS::AtLeastOnce, false);
-        msg.payload_is_own = false;
-        let (routed, _) = broker.route(&Arc::new(msg));
-        assert_eq!(routed.queued, 2);
-        let mut seen = Vec::new();
-        for s in &offline {
-            let m = s.first_queued().expect("queued");
-            assert!(!in_buffer(&m.payload), "still a slice of the read buffer");
-            seen.push(Arc::as_ptr(&m));
-        }
-        assert_eq!(seen[0], seen[1], "one copy per publish, not per session");
-    }
-
-    #[test]
-    fn a_retained_payload_does_not_pin_the_buffer_it_arrived_in() {
-        let broker = Broker::new(MqttConfig::default());
-        let read_buffer = bytes::Bytes::from(vec![7u8; 64 * 1024]);
-        let payload = read_buffer.slice(100..110);
-        let msg = Arc::new(Message::new(
-            "r/t",
-            payload,
-            crate::protocol::QoS::AtMostOnce,
-            true,
-        ));
-        broker.store_retained(&msg);
-        let stored = broker.retained_matching("r/t");
-        assert_eq!(&stored[0].payload[..], &[7u8; 10]);
-        let range = read_buffer.as_ptr_range();
-        assert!(
-            !range.contains(&stored[0].payload.as_ptr()),
-            "the retained copy still points into the read buffer"
-        );
     }
 }
