@@ -300,6 +300,7 @@ fn main() -> Result<()> {
             let found = <$ty as Store>::recover(&dir)?;
             let recovery = start.elapsed();
             anyhow::ensure!(found == args.messages, "{} found {found}", stringify!($ty));
+            std::fs::create_dir_all(args.dir.join("probe"))?;
             let name = $open(&args.dir.join("probe")).map(|s: $ty| s.name())?;
             let _ = std::fs::remove_dir_all(args.dir.join("probe"));
             println!(

@@ -516,17 +516,22 @@ impl<'a> Cursor<'a> {
                 let publisher = self.opt_string()?;
                 let received_ms = self.uint()?;
                 let expires_ms = self.uint()?;
-                let props = Bytes::copy_from_slice(self.bytes()?);
-                let mut reader = crate::protocol::wire::Reader::new(props);
-                let properties: Props =
+                let props = self.bytes()?;
+                // Most messages carry no properties: one zero byte, nothing to decode.
+                let properties: Props = if props == [0] {
+                    Props::default()
+                } else {
+                    let mut reader =
+                        crate::protocol::wire::Reader::new(Bytes::copy_from_slice(props));
                     Properties::decode(&mut reader, PropertyContext::Publish)
-                        .map_err(|_| BadRecord::Malformed("bad message properties"))?;
-                let (now, now_ms) = (Instant::now(), now_ms());
+                        .map_err(|_| BadRecord::Malformed("bad message properties"))?
+                };
                 let mut msg = Message::new(topic, payload, qos, retain);
                 msg.properties = properties;
                 msg.publisher = publisher.map(Into::into);
                 msg.received_at = UNIX_EPOCH + Duration::from_millis(received_ms);
-                msg.expires_at = (expires_ms != 0).then(|| instant_at(expires_ms, now, now_ms));
+                msg.expires_at =
+                    (expires_ms != 0).then(|| instant_at(expires_ms, Instant::now(), now_ms()));
                 Decoded::Message { id, msg }
             }
             2 => Decoded::Open {

@@ -8,7 +8,7 @@ use super::journal::segment_start;
 use super::record::{decode_framed, Decoded};
 use crate::message::Message;
 use crate::protocol::{QoS, SubscriptionOptions};
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -49,8 +49,8 @@ pub(crate) struct RecoveredSession {
 /// Everything the folder held.
 #[derive(Debug, Default)]
 pub struct Recovered {
-    pub(crate) sessions: HashMap<u64, RecoveredSession>,
-    pub(crate) messages: HashMap<u64, Message>,
+    pub(crate) sessions: HashMap<u64, RecoveredSession, foldhash::fast::RandomState>,
+    pub(crate) messages: HashMap<u64, Message, foldhash::fast::RandomState>,
     pub(crate) retained: BTreeMap<String, u64>,
     /// Past every byte on disk: the next segment starts here.
     pub(crate) end_lsn: u64,
@@ -61,6 +61,8 @@ pub struct Recovered {
     pub records: u64,
     pub bytes_read: u64,
     pub files: usize,
+    /// Topics read so far: messages on one topic share its allocation after a restart.
+    topics: HashSet<Arc<str>, foldhash::fast::RandomState>,
 }
 
 impl Recovered {
@@ -80,8 +82,14 @@ impl Recovered {
     fn apply(&mut self, rec: Decoded) {
         self.records += 1;
         match rec {
-            Decoded::Message { id, msg } => {
+            Decoded::Message { id, mut msg } => {
                 self.max_mid = self.max_mid.max(id);
+                match self.topics.get(&msg.topic) {
+                    Some(shared) => msg.topic = shared.clone(),
+                    None => {
+                        self.topics.insert(msg.topic.clone());
+                    }
+                }
                 self.messages.entry(id).or_insert(msg);
             }
             Decoded::Open {
@@ -203,7 +211,8 @@ impl Recovered {
 
     /// Drops message bodies nothing refers to any more.
     fn collect_garbage(&mut self) {
-        let mut live: BTreeSet<u64> = self.retained.values().copied().collect();
+        let mut live: HashSet<u64, foldhash::fast::RandomState> = HashSet::default();
+        live.extend(self.retained.values().copied());
         for s in self.sessions.values() {
             live.extend(s.entries.keys().copied());
             live.extend(s.will.map(|(mid, _)| mid));
@@ -275,6 +284,7 @@ pub fn recover(dir: &Path) -> std::io::Result<Recovered> {
         read_file(&mut rec, path, Some(*start), from)?;
     }
     rec.collect_garbage();
+    rec.topics = HashSet::default();
     Ok(rec)
 }
 
