@@ -34,11 +34,21 @@ impl Durable {
         }
     }
 
-    /// Appends a record of this session (called under its lock, so the log keeps its order).
+    /// Appends a record of this session (called under its lock, so the log keeps its order)
+    /// that its client will rely on: in `sync` mode its connection writes nothing more until it
+    /// is durable (a subscription before its SUBACK, a QoS 2 packet id before the PUBLISH or
+    /// PUBREL that uses it).
     pub(crate) fn log(&self, rec: &Rec<'_>) -> u64 {
         let lsn = self.journal.append(rec);
         self.lsn.fetch_max(lsn, Ordering::Relaxed);
         lsn
+    }
+
+    /// Appends a record whose loss in a crash costs at most a QoS 1 duplicate or a DUP flag
+    /// (a QoS 1 delivery sent, a delivery done): nothing waits for it, so a subscriber's
+    /// window is not held to one fsync per round trip. A later [`Durable::log`] covers it.
+    pub(crate) fn log_lazily(&self, rec: &Rec<'_>) -> u64 {
+        self.journal.append(rec)
     }
 
     /// The message's journal id (its body appended the first time).

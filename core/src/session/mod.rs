@@ -439,8 +439,11 @@ impl Session {
             if let (Some(dur), Some(mid)) = (durable, durable::stored_id(d)) {
                 let sid = dur.sid;
                 match sent {
-                    Some(pid) => dur.log(&Rec::Sent { sid, mid, pid }),
-                    None => dur.log(&Rec::Done { sid, mid }),
+                    // QoS 2: the packet id must survive before the PUBLISH goes out, or a
+                    // restart would resend it under a new one (a second delivery).
+                    Some(pid) if d.qos == QoS::ExactlyOnce => dur.log(&Rec::Sent { sid, mid, pid }),
+                    Some(pid) => dur.log_lazily(&Rec::Sent { sid, mid, pid }),
+                    None => dur.log_lazily(&Rec::Done { sid, mid }),
                 };
             }
         };
@@ -547,7 +550,9 @@ impl Session {
     /// A durable session's delivery is finished (acknowledged or refused by the client).
     fn log_done(&self, delivery: &Delivery) {
         if let (Some(d), Some(mid)) = (self.durable(), durable::stored_id(delivery)) {
-            d.log(&Rec::Done { sid: d.sid, mid });
+            // Lost in a crash, it costs a redelivery (QoS 1) or a PUBREL the client answers
+            // anyway (QoS 2): nothing waits for it.
+            d.log_lazily(&Rec::Done { sid: d.sid, mid });
         }
     }
 
