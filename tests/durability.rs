@@ -152,6 +152,27 @@ fn publish(topic: &str, seq: u64, qos: QoS, packet_id: u16, retain: bool) -> Pac
     })
 }
 
+/// Publishes messages `seqs` at QoS 1 one at a time (packet id = sequence number), each
+/// acknowledged before the next.
+async fn publish_acked(
+    raw: &mut Raw,
+    seqs: std::ops::RangeInclusive<u16>,
+    topic: impl Fn(u16) -> String,
+    retain: impl Fn(u16) -> bool,
+) {
+    for i in seqs {
+        raw.send(&publish(
+            &topic(i),
+            i.into(),
+            QoS::AtLeastOnce,
+            i,
+            retain(i),
+        ))
+        .await;
+        assert!(matches!(raw.recv().await, Some(Packet::PubAck(_))));
+    }
+}
+
 fn seq_of(p: &Publish) -> u64 {
     std::str::from_utf8(&p.payload).unwrap().parse().unwrap()
 }
@@ -311,18 +332,7 @@ async fn sync_mode_loses_no_acknowledged_message_at_kill_9() {
     // Retained messages, acknowledged before the load.
     let mut retainer = Raw::connect(broker.addr).await;
     retainer.handshake(ProtocolVersion::V311, "retainer").await;
-    for i in 1..=3u16 {
-        retainer
-            .send(&publish(
-                &format!("r/{i}"),
-                i.into(),
-                QoS::AtLeastOnce,
-                i,
-                true,
-            ))
-            .await;
-        assert!(matches!(retainer.recv().await, Some(Packet::PubAck(_))));
-    }
+    publish_acked(&mut retainer, 1..=3, |i| format!("r/{i}"), |_| true).await;
     // 5,000 QoS 1 and 2,000 QoS 2 with a window of 100; SIGKILL after about half.
     let mut broker = Some(broker);
     let acked = publish_until_killed(broker.as_ref().unwrap().addr, 7000, 100, 3500, || {
@@ -371,12 +381,7 @@ async fn in_flight_deliveries_go_out_again_with_dup_after_kill_9() {
     subscribe(&mut sub, "d/#").await;
     let mut publisher = Raw::connect(broker.addr).await;
     publisher.handshake(ProtocolVersion::V311, "p").await;
-    for i in 1..=40u16 {
-        publisher
-            .send(&publish("d/x", i.into(), QoS::AtLeastOnce, i, false))
-            .await;
-        assert!(matches!(publisher.recv().await, Some(Packet::PubAck(_))));
-    }
+    publish_acked(&mut publisher, 1..=40, |_| "d/x".to_string(), |_| false).await;
     // The subscriber reads all 40 and acknowledges only the first 10.
     let mut ids = BTreeMap::new();
     while ids.len() < 40 {
@@ -480,12 +485,7 @@ async fn a_graceful_restart_in_the_default_mode_keeps_retained_messages_and_queu
     raw.send(&disconnect()).await;
     let mut publisher = Raw::connect(broker.addr).await;
     publisher.handshake(ProtocolVersion::V5, "p").await;
-    for i in 1..=20u16 {
-        publisher
-            .send(&publish("q/t", i.into(), QoS::AtLeastOnce, i, i == 20))
-            .await;
-        assert!(matches!(publisher.recv().await, Some(Packet::PubAck(_))));
-    }
+    publish_acked(&mut publisher, 1..=20, |_| "q/t".to_string(), |i| i == 20).await;
     broker.terminate();
     let broker = Proc::start(folder.path(), "");
     let (mut raw, present) = persistent(broker.addr, ProtocolVersion::V311, "offline").await;
@@ -519,18 +519,7 @@ async fn a_damaged_journal_is_reported_and_its_valid_prefix_recovered() {
     let broker = Proc::start(folder.path(), "");
     let mut publisher = Raw::connect(broker.addr).await;
     publisher.handshake(ProtocolVersion::V5, "p").await;
-    for i in 1..=10u16 {
-        publisher
-            .send(&publish(
-                &format!("r/{i}"),
-                i.into(),
-                QoS::AtLeastOnce,
-                i,
-                true,
-            ))
-            .await;
-        assert!(matches!(publisher.recv().await, Some(Packet::PubAck(_))));
-    }
+    publish_acked(&mut publisher, 1..=10, |i| format!("r/{i}"), |_| true).await;
     broker.kill9();
     // The last record half-written, as a crash in the middle of a write leaves it.
     let segment = last_segment(&data);
@@ -553,18 +542,7 @@ async fn a_damaged_journal_is_reported_and_its_valid_prefix_recovered() {
     // Random bytes in the middle of a segment: what came before them is kept.
     let mut publisher = Raw::connect(broker.addr).await;
     publisher.handshake(ProtocolVersion::V5, "p").await;
-    for i in 11..=20u16 {
-        publisher
-            .send(&publish(
-                &format!("s/{i}"),
-                i.into(),
-                QoS::AtLeastOnce,
-                i,
-                true,
-            ))
-            .await;
-        assert!(matches!(publisher.recv().await, Some(Packet::PubAck(_))));
-    }
+    publish_acked(&mut publisher, 11..=20, |i| format!("s/{i}"), |_| true).await;
     broker.kill9();
     let segment = last_segment(&data);
     let mut bytes = std::fs::read(&segment).unwrap();

@@ -2,7 +2,7 @@
 //! before anything listens, the retained store's records, snapshots of the live state, and
 //! closing the journal at shutdown.
 
-use super::{split_share, Broker, Subscriber};
+use super::{add_to_tree, Broker};
 use crate::config::{LimitsConfig, MqttConfig, PersistMode, PersistenceConfig};
 use crate::hooks::ClientInfo;
 use crate::message::Message;
@@ -64,11 +64,11 @@ impl Broker {
             source,
         };
         std::fs::create_dir_all(dir).map_err(io)?;
-        // Locked before reading: a second broker on this folder stops here.
-        let journal_lock = crate::persist::journal::lock_dir(dir)?;
+        // Locked before reading, and for the journal's life: a second broker stops here.
+        let lock = crate::persist::journal::lock_dir(dir)?;
         let recovered = recover(dir).map_err(io)?;
-        drop(journal_lock);
         let journal = Journal::open(
+            lock,
             dir,
             persistence.mode == PersistMode::Sync,
             Duration::from_millis(persistence.flush_interval_ms),
@@ -229,18 +229,8 @@ impl Broker {
             {
                 let mut tree = self.subscriptions.write();
                 for (filter, options, identifier, checked) in subscriptions {
-                    let (share, inner) = split_share(&filter);
                     let reads = checked.then(|| Arc::new(ReadCheck::new(client.clone())));
-                    tree.insert(
-                        inner,
-                        share,
-                        Subscriber {
-                            session: session.clone(),
-                            options,
-                            identifier,
-                            reads,
-                        },
-                    );
+                    add_to_tree(&mut tree, &session, &filter, options, identifier, reads);
                 }
             }
             self.sessions.restore(session.clone());

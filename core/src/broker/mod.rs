@@ -307,17 +307,8 @@ impl Broker {
         else {
             return false;
         };
-        let (share, inner) = split_share(filter);
-        self.subscriptions.write().insert(
-            inner,
-            share,
-            Subscriber {
-                session: session.clone(),
-                options,
-                identifier,
-                reads,
-            },
-        );
+        let mut tree = self.subscriptions.write();
+        add_to_tree(&mut tree, session, filter, options, identifier, reads);
         existed
     }
 
@@ -549,6 +540,25 @@ impl Broker {
             retain,
         )));
     }
+}
+
+/// Puts a session's subscription into the router's tree (shared form allowed).
+fn add_to_tree(
+    tree: &mut TopicTree<Subscriber>,
+    session: &Arc<Session>,
+    filter: &str,
+    options: SubscriptionOptions,
+    identifier: Option<u32>,
+    reads: Option<Arc<ReadCheck>>,
+) {
+    let (share, inner) = split_share(filter);
+    let entry = Subscriber {
+        session: session.clone(),
+        options,
+        identifier,
+        reads,
+    };
+    tree.insert(inner, share, entry);
 }
 
 fn split_share(filter: &str) -> (Option<&str>, &str) {

@@ -90,9 +90,11 @@ pub enum JournalError {
 }
 
 impl Journal {
-    /// Opens the journal in `dir` (locked) with a fresh segment starting at `start_lsn`, which
-    /// must be past every record already on disk. Ids continue after `next_mid` / `next_sid`.
+    /// Opens the journal in `dir`, whose [`lock_dir`] lock the caller took, with a fresh
+    /// segment starting at `start_lsn`, which must be past every record already on disk. Ids
+    /// continue after `next_mid` / `next_sid`.
     pub(crate) fn open(
+        lock: File,
         dir: &Path,
         sync: bool,
         interval: Duration,
@@ -104,7 +106,6 @@ impl Journal {
             dir: dir.to_path_buf(),
             source,
         };
-        let lock = lock_dir(dir)?;
         let segment = Segment::create(dir, start_lsn).map_err(io)?;
         let journal = Arc::new(Journal {
             dir: dir.to_path_buf(),
@@ -158,7 +159,8 @@ impl Journal {
         })
     }
 
-    fn append_encoded(&self, bytes: &[u8]) -> u64 {
+    /// Appends records already framed by [`Rec::encode`] (several at once: one lock).
+    pub(crate) fn append_encoded(&self, bytes: &[u8]) -> u64 {
         let mut p = self.pending.lock();
         p.buf.extend_from_slice(bytes);
         p.end += bytes.len() as u64;

@@ -51,6 +51,17 @@ impl Durable {
         self.journal.append(rec)
     }
 
+    /// Appends records framed into `bytes` in one go; `relied_on` as for [`Durable::log`].
+    pub(crate) fn log_encoded(&self, bytes: &[u8], relied_on: bool) {
+        if bytes.is_empty() {
+            return;
+        }
+        let lsn = self.journal.append_encoded(bytes);
+        if relied_on {
+            self.lsn.fetch_max(lsn, Ordering::Relaxed);
+        }
+    }
+
     /// The message's journal id (its body appended the first time).
     pub(crate) fn message_id(&self, msg: &Message) -> u64 {
         self.journal.message_id(msg)

@@ -435,16 +435,20 @@ impl Session {
         }
         let durable = self.durable();
         // A durable session's QoS 1/2 delivery leaves the queue: gone (done) or in flight.
-        let log = |d: &Delivery, sent: Option<u16>| {
+        // The batch's records go to the journal together, under one lock, at the end.
+        let mut records = Vec::new();
+        let mut relied_on = false;
+        let mut log = |d: &Delivery, sent: Option<u16>| {
             if let (Some(dur), Some(mid)) = (durable, durable::stored_id(d)) {
                 let sid = dur.sid;
                 match sent {
-                    // QoS 2: the packet id must survive before the PUBLISH goes out, or a
-                    // restart would resend it under a new one (a second delivery).
-                    Some(pid) if d.qos == QoS::ExactlyOnce => dur.log(&Rec::Sent { sid, mid, pid }),
-                    Some(pid) => dur.log_lazily(&Rec::Sent { sid, mid, pid }),
-                    None => dur.log_lazily(&Rec::Done { sid, mid }),
-                };
+                    Some(pid) => Rec::Sent { sid, mid, pid }.encode(&mut records),
+                    None => Rec::Done { sid, mid }.encode(&mut records),
+                }
+                // QoS 2: the packet id must survive before the PUBLISH goes out, or a restart
+                // would resend it under a new one (a second delivery). A lost QoS 1 record
+                // costs at most a duplicate or a DUP flag: nothing waits for it.
+                relied_on |= sent.is_some() && d.qos == QoS::ExactlyOnce;
             }
         };
         while out.has_room() {
@@ -483,6 +487,9 @@ impl Session {
             if tracked {
                 st.start_inflight(packet_id, d);
             }
+        }
+        if let Some(dur) = durable {
+            dur.log_encoded(&records, relied_on);
         }
         if st.queue.len() < queued_before {
             st.last_drain = Some(Stamp::at(now));
