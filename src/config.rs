@@ -31,10 +31,11 @@ impl Config {
             .map_err(|e| ConfigError(format!("cannot read config file {}: {e}", path.display())))?;
         let mut config = Self::parse(&text, &path.display().to_string())?;
         // The data belongs with its configuration, wherever the broker is started from.
-        let data = &mut config.core.persistence.dir;
-        if data.is_relative() {
-            if let Some(base) = path.parent() {
-                *data = base.join(&*data);
+        if let Some(base) = path.parent() {
+            let dirs = std::iter::once(&mut config.core.persistence.dir)
+                .chain(config.sinks.values_mut().map(|s| &mut s.common.buffer_dir));
+            for dir in dirs.filter(|d| d.is_relative()) {
+                *dir = base.join(&*dir);
             }
         }
         Ok(config)

@@ -3,26 +3,17 @@
 //! own packet ids, so the test knows exactly which messages were acknowledged.
 
 mod common;
+use common::process::{Proc, BIN};
 use common::*;
 use std::collections::{BTreeMap, BTreeSet, HashSet};
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 use switchyard_core::protocol::{
     self, Packet, ProtocolVersion, PubResponse, Publish, QoS, ReasonCode, Subscribe,
     SubscriptionOptions,
 };
-
-const BIN: &str = env!("CARGO_BIN_EXE_switchyard");
-
-/// The broker binary on a persistence folder.
-struct Proc {
-    child: Child,
-    addr: SocketAddr,
-    log: std::sync::Arc<parking_lot::Mutex<Vec<String>>>,
-}
 
 fn config(data: &Path, persistence: &str) -> String {
     format!(
@@ -34,71 +25,9 @@ fn config(data: &Path, persistence: &str) -> String {
     )
 }
 
-impl Proc {
-    fn start(folder: &Path, persistence: &str) -> Proc {
-        let path = folder.join("switchyard.toml");
-        std::fs::write(&path, config(&folder.join("data"), persistence)).unwrap();
-        let mut child = Command::new(BIN)
-            .args(["--config", path.to_str().unwrap()])
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let log = std::sync::Arc::new(parking_lot::Mutex::new(Vec::new()));
-        let stderr = child.stderr.take().unwrap();
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                sink.lock().push(line);
-            }
-        });
-        // Logs go to stdout, with the listener's address.
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let addr = loop {
-            let line = lines
-                .next()
-                .unwrap_or_else(|| panic!("the broker printed no listener: {:?}", log.lock()))
-                .unwrap();
-            if let Some(rest) = line.strip_prefix("switchyard listening: tcp ") {
-                break rest.parse().unwrap();
-            }
-            log.lock().push(line);
-        };
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            for line in lines.map_while(Result::ok) {
-                sink.lock().push(line);
-            }
-        });
-        Proc { child, addr, log }
-    }
-
-    fn kill9(mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
-    }
-
-    fn terminate(mut self) {
-        let pid = self.child.id().to_string();
-        assert!(Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success());
-        assert!(self.child.wait().unwrap().success());
-    }
-
-    fn log_contains(&self, what: &str) -> bool {
-        self.log.lock().iter().any(|l| l.contains(what))
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// The broker binary on `folder/data` with `persistence` settings.
+fn start_broker(folder: &Path, persistence: &str) -> Proc {
+    Proc::start(folder, &config(&folder.join("data"), persistence))
 }
 
 /// A persistent session: v3.1.1 with clean session off, v5 with an hour of expiry.
@@ -319,7 +248,7 @@ fn assert_complete(who: &str, acked: &BTreeMap<u64, Instant>, got: &[(u64, bool,
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sync_mode_loses_no_acknowledged_message_at_kill_9() {
     let folder = tempfile::tempdir().unwrap();
-    let broker = Proc::start(folder.path(), "mode = \"sync\"");
+    let broker = start_broker(folder.path(), "mode = \"sync\"");
     // Two offline persistent subscribers, one per protocol version.
     for (version, id) in [
         (ProtocolVersion::V311, "sub3"),
@@ -343,7 +272,7 @@ async fn sync_mode_loses_no_acknowledged_message_at_kill_9() {
     .await;
     assert!(acked.len() >= 3500 && acked.len() < 7000, "{}", acked.len());
 
-    let broker = Proc::start(folder.path(), "mode = \"sync\"");
+    let broker = start_broker(folder.path(), "mode = \"sync\"");
     for (version, id) in [
         (ProtocolVersion::V311, "sub3"),
         (ProtocolVersion::V5, "sub5"),
@@ -376,7 +305,7 @@ async fn sync_mode_loses_no_acknowledged_message_at_kill_9() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn in_flight_deliveries_go_out_again_with_dup_after_kill_9() {
     let folder = tempfile::tempdir().unwrap();
-    let broker = Proc::start(folder.path(), "mode = \"sync\"");
+    let broker = start_broker(folder.path(), "mode = \"sync\"");
     let (mut sub, _) = persistent(broker.addr, ProtocolVersion::V5, "reader").await;
     subscribe(&mut sub, "d/#").await;
     let mut publisher = Raw::connect(broker.addr).await;
@@ -402,7 +331,7 @@ async fn in_flight_deliveries_go_out_again_with_dup_after_kill_9() {
     subscribe(&mut sub, "other/#").await;
     broker.kill9();
 
-    let broker = Proc::start(folder.path(), "mode = \"sync\"");
+    let broker = start_broker(folder.path(), "mode = \"sync\"");
     let (mut sub, present) = persistent(broker.addr, ProtocolVersion::V5, "reader").await;
     assert!(present);
     let mut got = Vec::new();
@@ -429,7 +358,7 @@ async fn periodic_mode_loses_at_most_the_flush_window() {
     const FLUSH_MS: u64 = 200;
     let folder = tempfile::tempdir().unwrap();
     let mode = format!("mode = \"periodic\"\nflush_interval_ms = {FLUSH_MS}");
-    let broker = Proc::start(folder.path(), &mode);
+    let broker = start_broker(folder.path(), &mode);
     let (mut raw, _) = persistent(broker.addr, ProtocolVersion::V5, "sub").await;
     subscribe(&mut raw, "d/#").await;
     raw.send(&disconnect()).await;
@@ -444,7 +373,7 @@ async fn periodic_mode_loses_at_most_the_flush_window() {
     })
     .await;
     let killed_at = killed_at.expect("killed");
-    let broker = Proc::start(folder.path(), &mode);
+    let broker = start_broker(folder.path(), &mode);
     let (mut raw, present) = persistent(broker.addr, ProtocolVersion::V5, "sub").await;
     assert!(present);
     let got = drain_all(&mut raw).await;
@@ -479,7 +408,7 @@ async fn drain_all(raw: &mut Raw) -> Vec<u64> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_graceful_restart_in_the_default_mode_keeps_retained_messages_and_queues() {
     let folder = tempfile::tempdir().unwrap();
-    let broker = Proc::start(folder.path(), "");
+    let broker = start_broker(folder.path(), "");
     let (mut raw, _) = persistent(broker.addr, ProtocolVersion::V311, "offline").await;
     subscribe(&mut raw, "q/#").await;
     raw.send(&disconnect()).await;
@@ -487,7 +416,7 @@ async fn a_graceful_restart_in_the_default_mode_keeps_retained_messages_and_queu
     publisher.handshake(ProtocolVersion::V5, "p").await;
     publish_acked(&mut publisher, 1..=20, |_| "q/t".to_string(), |i| i == 20).await;
     broker.terminate();
-    let broker = Proc::start(folder.path(), "");
+    let broker = start_broker(folder.path(), "");
     let (mut raw, present) = persistent(broker.addr, ProtocolVersion::V311, "offline").await;
     assert!(present);
     let got = drain(&mut raw, |g| g.len() >= 20, Duration::from_millis(200)).await;
@@ -516,7 +445,7 @@ fn last_segment(data: &Path) -> PathBuf {
 async fn a_damaged_journal_is_reported_and_its_valid_prefix_recovered() {
     let folder = tempfile::tempdir().unwrap();
     let data = folder.path().join("data");
-    let broker = Proc::start(folder.path(), "");
+    let broker = start_broker(folder.path(), "");
     let mut publisher = Raw::connect(broker.addr).await;
     publisher.handshake(ProtocolVersion::V5, "p").await;
     publish_acked(&mut publisher, 1..=10, |i| format!("r/{i}"), |_| true).await;
@@ -530,7 +459,7 @@ async fn a_damaged_journal_is_reported_and_its_valid_prefix_recovered() {
         .unwrap()
         .set_len(len - 3)
         .unwrap();
-    let broker = Proc::start(folder.path(), "");
+    let broker = start_broker(folder.path(), "");
     let retained = retained_seqs(broker.addr).await;
     assert_eq!(retained, (1..=9).collect::<BTreeSet<u64>>());
     assert!(
@@ -551,7 +480,7 @@ async fn a_damaged_journal_is_reported_and_its_valid_prefix_recovered() {
         *b ^= 0x5A ^ k as u8;
     }
     std::fs::write(&segment, &bytes).unwrap();
-    let broker = Proc::start(folder.path(), "");
+    let broker = start_broker(folder.path(), "");
     assert!(broker.log_contains("damaged"), "{:?}", broker.log.lock());
     let kept = retained_seqs(broker.addr).await;
     assert!(
@@ -585,7 +514,7 @@ async fn retained_seqs(addr: SocketAddr) -> BTreeSet<u64> {
 #[test]
 fn a_second_broker_on_the_same_folder_is_refused() {
     let folder = tempfile::tempdir().unwrap();
-    let _first = Proc::start(folder.path(), "");
+    let _first = start_broker(folder.path(), "");
     let path = folder.path().join("second.toml");
     std::fs::write(&path, config(&folder.path().join("data"), "")).unwrap();
     let out = Command::new(BIN)

@@ -65,8 +65,14 @@ pub struct SinkCommon {
     pub buffer_size: usize,
     /// `memory`, or `disk` to keep undelivered records across restarts.
     pub buffer: BufferKind,
-    /// Where `buffer = "disk"` keeps its file (default `data/sinks`).
+    /// Where `buffer = "disk"` keeps its queue (default `data/sinks`; relative to the config
+    /// file's folder).
     pub buffer_dir: PathBuf,
+    /// `buffer = "disk"`: the most the queue may hold on disk.
+    pub buffer_max_bytes: u64,
+    /// `buffer = "disk"`, past `buffer_max_bytes`: `refuse` new records or `drop-oldest`
+    /// (both counted as dropped).
+    pub buffer_overflow: crate::sink::Overflow,
     pub batch_size: usize,
     /// How long a partial batch waits for more records.
     pub linger_ms: u64,
@@ -82,6 +88,8 @@ impl Default for SinkCommon {
             buffer_size: 100_000,
             buffer: BufferKind::Memory,
             buffer_dir: PathBuf::from("data/sinks"),
+            buffer_max_bytes: 1 << 30,
+            buffer_overflow: crate::sink::Overflow::Refuse,
             batch_size: 500,
             linger_ms: 5,
             retry_initial_ms: 100,
@@ -102,6 +110,8 @@ const COMMON_KEYS: &[&str] = &[
     "buffer_size",
     "buffer",
     "buffer_dir",
+    "buffer_max_bytes",
+    "buffer_overflow",
     "batch_size",
     "linger_ms",
     "retry_initial_ms",

@@ -10,7 +10,7 @@
 //! - `queue`: the bounded queue between routing and the workers.
 //! - `print`: the per-rule rate and size limit of `print` and `debug`.
 //! - [`sink`]: sink kinds (one table, `sink::KINDS`) and the driver they share (buffer,
-//!   batches, retries, disk buffer, counters).
+//!   batches, retries, counters) with its buffer: memory, or the write-ahead disk queue.
 
 pub mod config;
 mod engine;

@@ -1,7 +1,9 @@
 //! Sinks: where rule outputs go. Every kind shares one driver: a bounded buffer filled by the
-//! rule workers without waiting, batching, retries with capped exponential backoff, counters,
-//! and a flush on shutdown. A kind only says how to deliver one batch.
+//! rule workers without waiting (`buffer`: memory, or the write-ahead `disk` queue), batching,
+//! retries with capped exponential backoff, counters, and a flush on shutdown. A kind only says
+//! how to deliver one batch.
 
+mod buffer;
 mod disk;
 mod kafka;
 mod mqtt;
@@ -9,8 +11,9 @@ mod sql;
 pub mod template;
 mod webhook;
 
-use crate::config::{BufferKind, SinkCommon, SinkConfig};
+use crate::config::{SinkCommon, SinkConfig};
 use async_trait::async_trait;
+use buffer::{Input, Output, Taken};
 use serde_json::Value;
 use std::collections::VecDeque;
 use std::fmt::Write as _;
@@ -18,11 +21,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use switchyard_core::broker::Broker;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio::time::Instant;
-use tracing::{info, warn};
+use tracing::warn;
 
-pub use disk::DiskQueue;
+pub use disk::{DiskQueue, Overflow};
 
 /// One rule output on its way to a sink; shared by every sink the rule names.
 pub type Record = Arc<Value>;
@@ -138,7 +141,7 @@ impl SinkCounters {
 pub struct Sink {
     pub name: String,
     pub kind: &'static str,
-    tx: mpsc::Sender<Record>,
+    input: Input,
     pub counters: Arc<SinkCounters>,
     /// Set to the flush deadline when the broker shuts down.
     shutdown: watch::Sender<Option<Instant>>,
@@ -167,15 +170,8 @@ impl Sink {
         })
         .await
         .map_err(start_err)?;
-        let disk = match config.common.buffer {
-            BufferKind::Memory => None,
-            BufferKind::Disk => Some(
-                DiskQueue::open(&config.common.buffer_dir, name)
-                    .await
-                    .map_err(|e| start_err(KindError::Unusable(e)))?,
-            ),
-        };
-        let (tx, rx) = mpsc::channel(config.common.buffer_size);
+        let (input, output) =
+            buffer::open(&config.common, name).map_err(|e| start_err(KindError::Unusable(e)))?;
         let counters = Arc::new(SinkCounters::default());
         let (shutdown, shutdown_rx) = watch::channel(None);
         let driver = Driver {
@@ -183,8 +179,8 @@ impl Sink {
             common: config.common.clone(),
             deliver,
             counters: counters.clone(),
-            rx,
-            disk,
+            source: output,
+            next_unseen: 0,
             shutdown: shutdown_rx,
             deadline: None,
         };
@@ -192,7 +188,7 @@ impl Sink {
         Ok(Arc::new(Sink {
             name: name.to_string(),
             kind: config.kind,
-            tx,
+            input,
             counters,
             shutdown,
             finished: tokio::sync::Mutex::new(Some(task)),
@@ -202,15 +198,19 @@ impl Sink {
     /// Offers a record without waiting; a full buffer drops it (counted).
     pub fn offer(&self, record: Record) {
         SinkCounters::add(&self.counters.matched, 1);
-        if self.tx.try_send(record).is_err() {
-            SinkCounters::add(&self.counters.dropped, 1);
+        let dropped = self.input.offer(record);
+        if dropped > 0 {
+            SinkCounters::add(&self.counters.dropped, dropped);
         }
     }
 
     /// Records held: in the buffer plus taken and not yet settled.
     pub fn buffered(&self) -> u64 {
-        let queued = self.tx.max_capacity() - self.tx.capacity();
-        queued as u64 + SinkCounters::get(&self.counters.in_flight)
+        if self.input.is_disk() {
+            // Taken records stay unsettled on disk until delivered.
+            return self.input.waiting();
+        }
+        self.input.waiting() + SinkCounters::get(&self.counters.in_flight)
     }
 
     /// Stops taking records and delivers what is buffered until `grace` runs out; returns how
@@ -258,8 +258,9 @@ struct Driver {
     common: SinkCommon,
     deliver: Box<dyn Deliver>,
     counters: Arc<SinkCounters>,
-    rx: mpsc::Receiver<Record>,
-    disk: Option<DiskQueue>,
+    source: Output,
+    /// On disk: the sequence number after the last record taken.
+    next_unseen: u64,
     shutdown: watch::Receiver<Option<Instant>>,
     /// Set once shutting down: deliver until then, then keep or report the rest.
     deadline: Option<Instant>,
@@ -269,6 +270,8 @@ struct Driver {
 struct Pending {
     record: Record,
     attempts: u32,
+    /// Its place in the disk buffer (0 in memory).
+    seq: u64,
 }
 
 impl Driver {
@@ -279,19 +282,6 @@ impl Driver {
         let max_backoff = Duration::from_millis(self.common.retry_max_ms);
         let linger = Duration::from_millis(self.common.linger_ms);
         let mut closing = false;
-        if let Some(disk) = &self.disk {
-            // Records a previous run could not deliver go first.
-            for record in disk.take_all().await {
-                pending.push_back(Pending {
-                    record,
-                    attempts: 0,
-                });
-            }
-            if !pending.is_empty() {
-                info!(sink = %self.name, records = pending.len(), "delivering records kept on disk");
-                SinkCounters::add(&self.counters.in_flight, pending.len() as u64);
-            }
-        }
         loop {
             if !closing && pending.len() < self.common.batch_size {
                 closing = self.fill(&mut pending, linger).await;
@@ -353,11 +343,15 @@ impl Driver {
                     Pending {
                         record: Arc::new(Value::Null),
                         attempts: 0,
+                        seq: 0,
                     },
                 );
                 p.attempts += 1;
                 pending.push_front(p);
             }
+            // On disk, what is settled is gone for good once nothing before it is pending.
+            let oldest = pending.front().map_or(self.next_unseen, |p| p.seq);
+            self.source.settle_below(oldest);
             if retry_later.is_empty() {
                 backoff = Duration::from_millis(self.common.retry_initial_ms);
             } else {
@@ -380,8 +374,8 @@ impl Driver {
         let want = self.common.batch_size;
         if pending.is_empty() {
             tokio::select! {
-                r = self.rx.recv() => match r {
-                    Some(record) => self.take(pending, record),
+                r = self.source.recv() => match r {
+                    Some((seq, record)) => self.take(pending, seq, record),
                     None => return true,
                 },
                 _ = self.shutdown.changed() => return self.begin_closing(),
@@ -389,17 +383,17 @@ impl Driver {
         }
         let deadline = tokio::time::Instant::now() + linger;
         while pending.len() < want {
-            match self.rx.try_recv() {
-                Ok(record) => {
-                    self.take(pending, record);
+            match self.source.try_recv() {
+                Taken::Record(seq, record) => {
+                    self.take(pending, seq, record);
                     continue;
                 }
-                Err(mpsc::error::TryRecvError::Disconnected) => return true,
-                Err(mpsc::error::TryRecvError::Empty) => {}
+                Taken::Closed => return true,
+                Taken::Empty => {}
             }
             tokio::select! {
-                r = self.rx.recv() => match r {
-                    Some(record) => self.take(pending, record),
+                r = self.source.recv() => match r {
+                    Some((seq, record)) => self.take(pending, seq, record),
                     None => return true,
                 },
                 _ = tokio::time::sleep_until(deadline) => break,
@@ -411,40 +405,44 @@ impl Driver {
 
     async fn drain_buffer(&mut self, pending: &mut VecDeque<Pending>) {
         while pending.len() < self.common.batch_size {
-            match self.rx.try_recv() {
-                Ok(record) => self.take(pending, record),
-                Err(_) => break,
+            match self.source.try_recv() {
+                Taken::Record(seq, record) => self.take(pending, seq, record),
+                Taken::Empty | Taken::Closed => break,
             }
         }
     }
 
     fn begin_closing(&mut self) -> bool {
         self.deadline = *self.shutdown.borrow();
-        self.rx.close();
+        self.source.close();
         true
     }
 
-    fn take(&mut self, pending: &mut VecDeque<Pending>, record: Record) {
+    fn take(&mut self, pending: &mut VecDeque<Pending>, seq: u64, record: Record) {
         SinkCounters::add(&self.counters.in_flight, 1);
+        self.next_unseen = seq + 1;
         pending.push_back(Pending {
             record,
             attempts: 0,
+            seq,
         });
     }
 
     /// At shutdown: what could not be delivered stays on disk (disk buffer) or is reported.
     async fn keep_undelivered(&mut self, pending: &mut VecDeque<Pending>) -> u64 {
-        while let Ok(record) = self.rx.try_recv() {
-            self.take(pending, record);
+        if self.source.is_disk() {
+            // Everything unsettled is on disk already, in order, from the watermark on.
+            let oldest = pending.front().map_or(self.next_unseen, |p| p.seq);
+            self.source.settle_below(oldest);
+            let left = self.source.unsettled();
+            warn!(sink = %self.name, records = left, "destination unavailable at shutdown; records kept on disk for the next start");
+            return left;
+        }
+        while let Taken::Record(seq, record) = self.source.try_recv() {
+            self.take(pending, seq, record);
         }
         let left = pending.len() as u64;
-        if let Some(disk) = &self.disk {
-            let records: Vec<Record> = pending.iter().map(|p| p.record.clone()).collect();
-            disk.save(records).await;
-            warn!(sink = %self.name, records = left, "destination unavailable at shutdown; records kept on disk for the next start");
-        } else {
-            warn!(sink = %self.name, records = left, "destination unavailable at shutdown; records not delivered");
-        }
+        warn!(sink = %self.name, records = left, "destination unavailable at shutdown; records not delivered");
         left
     }
 }
