@@ -2,7 +2,7 @@
 //! messages, retained messages and delayed wills survive a restart and a crash.
 //!
 //! - [`record`]: what the journal holds (records that set values, so replay is idempotent)
-//!   and its framed, checksummed binary form.
+//!   and its framed, checksummed binary form; `decode`: reading a frame back.
 //! - [`journal`]: the append-only segment log with group commit; a writer thread of its own
 //!   writes and fsyncs, connections wait for it in `sync` mode.
 //! - [`recover`]: reading the newest snapshot and the segments after it at start-up, damage
@@ -13,6 +13,7 @@
 //! Sessions append their own records (`session::durable`), the broker those of the retained
 //! store and puts recovered state back before the listeners open (`broker::durable`).
 
+pub(crate) mod decode;
 pub mod journal;
 pub(crate) mod record;
 pub mod recover;

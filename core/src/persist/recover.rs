@@ -4,8 +4,8 @@
 //! of that file: the valid prefix counts, the rest is reported and a copy of the file kept as
 //! `*.damaged` for the operator; the broker starts.
 
+use super::decode::{decode_framed, Decoded};
 use super::journal::segment_start;
-use super::record::{decode_framed, Decoded};
 use crate::message::Message;
 use crate::protocol::{QoS, SubscriptionOptions};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
