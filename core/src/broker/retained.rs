@@ -70,13 +70,12 @@ impl Broker {
         let mut lsn = 0;
         if let Some(j) = journal {
             // Under the write lock: the journal keeps the order of retains on one topic.
-            let mid = j.message_id(&stored);
-            // Deliveries of this publish to durable sessions refer to the same body.
-            msg.store_id.set(mid);
-            lsn = j.append(&Rec::Retain {
+            lsn = j.append_about(&stored, |mid| Rec::Retain {
                 topic: &msg.topic,
                 mid,
             });
+            // Deliveries of this publish to durable sessions refer to the same body.
+            msg.store_id.set(stored.store_id.get());
         }
         retained.insert(&msg.topic, stored);
         self.retained_bytes.store(bytes_after, Ordering::Relaxed);

@@ -208,6 +208,34 @@ impl Journal {
         msg.store_id.set(id)
     }
 
+    /// Appends the record `rec` makes of the message's journal id, preceded by the message's
+    /// body when it is not stored yet: one lock for both. Returns the LSN.
+    pub(crate) fn append_about<'a>(&self, msg: &Message, rec: impl FnOnce(u64) -> Rec<'a>) -> u64 {
+        let known = msg.store_id.get();
+        SCRATCH.with(|s| {
+            let mut s = s.borrow_mut();
+            s.clear();
+            let mid = if known != 0 {
+                known
+            } else {
+                let id = self.new_message_id();
+                Rec::Message { id, msg }.encode(&mut s);
+                id
+            };
+            rec(mid).encode(&mut s);
+            let lsn = self.append_encoded(&s);
+            if known == 0 {
+                // Another holder may have stored it meanwhile: later records use its id; this
+                // one's body went in with the record that names it, so both stay whole.
+                msg.store_id.set(mid);
+            }
+            if s.capacity() > 64 * 1024 {
+                *s = Vec::new();
+            }
+            lsn
+        })
+    }
+
     pub(crate) fn new_message_id(&self) -> u64 {
         self.next_mid.fetch_add(1, Ordering::Relaxed)
     }

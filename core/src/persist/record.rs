@@ -190,7 +190,12 @@ impl Rec<'_> {
                 b.push(msg.qos as u8 | u8::from(msg.retain) << 2);
                 put_opt_str(b, msg.publisher.as_deref());
                 put_uint(b, unix_ms(msg.received_at));
-                put_uint(b, deadline_ms(msg.expires_at, Instant::now(), now_ms()));
+                // Clocks read only for a message that expires.
+                let expires = msg.expires_at.map(|_| (Instant::now(), now_ms()));
+                put_uint(
+                    b,
+                    expires.map_or(0, |(now, ms)| deadline_ms(msg.expires_at, now, ms)),
+                );
                 let mut props = BytesMut::new();
                 msg.properties.encode(&mut props);
                 put_bytes(b, &props);

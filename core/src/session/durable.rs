@@ -62,11 +62,6 @@ impl Durable {
         }
     }
 
-    /// The message's journal id (its body appended the first time).
-    pub(crate) fn message_id(&self, msg: &Message) -> u64 {
-        self.journal.message_id(msg)
-    }
-
     pub(crate) fn went_offline(&self, at_ms: u64) {
         self.offline_since.store(at_ms.max(1), Ordering::Relaxed);
     }
@@ -160,13 +155,13 @@ impl Session {
     pub(crate) fn store_will(&self, msg: &Arc<Message>, at_ms: u64) -> u64 {
         let Some(d) = self.durable() else { return 0 };
         let _st = self.state.lock();
-        let mid = d.message_id(msg);
         *d.will.lock() = Some((msg.clone(), at_ms));
-        d.log(&Rec::Will {
-            sid: d.sid,
-            mid,
-            at_ms,
-        })
+        let sid = d.sid;
+        let lsn = d
+            .journal
+            .append_about(msg, |mid| Rec::Will { sid, mid, at_ms });
+        d.lsn.fetch_max(lsn, Ordering::Relaxed);
+        lsn
     }
 
     /// The stored will was published or cancelled.

@@ -386,14 +386,15 @@ impl Session {
         }
         let mut lsn = 0;
         if let Some(durable) = self.durable().filter(|_| d.qos != QoS::AtMostOnce) {
-            let mid = durable.message_id(&d.msg);
-            lsn = durable.log(&Rec::Enqueue {
+            lsn = durable.journal.append_about(&d.msg, |mid| Rec::Enqueue {
                 sid: durable.sid,
                 mid,
                 qos: d.qos,
                 retain: d.retain,
                 sub_ids: &d.subscription_ids,
             });
+            // The publisher's acknowledgement waits for it (`Routed::lsn`); this session's
+            // client need not: what it is sent at QoS 2 waits for its own "sent" record.
         }
         st.queue.push_back(d);
         let congested = online && !st.slow && st.queue.len() >= bp.high_water();
