@@ -291,6 +291,11 @@ where
         if self.wbuf.capacity() > IDLE_BUFFER_KEEP {
             self.wbuf = BytesMut::new();
         }
-        result
+        // Given up in the middle of the batch (write timeout, take-over, shutdown): the client
+        // has part of a packet, and a DISCONNECT after it would read as garbage.
+        result.map_err(|close| Close {
+            notify: close.notify && (written == 0 || written >= total),
+            ..close
+        })
     }
 }
