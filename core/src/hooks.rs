@@ -238,7 +238,17 @@ pub trait Hook: Send + Sync + 'static {
     }
     /// Observers must not block: hand the event to a bounded queue and return.
     fn on_event(&self, _e: &Event) {}
+    /// A [`Event::MessageAccepted`], observed like `on_event`. A hook whose queue is full may
+    /// instead return a wait: the publisher is held (its acknowledgement and its next message)
+    /// until the wait ends, which is how the rule engine's `overflow = "backpressure"` works.
+    fn on_accepted(&self, e: &Event) -> Option<Wait> {
+        self.on_event(e);
+        None
+    }
 }
+
+/// What a publisher waits for before it goes on (see [`Hook::on_accepted`]).
+pub type Wait = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 
 struct ChainInner {
     hooks: Vec<(i32, Arc<dyn Hook>)>,
@@ -485,6 +495,31 @@ impl HookChain {
             }
         }
         Some(current)
+    }
+
+    /// Hands an accepted message to its observers; returns what the publisher must wait for
+    /// (nothing, unless a hook's queue is full and it asked for backpressure).
+    pub fn emit_accepted(&self, make: impl FnOnce() -> Event) -> Option<Wait> {
+        if !self.wants(HookSet::MESSAGE_ACCEPTED) {
+            return None;
+        }
+        let inner = self.inner.load();
+        let event = make();
+        let mut waits: Vec<Wait> = Vec::new();
+        for (_, h) in &inner.hooks {
+            if h.interests().contains(HookSet::MESSAGE_ACCEPTED) {
+                waits.extend(h.on_accepted(&event));
+            }
+        }
+        match waits.len() {
+            0 => None,
+            1 => waits.pop(),
+            _ => Some(Box::pin(async move {
+                for w in waits {
+                    w.await;
+                }
+            })),
+        }
     }
 
     /// Builds the event only if some hook observes that kind.

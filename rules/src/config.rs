@@ -11,8 +11,13 @@ pub struct RulesConfig {
     pub dir: Option<PathBuf>,
     /// Threads that evaluate rules (off the routing path).
     pub workers: usize,
-    /// Messages and events waiting for a worker; when full, new ones are counted and skipped.
+    /// Messages and events waiting for the workers (shared out between them); what happens when
+    /// a worker's share is full is `overflow`'s choice.
     pub queue_size: usize,
+    /// A full queue: `drop` the message (counted) or hold its publisher (`backpressure`) until
+    /// there is room, for at most `backpressure_timeout_ms` (then it is dropped and counted).
+    pub overflow: Overflow,
+    pub backpressure_timeout_ms: u64,
     /// Wall-clock budget of one rule evaluation (`when` or `select`).
     pub timeout_ms: u64,
     pub max_operations: u64,
@@ -33,6 +38,8 @@ impl Default for RulesConfig {
             dir: None,
             workers: 2,
             queue_size: 65_536,
+            overflow: Overflow::Drop,
+            backpressure_timeout_ms: 10_000,
             timeout_ms: 50,
             max_operations: 1_000_000,
             max_call_levels: 32,
@@ -44,6 +51,14 @@ impl Default for RulesConfig {
             flush_timeout_ms: 5_000,
         }
     }
+}
+
+/// What a full rule queue does with a new message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Overflow {
+    Drop,
+    Backpressure,
 }
 
 /// One `[sink.NAME]` table: settings every sink has, plus the kind's own (checked by the kind,

@@ -4,6 +4,7 @@
 
 pub mod process;
 pub mod receiver;
+pub mod rules_env;
 
 use bytes::BytesMut;
 use std::net::SocketAddr;

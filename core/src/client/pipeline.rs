@@ -247,10 +247,13 @@ impl Attachment {
             self.commit_lsn.fetch_max(lsn, Ordering::Relaxed);
         }
         let client = &self.client;
-        broker.hooks.emit(|| Event::MessageAccepted {
+        let rules_full = broker.hooks.emit_accepted(|| Event::MessageAccepted {
             client: client.clone(),
             msg,
         });
+        if let Some(wait) = rules_full {
+            wait.await;
+        }
         if let Some(congested) = congested {
             let waited = Box::pin(broker.backpressure.wait(&congested, Some(&self.session))).await;
             if waited == WaitOutcome::MarkedSlow {

@@ -18,6 +18,19 @@ pub(super) fn event_name(e: &Event) -> Option<&'static str> {
     })
 }
 
+/// The client an event is about (its receiver, for message events), if any.
+pub(super) fn event_client(e: &Event) -> Option<&str> {
+    match e {
+        Event::ClientConnected { client }
+        | Event::ClientDisconnected { client, .. }
+        | Event::SessionSubscribed { client, .. }
+        | Event::SessionUnsubscribed { client, .. }
+        | Event::MessageAccepted { client, .. } => Some(&client.client_id),
+        Event::MessageDelivered { to, .. } | Event::MessageAcked { to, .. } => Some(&to.client_id),
+        Event::MessageDropped { to, .. } => to.as_deref(),
+    }
+}
+
 /// An event as rules see it: a map with the fields EMQX users know.
 pub(super) fn event_map(name: &str, e: &Event) -> Map {
     let mut m = Map::new();

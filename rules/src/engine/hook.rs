@@ -1,13 +1,16 @@
 //! The engine's face in the broker's hook chain: matches each accepted message against the
 //! rule index (answering native `when`s on the routing thread) and queues the work.
 
-use super::events::event_name;
+use super::events::{event_client, event_name};
 use super::{Matched, Rule, Shared, Work};
 use crate::native::MessageView;
 use async_trait::async_trait;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use switchyard_core::hooks::{Event, Hook, HookSet};
+use crate::config::Overflow;
+use crate::queue::Refused;
+use std::time::Duration;
+use switchyard_core::hooks::{Event, Hook, HookSet, Wait};
 
 /// Payloads up to this size may be parsed on the routing thread for a native `when`: bounded
 /// work of the order of the topic lookup. Larger ones are left to the workers.
@@ -31,22 +34,26 @@ pub(super) struct RulesHook {
     pub(super) interests: HookSet,
 }
 
-#[async_trait]
-impl Hook for RulesHook {
-    fn name(&self) -> &str {
-        super::HOOK_NAME
-    }
-    fn interests(&self) -> HookSet {
-        self.interests
-    }
-    fn on_event(&self, e: &Event) {
+/// The queue key of a client's work: its id, so one client's messages and events keep their
+/// order through one worker.
+fn key_of(client_id: &str) -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = foldhash::fast::FixedState::with_seed(0x5157).build_hasher();
+    h.write(client_id.as_bytes());
+    h.finish()
+}
+
+impl RulesHook {
+    /// The work an event means for the current rules, and its queue key; `None` when no rule
+    /// listens.
+    fn work(&self, e: &Event) -> Option<(u64, Work)> {
         // A guard, not an Arc clone: most messages match no rule and cost only the lookup.
         let set = self.shared.rules.load();
-        let work = match e {
+        match e {
             Event::MessageAccepted { client, msg } => {
                 let matched = set.matching(&msg.topic);
                 if matched.is_empty() {
-                    return;
+                    return None;
                 }
                 // Rules whose `when` rejects the message natively never reach the queue.
                 let view = MessageView::new(client, msg);
@@ -72,14 +79,15 @@ impl Hook for RulesHook {
                     }
                 }
                 if rules.is_empty() {
-                    return;
+                    return None;
                 }
-                Work::Message {
+                let work = Work::Message {
                     generation: set.generation,
                     rules,
                     client: client.clone(),
                     msg: msg.clone(),
-                }
+                };
+                Some((key_of(&client.client_id), work))
             }
             // Messages the broker publishes itself (republished by a rule, `$SYS`) raise no
             // message events for rules: a rule forwarding its own deliveries would loop.
@@ -88,23 +96,69 @@ impl Hook for RulesHook {
             | Event::MessageDropped { msg: m, .. }
                 if m.publisher.is_none() =>
             {
-                return;
+                None
             }
             other => {
-                let Some(name) = event_name(other) else {
-                    return;
-                };
+                let name = event_name(other)?;
                 if !set.by_event.contains_key(name) {
-                    return;
+                    return None;
                 }
-                Work::Event(arc_swap::Guard::into_inner(set), name, other.clone())
+                let key = event_client(other).map_or(0, key_of);
+                Some((
+                    key,
+                    Work::Event(arc_swap::Guard::into_inner(set), name, other.clone()),
+                ))
+            }
+        }
+    }
+
+    fn dropped(&self) {
+        self.shared
+            .counters
+            .queue_dropped
+            .fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+#[async_trait]
+impl Hook for RulesHook {
+    fn name(&self) -> &str {
+        super::HOOK_NAME
+    }
+    fn interests(&self) -> HookSet {
+        self.interests
+    }
+    fn on_event(&self, e: &Event) {
+        let Some((key, work)) = self.work(e) else {
+            return;
+        };
+        if self.shared.queue.push(key, work).is_err() {
+            self.dropped();
+        }
+    }
+    fn on_accepted(&self, e: &Event) -> Option<Wait> {
+        let (key, work) = self.work(e)?;
+        let work = match self.shared.queue.push(key, work) {
+            Ok(()) => return None,
+            Err(Refused::Full(work)) if self.shared.config.overflow == Overflow::Backpressure => {
+                work
+            }
+            Err(_) => {
+                self.dropped();
+                return None;
             }
         };
-        if self.shared.queue.push(work).is_err() {
-            self.shared
-                .counters
-                .queue_dropped
-                .fetch_add(1, Ordering::Relaxed);
-        }
+        // Held like a publisher to a slow subscriber: until its worker makes room.
+        self.shared
+            .counters
+            .backpressure_waits
+            .fetch_add(1, Ordering::Relaxed);
+        let shared = self.shared.clone();
+        let max_wait = Duration::from_millis(shared.config.backpressure_timeout_ms);
+        Some(Box::pin(async move {
+            if shared.queue.push_waiting(key, work, max_wait).await.is_err() {
+                shared.counters.queue_dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }))
     }
 }

@@ -140,6 +140,8 @@ enum Work {
 pub struct EngineCounters {
     /// Messages and events skipped because the worker queue was full.
     pub queue_dropped: AtomicU64,
+    /// Publishers held because the queue was full (`overflow = "backpressure"`).
+    pub backpressure_waits: AtomicU64,
     pub reloads: AtomicU64,
     pub reload_errors: AtomicU64,
 }

@@ -58,6 +58,7 @@ impl MetricsSource for Metrics {
             "reloads": g(&s.counters.reloads),
             "reload_errors": g(&s.counters.reload_errors),
             "queue_dropped": g(&s.counters.queue_dropped),
+            "backpressure_waits": g(&s.counters.backpressure_waits),
             "sinks": sinks,
         }))
     }
@@ -70,6 +71,11 @@ impl MetricsSource for Metrics {
             out,
             "# HELP switchyard_rules_queue_dropped_total Messages and events not evaluated: rule queue full.\n# TYPE switchyard_rules_queue_dropped_total counter\nswitchyard_rules_queue_dropped_total {}",
             g(&c.queue_dropped)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP switchyard_rules_backpressure_waits_total Publishers held because the rule queue was full.\n# TYPE switchyard_rules_backpressure_waits_total counter\nswitchyard_rules_backpressure_waits_total {}",
+            g(&c.backpressure_waits)
         );
         let _ = writeln!(
             out,
