@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use switchyard_core::CoreConfig;
 use switchyard_plugins::{HttpAuthConfig, HttpAuthHook, PluginSettings};
+use switchyard_rules::config::DeadLetterConfig;
 use switchyard_rules::{RulesConfig, SinkConfig};
 
 /// A configuration file that cannot be read or does not validate; the message names the file
@@ -36,6 +37,19 @@ impl Config {
                 .chain(config.sinks.values_mut().map(|s| &mut s.common.buffer_dir));
             for dir in dirs.filter(|d| d.is_relative()) {
                 *dir = base.join(&*dir);
+            }
+            for sink in config.sinks.values_mut() {
+                if let Some(DeadLetterConfig::File(f)) = &mut sink.common.dead_letter {
+                    if f.is_relative() {
+                        *f = base.join(&*f);
+                    }
+                }
+                // A sink's CA file, like its buffer, sits with the configuration.
+                if let Some(serde_json::Value::String(ca)) = sink.options.get_mut("ca_file") {
+                    if Path::new(ca.as_str()).is_relative() {
+                        *ca = base.join(&*ca).display().to_string();
+                    }
+                }
             }
         }
         Ok(config)

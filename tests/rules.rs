@@ -8,10 +8,8 @@ use common::*;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
-use switchyard_rules::sink::SinkCounters;
-use switchyard_rules::{RuleEngine, RulesConfig, SinkConfig};
+use switchyard_rules::{RuleEngine, RulesConfig};
 
 const ALERTS: &str = r#"
 let limit = 30.0;

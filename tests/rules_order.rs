@@ -73,7 +73,10 @@ rule("ordered")
         counter(&rules, "store", "sent") == total
     })
     .await;
-    assert_eq!(env.rules.counters().queue_dropped.load(Ordering::Relaxed), 0);
+    assert_eq!(
+        env.rules.counters().queue_dropped.load(Ordering::Relaxed),
+        0
+    );
     let rows = rows(&db);
     assert_eq!(rows.len() as u64, total);
     for p in 0..PUBLISHERS {

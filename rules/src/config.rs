@@ -2,6 +2,7 @@
 
 use serde::Deserialize;
 use serde_json::{Map, Value};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -95,6 +96,23 @@ pub struct SinkCommon {
     pub retry_max_ms: u64,
     /// 0 = retry transient failures until delivered (or the buffer overflows).
     pub max_retries: u32,
+    /// A record that keeps failing for this long is given up (0 = never). Only records the
+    /// sink is trying to deliver age: the rest of the buffer waits behind them.
+    pub record_ttl_s: u64,
+    /// Where records the sink gives up on go (refused, out of retries, past their TTL).
+    pub dead_letter: Option<DeadLetterConfig>,
+}
+
+/// `dead_letter = { file = "dead/alerts.jsonl" }`, `{ sink = "NAME" }` or `{ topic = "dead/x" }`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase", deny_unknown_fields)]
+pub enum DeadLetterConfig {
+    /// JSON lines appended to a file (relative to the config file's folder).
+    File(PathBuf),
+    /// Offered to another sink (which must not have a sink dead letter of its own).
+    Sink(String),
+    /// Published on this broker's topic at QoS 1.
+    Topic(String),
 }
 
 impl Default for SinkCommon {
@@ -110,6 +128,8 @@ impl Default for SinkCommon {
             retry_initial_ms: 100,
             retry_max_ms: 10_000,
             max_retries: 0,
+            record_ttl_s: 3_600,
+            dead_letter: None,
         }
     }
 }
@@ -132,6 +152,8 @@ const COMMON_KEYS: &[&str] = &[
     "retry_initial_ms",
     "retry_max_ms",
     "max_retries",
+    "record_ttl_s",
+    "dead_letter",
 ];
 
 impl<'de> Deserialize<'de> for SinkConfig {
@@ -184,8 +206,34 @@ impl SinkConfig {
         if c.retry_initial_ms == 0 || c.retry_max_ms < c.retry_initial_ms {
             return Err("retry_initial_ms must be > 0 and <= retry_max_ms".into());
         }
+        if let Some(DeadLetterConfig::Topic(t)) = &c.dead_letter {
+            if !switchyard_core::topic::publishable(t, usize::MAX) {
+                return Err(format!("dead_letter: not a topic name: {t:?}"));
+            }
+        }
         Ok(())
     }
+}
+
+/// Every `dead_letter = { sink = ... }` names another configured sink, and that one does not
+/// hand its own refusals to a sink in turn (no loops, no chains).
+pub fn check_dead_letters(sinks: &BTreeMap<String, SinkConfig>) -> Result<(), String> {
+    for (name, s) in sinks {
+        let Some(DeadLetterConfig::Sink(target)) = &s.common.dead_letter else {
+            continue;
+        };
+        let Some(t) = sinks.get(target).filter(|_| target != name) else {
+            return Err(format!(
+                "sink {name}: dead_letter names {target:?}, which is not another configured sink"
+            ));
+        };
+        if matches!(t.common.dead_letter, Some(DeadLetterConfig::Sink(_))) {
+            return Err(format!(
+                "sink {name}: its dead-letter sink {target:?} sends its own refusals to a sink; use a file or a topic there"
+            ));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

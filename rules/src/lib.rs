@@ -11,6 +11,7 @@
 //! - `print`: the per-rule rate and size limit of `print` and `debug`.
 //! - [`sink`]: sink kinds (one table, `sink::KINDS`) and the driver they share (buffer,
 //!   batches, retries, counters) with its buffer: memory, or the write-ahead disk queue.
+//! - [`tls`]: TLS for the sinks' own connections (PostgreSQL, the MQTT bridge).
 
 pub mod config;
 mod engine;
@@ -19,6 +20,7 @@ mod print;
 mod queue;
 pub mod script;
 pub mod sink;
+pub mod tls;
 
 pub use config::{RulesConfig, SinkConfig};
 pub use engine::{EngineCounters, RuleEngine, RuleStats, RulesError};

@@ -84,7 +84,12 @@ impl<T> WorkQueue<T> {
 
     /// Like [`push`](Self::push), but a full queue is waited on, up to `max_wait`; gives the
     /// item back if there was still no room then (or the queue closed).
-    pub async fn push_waiting(&self, key: u64, item: T, max_wait: Duration) -> Result<(), Refused<T>> {
+    pub async fn push_waiting(
+        &self,
+        key: u64,
+        item: T,
+        max_wait: Duration,
+    ) -> Result<(), Refused<T>> {
         let part = self.part(key);
         let deadline = tokio::time::Instant::now() + max_wait;
         let mut item = item;
@@ -244,7 +249,9 @@ mod tests {
         assert_eq!(seen.len(), 16_000);
         for key in 0..8u64 {
             let mine: Vec<_> = seen.iter().filter(|(_, k, _)| *k == key).collect();
-            assert!(mine.windows(2).all(|w| w[0].0 == w[1].0 && w[0].2 + 1 == w[1].2));
+            assert!(mine
+                .windows(2)
+                .all(|w| w[0].0 == w[1].0 && w[0].2 + 1 == w[1].2));
         }
     }
 

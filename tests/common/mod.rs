@@ -5,6 +5,7 @@
 pub mod process;
 pub mod receiver;
 pub mod rules_env;
+pub mod services;
 
 use bytes::BytesMut;
 use std::net::SocketAddr;

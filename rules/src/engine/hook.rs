@@ -3,12 +3,12 @@
 
 use super::events::{event_client, event_name};
 use super::{Matched, Rule, Shared, Work};
+use crate::config::Overflow;
 use crate::native::MessageView;
+use crate::queue::Refused;
 use async_trait::async_trait;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use crate::config::Overflow;
-use crate::queue::Refused;
 use std::time::Duration;
 use switchyard_core::hooks::{Event, Hook, HookSet, Wait};
 
@@ -156,8 +156,16 @@ impl Hook for RulesHook {
         let shared = self.shared.clone();
         let max_wait = Duration::from_millis(shared.config.backpressure_timeout_ms);
         Some(Box::pin(async move {
-            if shared.queue.push_waiting(key, work, max_wait).await.is_err() {
-                shared.counters.queue_dropped.fetch_add(1, Ordering::Relaxed);
+            if shared
+                .queue
+                .push_waiting(key, work, max_wait)
+                .await
+                .is_err()
+            {
+                shared
+                    .counters
+                    .queue_dropped
+                    .fetch_add(1, Ordering::Relaxed);
             }
         }))
     }

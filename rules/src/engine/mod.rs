@@ -47,6 +47,8 @@ pub enum RulesError {
     /// Rule files that did not load, each `file:line:col: message`.
     #[error("rule files rejected:\n  {}", .0.join("\n  "))]
     Load(Vec<String>),
+    #[error("{0}")]
+    Config(String),
     #[error("cannot watch {0}: {1}")]
     Watch(PathBuf, String),
 }
@@ -181,9 +183,13 @@ impl RuleEngine {
         sinks: BTreeMap<String, SinkConfig>,
         broker: Arc<Broker>,
     ) -> Result<Arc<RuleEngine>, RulesError> {
+        crate::config::check_dead_letters(&sinks).map_err(RulesError::Config)?;
         let mut running = BTreeMap::new();
         for (name, cfg) in &sinks {
             running.insert(name.clone(), Sink::start(name, cfg, &broker).await?);
+        }
+        for sink in running.values() {
+            sink.link_dead_letter(&running);
         }
         let sink_kinds = Arc::new(
             running

@@ -114,6 +114,7 @@ impl RuleEngine {
         config: &RulesConfig,
         sinks: &BTreeMap<String, SinkConfig>,
     ) -> Result<usize, RulesError> {
+        crate::config::check_dead_letters(sinks).map_err(RulesError::Config)?;
         let Some(dir) = &config.dir else {
             return Ok(0);
         };

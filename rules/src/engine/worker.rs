@@ -125,7 +125,7 @@ fn run_rule(
         st.outputs.fetch_add(1, Ordering::Relaxed);
         let record: Record = Arc::new(out);
         for sink in &rule.sinks {
-            sink.offer(record.clone());
+            let _ = sink.offer(record.clone());
         }
     }
 }

@@ -4,18 +4,22 @@
 //! how to deliver one batch.
 
 mod buffer;
+mod dead_letter;
 mod disk;
+mod driver;
 mod kafka;
 mod mqtt;
 mod sql;
 pub mod template;
 mod webhook;
 
-use crate::config::{SinkCommon, SinkConfig};
+use crate::config::SinkConfig;
 use async_trait::async_trait;
-use buffer::{Input, Output, Taken};
+use buffer::Input;
+use dead_letter::DeadLetter;
+use driver::Driver;
 use serde_json::Value;
-use std::collections::VecDeque;
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -23,7 +27,6 @@ use std::time::Duration;
 use switchyard_core::broker::Broker;
 use tokio::sync::watch;
 use tokio::time::Instant;
-use tracing::warn;
 
 pub use disk::{DiskQueue, Overflow};
 
@@ -124,6 +127,8 @@ pub struct SinkCounters {
     pub retried: AtomicU64,
     /// Not accepted because the buffer was full (or the sink was closed).
     pub dropped: AtomicU64,
+    /// Of the failed, how many went to the dead letter.
+    pub dead_lettered: AtomicU64,
     /// Taken from the buffer and not yet settled (in a batch or waiting to retry).
     pub in_flight: AtomicU64,
 }
@@ -143,6 +148,7 @@ pub struct Sink {
     pub kind: &'static str,
     input: Input,
     pub counters: Arc<SinkCounters>,
+    dead_letter: Arc<DeadLetter>,
     /// Set to the flush deadline when the broker shuts down.
     shutdown: watch::Sender<Option<Instant>>,
     finished: tokio::sync::Mutex<Option<tokio::task::JoinHandle<u64>>>,
@@ -174,15 +180,18 @@ impl Sink {
             buffer::open(&config.common, name).map_err(|e| start_err(KindError::Unusable(e)))?;
         let counters = Arc::new(SinkCounters::default());
         let (shutdown, shutdown_rx) = watch::channel(None);
+        let dead_letter = Arc::new(DeadLetter::new(config.common.dead_letter.as_ref(), broker));
         let driver = Driver {
             name: name.to_string(),
             common: config.common.clone(),
             deliver,
             counters: counters.clone(),
             source: output,
+            dead_letter: dead_letter.clone(),
             next_unseen: 0,
             shutdown: shutdown_rx,
             deadline: None,
+            last_log: None,
         };
         let task = tokio::spawn(driver.run());
         Ok(Arc::new(Sink {
@@ -190,17 +199,29 @@ impl Sink {
             kind: config.kind,
             input,
             counters,
+            dead_letter,
             shutdown,
             finished: tokio::sync::Mutex::new(Some(task)),
         }))
     }
 
-    /// Offers a record without waiting; a full buffer drops it (counted).
-    pub fn offer(&self, record: Record) {
+    /// Offers a record without waiting; a full buffer drops it (counted). True when nothing
+    /// was dropped.
+    pub fn offer(&self, record: Record) -> bool {
         SinkCounters::add(&self.counters.matched, 1);
         let dropped = self.input.offer(record);
         if dropped > 0 {
             SinkCounters::add(&self.counters.dropped, dropped);
+        }
+        dropped == 0
+    }
+
+    /// Connects a `dead_letter = { sink = ... }` to its sink, once all sinks are running.
+    pub fn link_dead_letter(&self, running: &BTreeMap<String, Arc<Sink>>) {
+        if let DeadLetter::Sink { name, target } = &*self.dead_letter {
+            if let Some(t) = running.get(name) {
+                let _ = target.set(t.clone());
+            }
         }
     }
 
@@ -235,6 +256,7 @@ impl Sink {
             ("failed", SinkCounters::get(&c.failed)),
             ("retried", SinkCounters::get(&c.retried)),
             ("dropped", SinkCounters::get(&c.dropped)),
+            ("dead_lettered", SinkCounters::get(&c.dead_lettered)),
         ];
         for (what, v) in rows {
             let _ = writeln!(
@@ -250,199 +272,5 @@ impl Sink {
             self.kind,
             self.buffered()
         );
-    }
-}
-
-struct Driver {
-    name: String,
-    common: SinkCommon,
-    deliver: Box<dyn Deliver>,
-    counters: Arc<SinkCounters>,
-    source: Output,
-    /// On disk: the sequence number after the last record taken.
-    next_unseen: u64,
-    shutdown: watch::Receiver<Option<Instant>>,
-    /// Set once shutting down: deliver until then, then keep or report the rest.
-    deadline: Option<Instant>,
-}
-
-/// A record taken from the buffer, with its delivery attempts so far.
-struct Pending {
-    record: Record,
-    attempts: u32,
-    /// Its place in the disk buffer (0 in memory).
-    seq: u64,
-}
-
-impl Driver {
-    /// Returns the number of records left undelivered when it stopped.
-    async fn run(mut self) -> u64 {
-        let mut pending: VecDeque<Pending> = VecDeque::new();
-        let mut backoff = Duration::from_millis(self.common.retry_initial_ms);
-        let max_backoff = Duration::from_millis(self.common.retry_max_ms);
-        let linger = Duration::from_millis(self.common.linger_ms);
-        let mut closing = false;
-        loop {
-            if !closing && pending.len() < self.common.batch_size {
-                closing = self.fill(&mut pending, linger).await;
-            } else if closing {
-                self.drain_buffer(&mut pending).await;
-            }
-            if pending.is_empty() {
-                if closing {
-                    return 0;
-                }
-                continue;
-            }
-            if closing && self.deadline.is_some_and(|d| Instant::now() >= d) {
-                return self.keep_undelivered(&mut pending).await;
-            }
-            let n = pending.len().min(self.common.batch_size);
-            let batch: Vec<Record> = pending.iter().take(n).map(|p| p.record.clone()).collect();
-            let failures = self.deliver.deliver(&batch).await;
-            let mut retry_later = Vec::new();
-            let mut failed_idx = vec![false; n];
-            let mut permanent = 0u64;
-            for (i, failure) in failures {
-                if i >= n || failed_idx[i] {
-                    continue;
-                }
-                failed_idx[i] = true;
-                match failure {
-                    Failure::Permanent(why) => {
-                        permanent += 1;
-                        warn!(sink = %self.name, error = %why, "record refused by the destination");
-                    }
-                    Failure::Retry(why) => {
-                        let attempts = pending[i].attempts + 1;
-                        if self.common.max_retries > 0 && attempts > self.common.max_retries {
-                            permanent += 1;
-                            warn!(sink = %self.name, error = %why, attempts, "record failed after its last retry");
-                        } else {
-                            if retry_later.is_empty() {
-                                warn!(sink = %self.name, error = %why, retry_in_ms = backoff.as_millis() as u64, "delivery failed; will retry");
-                            }
-                            retry_later.push(i);
-                        }
-                    }
-                }
-            }
-            let settled_ok = (n - failed_idx.iter().filter(|f| **f).count()) as u64;
-            SinkCounters::add(&self.counters.sent, settled_ok);
-            SinkCounters::add(&self.counters.failed, permanent);
-            // Take the batch off the front; failures to retry go back in their order.
-            let mut done: Vec<Pending> = pending.drain(..n).collect();
-            SinkCounters::add(&self.counters.retried, retry_later.len() as u64);
-            let settled = (n - retry_later.len()) as u64;
-            self.counters
-                .in_flight
-                .fetch_sub(settled, Ordering::Relaxed);
-            for i in retry_later.iter().rev() {
-                let mut p = std::mem::replace(
-                    &mut done[*i],
-                    Pending {
-                        record: Arc::new(Value::Null),
-                        attempts: 0,
-                        seq: 0,
-                    },
-                );
-                p.attempts += 1;
-                pending.push_front(p);
-            }
-            // On disk, what is settled is gone for good once nothing before it is pending.
-            let oldest = pending.front().map_or(self.next_unseen, |p| p.seq);
-            self.source.settle_below(oldest);
-            if retry_later.is_empty() {
-                backoff = Duration::from_millis(self.common.retry_initial_ms);
-            } else {
-                let mut wait = backoff;
-                backoff = (backoff * 2).min(max_backoff);
-                if let Some(deadline) = self.deadline {
-                    wait = wait.min(deadline.saturating_duration_since(Instant::now()));
-                }
-                tokio::select! {
-                    _ = tokio::time::sleep(wait) => {}
-                    _ = self.shutdown.changed(), if !closing => { closing = self.begin_closing(); }
-                }
-            }
-        }
-    }
-
-    /// Waits for records (up to a batch, `linger` after the first); returns true when the
-    /// sink is shutting down.
-    async fn fill(&mut self, pending: &mut VecDeque<Pending>, linger: Duration) -> bool {
-        let want = self.common.batch_size;
-        if pending.is_empty() {
-            tokio::select! {
-                r = self.source.recv() => match r {
-                    Some((seq, record)) => self.take(pending, seq, record),
-                    None => return true,
-                },
-                _ = self.shutdown.changed() => return self.begin_closing(),
-            }
-        }
-        let deadline = tokio::time::Instant::now() + linger;
-        while pending.len() < want {
-            match self.source.try_recv() {
-                Taken::Record(seq, record) => {
-                    self.take(pending, seq, record);
-                    continue;
-                }
-                Taken::Closed => return true,
-                Taken::Empty => {}
-            }
-            tokio::select! {
-                r = self.source.recv() => match r {
-                    Some((seq, record)) => self.take(pending, seq, record),
-                    None => return true,
-                },
-                _ = tokio::time::sleep_until(deadline) => break,
-                _ = self.shutdown.changed() => return self.begin_closing(),
-            }
-        }
-        false
-    }
-
-    async fn drain_buffer(&mut self, pending: &mut VecDeque<Pending>) {
-        while pending.len() < self.common.batch_size {
-            match self.source.try_recv() {
-                Taken::Record(seq, record) => self.take(pending, seq, record),
-                Taken::Empty | Taken::Closed => break,
-            }
-        }
-    }
-
-    fn begin_closing(&mut self) -> bool {
-        self.deadline = *self.shutdown.borrow();
-        self.source.close();
-        true
-    }
-
-    fn take(&mut self, pending: &mut VecDeque<Pending>, seq: u64, record: Record) {
-        SinkCounters::add(&self.counters.in_flight, 1);
-        self.next_unseen = seq + 1;
-        pending.push_back(Pending {
-            record,
-            attempts: 0,
-            seq,
-        });
-    }
-
-    /// At shutdown: what could not be delivered stays on disk (disk buffer) or is reported.
-    async fn keep_undelivered(&mut self, pending: &mut VecDeque<Pending>) -> u64 {
-        if self.source.is_disk() {
-            // Everything unsettled is on disk already, in order, from the watermark on.
-            let oldest = pending.front().map_or(self.next_unseen, |p| p.seq);
-            self.source.settle_below(oldest);
-            let left = self.source.unsettled();
-            warn!(sink = %self.name, records = left, "destination unavailable at shutdown; records kept on disk for the next start");
-            return left;
-        }
-        while let Taken::Record(seq, record) = self.source.try_recv() {
-            self.take(pending, seq, record);
-        }
-        let left = pending.len() as u64;
-        warn!(sink = %self.name, records = left, "destination unavailable at shutdown; records not delivered");
-        left
     }
 }

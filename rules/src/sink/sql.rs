@@ -3,11 +3,13 @@
 
 use super::{Deliver, Failure, Record};
 use super::{KindError, SinkKind, StartArgs};
+use crate::tls::{self, TlsMode};
 use async_trait::async_trait;
 use serde::Deserialize;
 use serde_json::Value;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 use tracing::warn;
 
 pub(super) const SQLITE: SinkKind = SinkKind {
@@ -56,6 +58,20 @@ pub struct SqlConfig {
     pub url: Option<String>,
     /// An INSERT with `:name` parameters filled from the rule's output fields.
     pub statement: String,
+    /// PostgreSQL: `disable`, `prefer`, `require`, `verify-ca` or `verify-full` (libpq's
+    /// meanings); default: the URL's `sslmode`, else `prefer`.
+    #[serde(default)]
+    pub sslmode: Option<TlsMode>,
+    /// PostgreSQL: the CA (PEM) that signed the server's certificate, for `verify-*`.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// PostgreSQL: how long connecting (TCP, TLS, start-up) may take.
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout_ms: u64,
+}
+
+fn default_connect_timeout() -> u64 {
+    5_000
 }
 
 /// The statement's parameter names in order of first appearance, and the statement with
@@ -258,7 +274,9 @@ impl Deliver for Sqlite {
 
 pub struct Postgres {
     name: String,
-    url: String,
+    config: tokio_postgres::Config,
+    tls: tokio_postgres_rustls::MakeRustlsConnect,
+    connect_timeout: Duration,
     params: NamedStatement,
     client: Option<(tokio_postgres::Client, tokio_postgres::Statement)>,
 }
@@ -266,14 +284,35 @@ pub struct Postgres {
 impl Postgres {
     /// Connects lazily: the database may come up after the broker.
     pub fn new(name: &str, c: &SqlConfig) -> Result<Self, String> {
-        let Some(url) = c.url.clone() else {
+        use tokio_postgres::config::SslMode;
+        let Some(url) = c.url.as_deref() else {
             return Err("url: required".into());
         };
-        url.parse::<tokio_postgres::Config>()
-            .map_err(|e| format!("url: {e}"))?;
+        let mut config: tokio_postgres::Config = url.parse().map_err(|e| format!("url: {e}"))?;
+        let mode = match c.sslmode {
+            Some(mode) => mode,
+            None if config.get_ssl_mode() == SslMode::Require => TlsMode::Require,
+            None if config.get_ssl_mode() == SslMode::Disable => TlsMode::Disable,
+            None => TlsMode::Prefer,
+        };
+        if c.ca_file.is_some() && !matches!(mode, TlsMode::VerifyCa | TlsMode::VerifyFull) {
+            return Err(
+                "ca_file: only used with sslmode = \"verify-ca\" or \"verify-full\"".into(),
+            );
+        }
+        config.ssl_mode(match mode {
+            TlsMode::Disable => SslMode::Disable,
+            TlsMode::Prefer => SslMode::Prefer,
+            TlsMode::Require | TlsMode::VerifyCa | TlsMode::VerifyFull => SslMode::Require,
+        });
+        let connect_timeout = Duration::from_millis(c.connect_timeout_ms.max(1));
+        config.connect_timeout(connect_timeout);
+        let tls = tls::client_config(mode, c.ca_file.as_deref())?;
         Ok(Self {
             name: name.to_string(),
-            url,
+            config,
+            tls: tokio_postgres_rustls::MakeRustlsConnect::new(tls),
+            connect_timeout,
             params: NamedStatement::parse(&c.statement)?,
             client: None,
         })
@@ -284,9 +323,23 @@ impl Postgres {
             return Ok(());
         }
         self.client = None;
-        let (client, connection) = tokio_postgres::connect(&self.url, tokio_postgres::NoTls)
+        // The whole start-up, TLS included: a server that accepts and then says nothing must
+        // not hold the sink.
+        let connecting = self.config.connect(self.tls.clone());
+        let (client, connection) = tokio::time::timeout(self.connect_timeout, connecting)
             .await
-            .map_err(|e| pg_failure(&e))?;
+            .map_err(|_| {
+                Failure::Retry(format!(
+                    "postgres: no connection within {} ms",
+                    self.connect_timeout.as_millis()
+                ))
+            })?
+            // Refused at connect time (pg_hba, password, TLS): the configuration or the server
+            // is wrong, not the record; keep the records and try again.
+            .map_err(|e| match pg_failure(&e) {
+                Failure::Permanent(why) => Failure::Retry(why),
+                retry => retry,
+            })?;
         let sink = self.name.clone();
         tokio::spawn(async move {
             if let Err(e) = connection.await {
@@ -320,7 +373,27 @@ impl Postgres {
     }
 }
 
+/// A value of a record that does not fit its column: the record's fault, never retried.
+#[derive(Debug)]
+struct Conversion(String);
+
+impl std::fmt::Display for Conversion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Conversion {}
+
 fn pg_failure(e: &tokio_postgres::Error) -> Failure {
+    // A parameter that did not convert carries no SQLSTATE, unlike the server's refusals.
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        if let Some(c) = s.downcast_ref::<Conversion>() {
+            return Failure::Permanent(format!("postgres: {c}"));
+        }
+        source = s.source();
+    }
     match e.code() {
         // Connection trouble, shutdown, overload, lock conflicts: try again.
         Some(code) => {
@@ -340,7 +413,13 @@ fn pg_failure(e: &tokio_postgres::Error) -> Failure {
                 Failure::Permanent(format!("postgres: {detail}"))
             }
         }
-        None => Failure::Retry(format!("postgres: {e}")),
+        None => {
+            // "error performing TLS handshake" says little without its cause.
+            let cause = std::error::Error::source(e)
+                .map(|s| format!(": {s}"))
+                .unwrap_or_default();
+            Failure::Retry(format!("postgres: {e}{cause}"))
+        }
     }
 }
 
@@ -401,7 +480,24 @@ impl tokio_postgres::types::ToSql for PgParam<'_> {
         ty: &tokio_postgres::types::Type,
         out: &mut bytes::BytesMut,
     ) -> Result<tokio_postgres::types::IsNull, Box<dyn std::error::Error + Sync + Send>> {
-        use tokio_postgres::types::{IsNull, Type};
+        self.convert(ty, out)
+            .map_err(|e| Box::new(Conversion(e.to_string())) as _)
+    }
+
+    fn accepts(_: &tokio_postgres::types::Type) -> bool {
+        true
+    }
+
+    tokio_postgres::types::to_sql_checked!();
+}
+
+impl PgParam<'_> {
+    fn convert(
+        &self,
+        ty: &tokio_postgres::types::Type,
+        out: &mut bytes::BytesMut,
+    ) -> Result<tokio_postgres::types::IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        use tokio_postgres::types::{IsNull, ToSql, Type};
         let v = self.0;
         if v.is_null() {
             return Ok(IsNull::Yes);
@@ -450,12 +546,6 @@ impl tokio_postgres::types::ToSql for PgParam<'_> {
             },
         }
     }
-
-    fn accepts(_: &tokio_postgres::types::Type) -> bool {
-        true
-    }
-
-    tokio_postgres::types::to_sql_checked!();
 }
 
 #[cfg(test)]

@@ -100,7 +100,15 @@ impl Webhook {
     async fn send_one(&self, record: &Record) -> Result<(), Failure> {
         let mut req = self.client.request(self.method.clone(), &self.url);
         for (name, value) in &self.headers {
-            req = req.header(name, value.render(record));
+            // A rendered value with a control character is this record's fault: refused, not
+            // retried (it would fail the same way forever).
+            let value =
+                reqwest::header::HeaderValue::from_str(&value.render(record)).map_err(|_| {
+                    Failure::Permanent(format!(
+                        "header {name}: the rendered value is not a valid header value"
+                    ))
+                })?;
+            req = req.header(name, value);
         }
         req = match &self.body {
             Some(t) => req.body(t.render(record)),
@@ -122,6 +130,8 @@ impl Webhook {
                     )))
                 }
             }
+            // A request that cannot be built fails the same way every time.
+            Err(e) if e.is_builder() => Err(Failure::Permanent(format!("{}: {e}", self.url))),
             Err(e) => Err(Failure::Retry(format!("{}: {e}", self.url))),
         }
     }
