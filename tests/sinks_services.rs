@@ -190,3 +190,92 @@ async fn a_database_that_never_answers_times_out_instead_of_holding_the_sink() {
     assert_eq!(sink_counter(&rules, "db", |c| &c.sent), 0);
     held.abort();
 }
+
+/// Every record of `got` once, and each key's records in increasing `n`.
+fn assert_once_in_order_per_key(got: &[(String, serde_json::Value)], want: std::ops::Range<i64>) {
+    let mut last: std::collections::HashMap<&str, i64> = Default::default();
+    let mut seen = std::collections::BTreeSet::new();
+    for (key, v) in got {
+        let n = v["n"].as_i64().unwrap();
+        assert!(seen.insert(n), "record {n} twice");
+        if let Some(prev) = last.insert(key, n) {
+            assert!(prev < n, "key {key}: {n} after {prev}");
+        }
+    }
+    assert_eq!(seen, want.collect(), "every record");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_keeps_each_keys_order_without_duplicates_through_lost_answers_and_a_restart() {
+    const N: i64 = 400;
+    let kafka_port = free_port();
+    let proxy = CuttingProxy::start(([127, 0, 0, 1], kafka_port).into()).await;
+    let brokers = proxy.addr.to_string();
+    let tansu = Tansu::start_advertising(kafka_port, proxy.addr.port()).await;
+    create_topic(&brokers, "answers").await;
+    let server = start(test_config()).await;
+    let rule = r#"
+rule("answers").from(["a/+/t"]).select(|m| #{ device: m.level(1), n: m.json.n }).to(kafka("answers"));
+rule("restart").from(["b/+/t"]).select(|m| #{ device: m.level(1), n: m.json.n }).to(kafka("restart"));
+"#;
+    let kafka = |topic: &str, timeout_ms: u64| {
+        serde_json::json!({"kind": "kafka", "brokers": brokers, "topic": topic,
+            "key": "${device}", "batch_size": 20, "message_timeout_ms": timeout_ms,
+            "retry_initial_ms": 100, "retry_max_ms": 400,
+            "properties": {"reconnect.backoff.max.ms": "300"}})
+    };
+    let (rules, _dir) = start_rules(
+        &server,
+        rule,
+        &[
+            ("answers", kafka("answers", 30_000)),
+            ("restart", kafka("restart", 3_000)),
+        ],
+    )
+    .await;
+    let p = v4::connect(v4::options(tcp_addr(&server), "gw")).await;
+    let sent = |sink: &'static str| {
+        let rules = rules.clone();
+        move || sink_counter(&rules, sink, |c| &c.sent)
+    };
+
+    // Eight times while records flow, the broker writes what it is sent, its answers are lost
+    // and the connections cut: librdkafka sends those records again. Without idempotence the
+    // broker writes them twice.
+    let publishing = publish_numbered(&p, 0..N, |n| format!("a/dev{}/t", n % 4));
+    let losing = async {
+        for _ in 0..8 {
+            tokio::time::sleep(Duration::from_millis(60)).await;
+            proxy.lose_answers(Duration::from_millis(40)).await;
+        }
+    };
+    tokio::join!(publishing, losing);
+    let answered = sent("answers");
+    wait_until("all acknowledged", || answered() == N as u64).await;
+    assert_eq!(
+        sink_counter(&rules, "answers", |c| &c.retried),
+        0,
+        "librdkafka's own retries sufficed"
+    );
+    // The whole log, to its end: a record written twice would be there.
+    assert_once_in_order_per_key(&consume_all(&brokers, "answers", N as usize).await, 0..N);
+
+    // A restart. Tansu keeps its log in memory: the new broker starts empty and has never
+    // heard of the producer, which the sink replaces after a message timeout without progress.
+    drop(tansu);
+    publish_numbered(&p, 0..N, |n| format!("b/dev{}/t", n % 4)).await;
+    wait_until("offered while Kafka is down", || {
+        sink_counter(&rules, "restart", |c| &c.matched) == N as u64
+    })
+    .await;
+    let _tansu = Tansu::start_advertising(kafka_port, proxy.addr.port()).await;
+    create_topic(&brokers, "restart").await;
+    let restarted = sent("restart");
+    wait_until("all acknowledged after the restart", || {
+        restarted() == N as u64
+    })
+    .await;
+    assert_once_in_order_per_key(&consume_all(&brokers, "restart", N as usize).await, 0..N);
+    assert_eq!(sink_counter(&rules, "restart", |c| &c.failed), 0);
+    assert_eq!(rules.shutdown().await, 0);
+}

@@ -84,8 +84,9 @@ pub struct SinkCommon {
     /// Where `buffer = "disk"` keeps its queue (default `data/sinks`; relative to the config
     /// file's folder).
     pub buffer_dir: PathBuf,
-    /// `buffer = "disk"`: the most the queue may hold on disk.
-    pub buffer_max_bytes: u64,
+    /// The most the buffer may hold, in bytes (on disk; in memory, the records' estimated
+    /// size). Default: 1 GiB on disk, 256 MiB in memory.
+    pub buffer_max_bytes: Option<u64>,
     /// `buffer = "disk"`, past `buffer_max_bytes`: `refuse` new records or `drop-oldest`
     /// (both counted as dropped).
     pub buffer_overflow: crate::sink::Overflow,
@@ -121,7 +122,7 @@ impl Default for SinkCommon {
             buffer_size: 100_000,
             buffer: BufferKind::Memory,
             buffer_dir: PathBuf::from("data/sinks"),
-            buffer_max_bytes: 1 << 30,
+            buffer_max_bytes: None,
             buffer_overflow: crate::sink::Overflow::Refuse,
             batch_size: 500,
             linger_ms: 5,
@@ -131,6 +132,15 @@ impl Default for SinkCommon {
             record_ttl_s: 3_600,
             dead_letter: None,
         }
+    }
+}
+
+impl SinkCommon {
+    pub fn max_bytes(&self) -> u64 {
+        self.buffer_max_bytes.unwrap_or(match self.buffer {
+            BufferKind::Disk => 1 << 30,
+            BufferKind::Memory => 256 << 20,
+        })
     }
 }
 

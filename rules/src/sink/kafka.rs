@@ -2,6 +2,10 @@
 //! its delivery report says the broker acknowledged it; librdkafka retries inside
 //! `message_timeout_ms`, after which the driver's own backoff takes over, so delivery is
 //! at least once across a Kafka outage.
+//!
+//! The producer is idempotent by default (`enable.idempotence`, `acks=all`, at most 5
+//! requests in flight per connection): librdkafka's own retries after a lost response neither
+//! write a record twice nor let a later record of the same partition (same key) overtake it.
 
 use super::template::{payload_bytes, Template};
 use super::{Deliver, Failure, Record};
@@ -10,9 +14,10 @@ use async_trait::async_trait;
 use rdkafka::config::ClientConfig;
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use serde::Deserialize;
 use std::collections::BTreeMap;
+use tracing::warn;
 
 pub(super) const KIND: SinkKind = SinkKind {
     name: "kafka",
@@ -58,7 +63,8 @@ pub struct KafkaConfig {
     /// it ourselves with backoff).
     #[serde(default = "default_message_timeout")]
     pub message_timeout_ms: u64,
-    /// Extra librdkafka properties (`acks`, `security.protocol`, …).
+    /// Extra librdkafka properties (`security.protocol`, …); they override the defaults above,
+    /// `enable.idempotence = "false"` included.
     #[serde(default)]
     pub properties: BTreeMap<String, String>,
 }
@@ -75,6 +81,9 @@ fn default_message_timeout() -> u64 {
 
 pub struct Kafka {
     producer: FutureProducer,
+    /// Kept to build a new producer when librdkafka declares this one dead (a fatal error,
+    /// e.g. an idempotent producer fenced after a broker lost its state).
+    config: ClientConfig,
     topic: Template,
     key: Option<Template>,
     headers: Vec<(String, Template)>,
@@ -89,7 +98,10 @@ impl Kafka {
             .set("message.timeout.ms", c.message_timeout_ms.to_string())
             // Broker failures show up as delivery reports and are retried; without this
             // librdkafka also logs every reconnect attempt.
-            .set("log.connection.close", "false");
+            .set("log.connection.close", "false")
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("max.in.flight.requests.per.connection", "5");
         for (k, v) in &c.properties {
             cfg.set(k, v);
         }
@@ -100,6 +112,7 @@ impl Kafka {
         }
         Ok(Self {
             producer,
+            config: cfg,
             topic: Template::parse(&c.topic)?,
             key: c.key.as_deref().map(Template::parse).transpose()?,
             headers,
@@ -137,11 +150,42 @@ impl Deliver for Kafka {
                 Err((e, _)) => failures.push((i, classify(&e))),
             }
         }
+        let mut timed_out = 0;
         for (i, report) in reports {
             match report.await {
                 Ok(Ok(_)) => {}
-                Ok(Err((e, _))) => failures.push((i, classify(&e))),
+                Ok(Err((e, _))) => {
+                    if e.rdkafka_error_code()
+                        == Some(rdkafka::types::RDKafkaErrorCode::MessageTimedOut)
+                    {
+                        timed_out += 1;
+                    }
+                    failures.push((i, classify(&e)));
+                }
                 Err(_) => failures.push((i, Failure::Retry("kafka: producer gone".into()))),
+            }
+        }
+        let fatal = self.producer.client().fatal_error();
+        // Nothing of the batch got through in a whole message timeout: the broker may have
+        // lost this producer's state (a restart without it, a failover) and an idempotent
+        // producer can wait on it forever.
+        let stuck = !batch.is_empty() && failures.len() == batch.len() && timed_out == batch.len();
+        if fatal.is_some() || stuck {
+            // A new producer gets a new producer id; the failed records are retried through
+            // it, in order.
+            let why = fatal.map_or_else(
+                || "no progress in message_timeout_ms".to_string(),
+                |(code, reason)| format!("{code:?}: {reason}"),
+            );
+            warn!(reason = %why, "replacing the kafka producer");
+            match self.config.create::<FutureProducer>() {
+                Ok(p) => self.producer = p,
+                Err(e) => warn!(error = %e, "cannot start a new kafka producer"),
+            }
+            for f in &mut failures {
+                if let Failure::Permanent(why) = &f.1 {
+                    f.1 = Failure::Retry(why.clone());
+                }
             }
         }
         failures
