@@ -3,6 +3,7 @@
 //! retries with capped exponential backoff, counters, and a flush on shutdown. A kind only says
 //! how to deliver one batch.
 
+mod bridge;
 mod buffer;
 mod dead_letter;
 mod disk;
