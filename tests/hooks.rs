@@ -61,7 +61,23 @@ impl Hook for Recorder {
     }
     fn on_event(&self, e: &Event) {
         let name = match e {
-            Event::ClientConnected { client: c } => format!("connected:{}", c.client_id),
+            Event::ClientConnected { client: c, facts } => {
+                format!("connected:{}:keepalive={}", c.client_id, facts.keep_alive)
+            }
+            Event::ClientConnack {
+                client: c, code, ..
+            } => {
+                format!("connack:{}:{:#04x}", c.client_id, code.0)
+            }
+            Event::AuthnComplete { client: c, code } => {
+                format!("authn:{}:{:#04x}", c.client_id, code.0)
+            }
+            Event::AuthzComplete {
+                client: c,
+                access,
+                topic,
+                allowed,
+            } => format!("authz:{}:{access:?}:{topic}:{allowed}", c.client_id),
             Event::ClientDisconnected { client: c, .. } => format!("disconnected:{}", c.client_id),
             Event::SessionSubscribed {
                 client: c,
@@ -162,7 +178,11 @@ async fn every_hook_point_is_called_and_decides() {
         .await;
     publisher.client.disconnect().await.unwrap();
     wait_until("the hook saw it", || rec.has("disconnected:writer")).await;
-    assert!(rec.has("connected:watcher") && rec.has("subscribed:watcher:rewritten/#"));
+    assert!(rec.has("connected:watcher:keepalive=30") && rec.has("subscribed:watcher:rewritten/#"));
+    // Authentication, its CONNACK and authorization outcomes, refusals included.
+    assert!(rec.has("authn:blocked:0x8a") && rec.has("connack:blocked:0x8a"));
+    assert!(rec.has("authn:watcher:0x00") && rec.has("connack:watcher:0x00"));
+    assert!(rec.has("authz:watcher:Subscribe:rewritten/#:true"));
     assert!(rec.has("unsubscribed:watcher:drop/#"));
     // Observers see the message as routed (after the rewrite), and not what a hook dropped.
     assert!(rec.has("accepted:writer:rewritten/x"));

@@ -26,7 +26,10 @@ impl HookSet {
     /// Every message a client published and the broker routed, after all message hooks (what
     /// subscribers received). Observed without blocking: the rule engine's input.
     pub const MESSAGE_ACCEPTED: Self = Self(32);
-    pub const ALL: Self = Self(63);
+    /// Authentication and authorization outcomes ([`Event::AuthnComplete`],
+    /// [`Event::AuthzComplete`]): one per publish, so only built for a hook that asks.
+    pub const AUTH_EVENTS: Self = Self(64);
+    pub const ALL: Self = Self(127);
 
     pub const fn union(self, other: Self) -> Self {
         Self(self.0 | other.0)
@@ -158,11 +161,42 @@ pub enum MessageDecision {
     Modify(Box<Message>),
 }
 
+/// What a client asked for at CONNECT, as events report it.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectFacts {
+    /// The keep-alive the client asked for, in seconds.
+    pub keep_alive: u16,
+    pub clean_start: bool,
+    /// The session expiry granted, in seconds (`u32::MAX`: never).
+    pub session_expiry: u32,
+    /// When its CONNECT was read.
+    pub at: std::time::SystemTime,
+}
+
 /// Something that happened, for observers. Never awaited by the routing path.
 #[derive(Debug, Clone)]
 pub enum Event {
     ClientConnected {
         client: Arc<ClientInfo>,
+        facts: ConnectFacts,
+    },
+    /// A CONNACK went to the client: `code` is success or why it was refused.
+    ClientConnack {
+        client: Arc<ClientInfo>,
+        facts: ConnectFacts,
+        code: ReasonCode,
+    },
+    /// Authentication decided: `code` is success or why the client was refused.
+    AuthnComplete {
+        client: Arc<ClientInfo>,
+        code: ReasonCode,
+    },
+    /// An authorization check decided a publish or a subscription.
+    AuthzComplete {
+        client: Arc<ClientInfo>,
+        access: Access,
+        topic: Arc<str>,
+        allowed: bool,
     },
     ClientDisconnected {
         client: Arc<ClientInfo>,
@@ -207,10 +241,12 @@ impl Event {
     fn interest(&self) -> HookSet {
         match self {
             Event::ClientConnected { .. }
+            | Event::ClientConnack { .. }
             | Event::ClientDisconnected { .. }
             | Event::SessionSubscribed { .. }
             | Event::SessionUnsubscribed { .. } => HookSet::CLIENT_EVENTS,
             Event::MessageAccepted { .. } => HookSet::MESSAGE_ACCEPTED,
+            Event::AuthnComplete { .. } | Event::AuthzComplete { .. } => HookSet::AUTH_EVENTS,
             _ => HookSet::MESSAGE_EVENTS,
         }
     }
@@ -524,8 +560,10 @@ impl HookChain {
 
     /// Builds the event only if some hook observes that kind.
     pub fn emit(&self, make: impl FnOnce() -> Event) {
-        let observed =
-            HookSet::CLIENT_EVENTS.0 | HookSet::MESSAGE_EVENTS.0 | HookSet::MESSAGE_ACCEPTED.0;
+        let observed = HookSet::CLIENT_EVENTS.0
+            | HookSet::MESSAGE_EVENTS.0
+            | HookSet::MESSAGE_ACCEPTED.0
+            | HookSet::AUTH_EVENTS.0;
         if self.interests.load(Ordering::Relaxed) & observed == 0 {
             return;
         }

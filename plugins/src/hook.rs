@@ -152,7 +152,7 @@ impl Hook for PluginHook {
             return;
         };
         let (client, event) = match e {
-            Event::ClientConnected { client } => (client, wit::ClientEvent::Connected),
+            Event::ClientConnected { client, .. } => (client, wit::ClientEvent::Connected),
             Event::ClientDisconnected { client, reason } => {
                 (client, wit::ClientEvent::Disconnected(reason.clone()))
             }
@@ -191,7 +191,11 @@ impl Hook for PluginHook {
                 };
                 return self.send_event(tx, client, Observed::Message(ev));
             }
-            Event::MessageAccepted { .. } => return,
+            // Not in the plugin interface.
+            Event::ClientConnack { .. }
+            | Event::AuthnComplete { .. }
+            | Event::AuthzComplete { .. }
+            | Event::MessageAccepted { .. } => return,
         };
         self.send_event(tx, cached_client(client), Observed::Client(event));
     }

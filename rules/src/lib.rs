@@ -4,7 +4,9 @@
 //!
 //! - [`config`]: the `[rules]` table and `[sink.NAME]` tables (common keys; each kind checks
 //!   its own).
-//! - [`script`]: the Rhai side: the rule builder API, message and event values, helpers, limits.
+//! - [`script`]: the Rhai side: the rule builder API, sources (topics and `$events/...`), limits.
+//! - `message`: the message type rule functions see and EMQX's message fields.
+//! - `helpers`: the functions rules call (time, encodings, hashing, UUIDs, bits, compression).
 //! - [`native`]: simple `when` filters compiled to Rust, run on the routing thread.
 //! - `engine`: the running engine (hook, events, reload, workers, status).
 //! - `queue`: the bounded queue between routing and the workers.
@@ -15,6 +17,8 @@
 
 pub mod config;
 mod engine;
+mod helpers;
+mod message;
 pub mod native;
 mod print;
 mod queue;

@@ -1,26 +1,28 @@
 //! The Rhai side: a sandboxed engine with the rule-building API (`rule`, `on`, `from`, `when`,
-//! `select`, `to`, sink names), the message type rules see, and the helpers analysts expect.
+//! `select`, `to`, sink names) and its limits. The message type is in `message`, the helpers
+//! in `helpers`.
 
 use crate::config::RulesConfig;
 use parking_lot::Mutex;
-use rhai::{
-    Array, Blob, Dynamic, Engine, EvalAltResult, FnPtr, ImmutableString, Map, NativeCallContext,
-    Position, AST,
-};
+use rhai::{Array, Dynamic, Engine, EvalAltResult, FnPtr, NativeCallContext, Position, AST};
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
-use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use switchyard_core::hooks::ClientInfo;
-use switchyard_core::message::Message;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 use switchyard_core::topic;
+
+pub use crate::message::{default_output, message_fields, millis, node_name, Msg};
 
 type RhaiResult<T> = Result<T, Box<EvalAltResult>>;
 
-/// Event names rules may listen to with `on(...)`; the names EMQX users know.
+/// Event names rules may listen to with `on(...)` or `from("$events/...")`; the names EMQX
+/// users know.
 pub const EVENT_NAMES: &[&str] = &[
     "client.connected",
+    "client.connack",
     "client.disconnected",
+    "client.check_authn_complete",
+    "client.check_authz_complete",
     "session.subscribed",
     "session.unsubscribed",
     "message.delivered",
@@ -33,7 +35,6 @@ thread_local! {
     static DEADLINE: Cell<Option<Instant>> = const { Cell::new(None) };
     /// Set while a rule file's top level runs: where `rule(...)` and `on(...)` put what they build.
     static LOADING: RefCell<Option<Loading>> = const { RefCell::new(None) };
-    static REGEXES: RefCell<HashMap<String, regex::Regex>> = RefCell::new(HashMap::new());
 }
 
 /// Runs `f` with a wall-clock deadline for the Rhai code it evaluates.
@@ -44,12 +45,22 @@ pub fn with_deadline<T>(budget: Duration, f: impl FnOnce() -> T) -> T {
     r
 }
 
-#[derive(Debug, Clone)]
-pub enum Trigger {
+/// What a rule runs on: messages on its topic filters and the events it names.
+#[derive(Debug, Clone, Default)]
+pub struct Trigger {
     /// Topic filters (`from`).
-    Messages(Vec<String>),
-    /// An event name (`on`).
-    Event(&'static str),
+    pub filters: Vec<String>,
+    /// Event names (`on`, or `from("$events/...")`).
+    pub events: Vec<&'static str>,
+}
+
+/// `client.connected`, `client_connected`, `$events/client_connected`: the known event name.
+fn event_named(name: &str) -> Option<&'static str> {
+    let name = name.strip_prefix("$events/").unwrap_or(name);
+    EVENT_NAMES
+        .iter()
+        .find(|e| **e == name || e.replace('.', "_") == name)
+        .copied()
 }
 
 /// A rule as its file defined it.
@@ -125,13 +136,11 @@ pub fn load_file(
     let mut rules = Vec::new();
     for def in loading.map(|l| l.rules).unwrap_or_default() {
         let def = def.lock().clone();
-        if let Trigger::Messages(filters) = &def.trigger {
-            if filters.is_empty() {
-                return Err(format!(
-                    "{file}:{}: rule {:?} has no topic filters: add .from([...])",
-                    def.line, def.name
-                ));
-            }
+        if def.trigger.filters.is_empty() && def.trigger.events.is_empty() {
+            return Err(format!(
+                "{file}:{}: rule {:?} has no topic filters or events: add .from([...])",
+                def.line, def.name
+            ));
         }
         if def.sinks.is_empty() {
             return Err(format!(
@@ -142,83 +151,6 @@ pub fn load_file(
         rules.push(def);
     }
     Ok((Arc::new(ast), rules))
-}
-
-/// What a rule sees of a message. Cheap to clone; `json` is decoded on first use and shared
-/// read-only by every rule the message runs.
-#[derive(Clone)]
-pub struct Msg(Arc<MsgData>);
-
-struct MsgData {
-    client: Arc<ClientInfo>,
-    msg: Arc<Message>,
-    json: OnceLock<Result<Dynamic, String>>,
-}
-
-impl Msg {
-    pub fn new(client: Arc<ClientInfo>, msg: Arc<Message>) -> Self {
-        Self(Arc::new(MsgData {
-            client,
-            msg,
-            json: OnceLock::new(),
-        }))
-    }
-
-    pub fn message(&self) -> &Message {
-        &self.0.msg
-    }
-
-    pub fn client(&self) -> &ClientInfo {
-        &self.0.client
-    }
-
-    fn json(&mut self) -> RhaiResult<Dynamic> {
-        let parsed = self.0.json.get_or_init(|| {
-            serde_json::from_slice::<serde_json::Value>(&self.0.msg.payload)
-                .map_err(|e| format!("payload of {} is not JSON: {e}", self.0.msg.topic))
-                .and_then(|v| rhai::serde::to_dynamic(v).map_err(|e| e.to_string()))
-                .map(|d| d.into_read_only())
-        });
-        match parsed {
-            Ok(d) => Ok(d.clone()),
-            Err(e) => Err(e.clone().into()),
-        }
-    }
-
-    /// The default output of a rule without `select`.
-    pub fn to_output(&self) -> serde_json::Value {
-        default_output(&self.0.client, &self.0.msg)
-    }
-}
-
-/// What a rule without `select` sends: the message and who published it.
-pub fn default_output(c: &ClientInfo, m: &Message) -> serde_json::Value {
-    {
-        serde_json::json!({
-            "topic": &*m.topic,
-            "clientid": &*c.client_id,
-            "username": c.username.as_deref(),
-            "peerhost": c.peer_addr.ip().to_string(),
-            "qos": m.qos as u8,
-            "retain": m.retain,
-            "payload": String::from_utf8_lossy(&m.payload),
-            "ts": millis(m.received_at),
-        })
-    }
-}
-
-pub fn millis(t: SystemTime) -> i64 {
-    t.duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
-fn user_properties(m: &Message) -> Map {
-    let mut out = Map::new();
-    for (k, v) in &m.properties.user_properties {
-        out.insert(k.as_str().into(), Dynamic::from(v.to_string()));
-    }
-    out
 }
 
 /// The sandboxed engine every rule file and evaluation uses.
@@ -251,8 +183,8 @@ pub fn build_engine(cfg: &RulesConfig) -> Engine {
     engine.on_print(|s| crate::print::print(s, false));
     engine.on_debug(|s, _src, _pos| crate::print::print(s, true));
     register_builder(&mut engine);
-    register_message(&mut engine);
-    register_helpers(&mut engine);
+    crate::message::register_message(&mut engine);
+    crate::helpers::register_helpers(&mut engine, cfg.max_string_size);
     engine
 }
 
@@ -305,12 +237,19 @@ fn register_builder(engine: &mut Engine) {
     engine.register_type_with_name::<RuleBuilder>("Rule");
     engine.register_type_with_name::<SinkRef>("Sink");
     engine.register_fn("rule", |ctx: NativeCallContext, name: &str| {
-        new_rule(&ctx, name.to_string(), Trigger::Messages(Vec::new()))
+        new_rule(&ctx, name.to_string(), Trigger::default())
     });
     engine.register_fn(
         "on",
-        |ctx: NativeCallContext, event: &str| match EVENT_NAMES.iter().find(|e| **e == event) {
-            Some(e) => new_rule(&ctx, format!("on({e})"), Trigger::Event(e)),
+        |ctx: NativeCallContext, event: &str| match event_named(event) {
+            Some(e) => new_rule(
+                &ctx,
+                format!("on({e})"),
+                Trigger {
+                    filters: Vec::new(),
+                    events: vec![e],
+                },
+            ),
             None => Err(err_at(
                 format!("unknown event {event:?}; known: {}", EVENT_NAMES.join(", ")),
                 ctx.call_position(),
@@ -323,20 +262,27 @@ fn register_builder(engine: &mut Engine) {
         filters: Vec<String>,
     ) -> RhaiResult<RuleBuilder> {
         let mut def = b.0.lock();
-        let Trigger::Messages(list) = &mut def.trigger else {
-            return Err(err_at(
-                "from() is for rule(...), not on(...)",
-                ctx.call_position(),
-            ));
-        };
         for f in filters {
+            // `$events/NAME` is an event source, as in EMQX's FROM.
+            if f.starts_with("$events/") {
+                let Some(e) = event_named(&f) else {
+                    return Err(err_at(
+                        format!("unknown event {f:?}; known: {}", EVENT_NAMES.join(", ")),
+                        ctx.call_position(),
+                    ));
+                };
+                if !def.trigger.events.contains(&e) {
+                    def.trigger.events.push(e);
+                }
+                continue;
+            }
             if !topic::valid_topic_filter(&f) || f.starts_with("$share/") {
                 return Err(err_at(
                     format!("not a topic filter: {f:?}"),
                     ctx.call_position(),
                 ));
             }
-            list.push(f);
+            def.trigger.filters.push(f);
         }
         Ok(b.clone())
     }
@@ -404,134 +350,5 @@ fn register_builder(engine: &mut Engine) {
     });
     engine.register_fn("mqtt", |ctx: NativeCallContext, name: &str| {
         sink_of_kind(&ctx, name, &["mqtt"])
-    });
-}
-
-fn register_message(engine: &mut Engine) {
-    engine.register_type_with_name::<Msg>("Message");
-    engine.register_get("topic", |m: &mut Msg| -> ImmutableString {
-        (&*m.0.msg.topic).into()
-    });
-    engine.register_fn("level", |m: &mut Msg, n: i64| -> Dynamic {
-        usize::try_from(n)
-            .ok()
-            .and_then(|n| m.0.msg.topic.split('/').nth(n))
-            .map_or(Dynamic::UNIT, |s| Dynamic::from(s.to_string()))
-    });
-    engine.register_get("clientid", |m: &mut Msg| -> ImmutableString {
-        (&*m.0.client.client_id).into()
-    });
-    engine.register_get("username", |m: &mut Msg| -> Dynamic {
-        m.0.client
-            .username
-            .as_deref()
-            .map_or(Dynamic::UNIT, |u| Dynamic::from(u.to_string()))
-    });
-    engine.register_get("peerhost", |m: &mut Msg| {
-        m.0.client.peer_addr.ip().to_string()
-    });
-    engine.register_get("peer", |m: &mut Msg| m.0.client.peer_addr.to_string());
-    engine.register_get("listener", |m: &mut Msg| -> ImmutableString {
-        (&*m.0.client.listener).into()
-    });
-    engine.register_get("qos", |m: &mut Msg| m.0.msg.qos as i64);
-    engine.register_get("retain", |m: &mut Msg| m.0.msg.retain);
-    engine.register_get("payload", |m: &mut Msg| -> Blob {
-        m.0.msg.payload.to_vec()
-    });
-    engine.register_get("size", |m: &mut Msg| m.0.msg.payload.len() as i64);
-    engine.register_get("text", |m: &mut Msg| {
-        String::from_utf8_lossy(&m.0.msg.payload).into_owned()
-    });
-    engine.register_get("json", Msg::json);
-    engine.register_get("user_properties", |m: &mut Msg| user_properties(&m.0.msg));
-    engine.register_get("ts", |m: &mut Msg| millis(m.0.msg.received_at));
-    engine.register_fn("attribute", |m: &mut Msg, key: &str| -> Dynamic {
-        m.0.client
-            .attribute(key)
-            .map_or(Dynamic::UNIT, |v| Dynamic::from(v.to_string()))
-    });
-}
-
-fn with_regex<T>(pattern: &str, f: impl FnOnce(&regex::Regex) -> T) -> RhaiResult<T> {
-    REGEXES.with(|cache| {
-        let mut cache = cache.borrow_mut();
-        if !cache.contains_key(pattern) {
-            let re = regex::RegexBuilder::new(pattern)
-                .size_limit(1 << 20)
-                .build()
-                .map_err(|e| -> Box<EvalAltResult> {
-                    format!("bad regex {pattern:?}: {e}").into()
-                })?;
-            // Patterns usually are literals in rules; a bounded cache keeps a rule that builds
-            // them from data from growing it forever.
-            if cache.len() >= 256 {
-                cache.clear();
-            }
-            cache.insert(pattern.to_string(), re);
-        }
-        Ok(f(&cache[pattern]))
-    })
-}
-
-fn register_helpers(engine: &mut Engine) {
-    use base64::engine::general_purpose::STANDARD as B64;
-    use base64::Engine as _;
-    engine.register_fn("now", || millis(SystemTime::now()));
-    engine.register_fn("format_time", |ms: i64, fmt: &str| -> RhaiResult<String> {
-        use std::fmt::Write as _;
-        let t = chrono::DateTime::from_timestamp_millis(ms).ok_or("time out of range")?;
-        let mut out = String::new();
-        write!(out, "{}", t.format(fmt)).map_err(|_| format!("bad time format {fmt:?}"))?;
-        Ok(out)
-    });
-    engine.register_fn("format_time", |ms: i64| -> RhaiResult<String> {
-        let t = chrono::DateTime::from_timestamp_millis(ms).ok_or("time out of range")?;
-        Ok(t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
-    });
-    engine.register_fn("base64_encode", |b: Blob| B64.encode(b));
-    engine.register_fn("base64_encode", |s: &str| B64.encode(s));
-    engine.register_fn("base64_decode", |s: &str| -> RhaiResult<Blob> {
-        B64.decode(s)
-            .map_err(|e| format!("base64_decode: {e}").into())
-    });
-    engine.register_fn("hex_encode", |b: Blob| hex::encode(b));
-    engine.register_fn("hex_encode", |s: &str| hex::encode(s));
-    engine.register_fn("hex_decode", |s: &str| -> RhaiResult<Blob> {
-        hex::decode(s).map_err(|e| format!("hex_decode: {e}").into())
-    });
-    engine.register_fn("blob_to_string", |b: Blob| {
-        String::from_utf8_lossy(&b).into_owned()
-    });
-    engine.register_fn("regex_match", |text: &str, pattern: &str| {
-        with_regex(pattern, |re| re.is_match(text))
-    });
-    engine.register_fn("regex_capture", |text: &str, pattern: &str| {
-        with_regex(pattern, |re| -> Array {
-            re.captures(text).map_or_else(Array::new, |caps| {
-                caps.iter()
-                    .map(|m| m.map_or(Dynamic::UNIT, |m| Dynamic::from(m.as_str().to_string())))
-                    .collect()
-            })
-        })
-    });
-    engine.register_fn("regex_replace", |text: &str, pattern: &str, with: &str| {
-        with_regex(pattern, |re| re.replace_all(text, with).into_owned())
-    });
-    engine.register_fn("join", |items: Array, sep: &str| {
-        items
-            .iter()
-            .map(|d| d.to_string())
-            .collect::<Vec<_>>()
-            .join(sep)
-    });
-    engine.register_fn("json_encode", |v: Dynamic| -> RhaiResult<String> {
-        let v: serde_json::Value = rhai::serde::from_dynamic(&v)?;
-        Ok(v.to_string())
-    });
-    engine.register_fn("json_decode", |s: &str| -> RhaiResult<Dynamic> {
-        let v: serde_json::Value =
-            serde_json::from_str(s).map_err(|e| format!("json_decode: {e}"))?;
-        rhai::serde::to_dynamic(v)
     });
 }

@@ -259,7 +259,13 @@ mod tests {
             attributes: vec![],
             extension: Default::default(),
         });
-        let (att, _) = Attachment::open(&broker, client, true, 0).unwrap();
+        let facts = crate::hooks::ConnectFacts {
+            keep_alive: 0,
+            clean_start: true,
+            session_expiry: 0,
+            at: std::time::SystemTime::now(),
+        };
+        let (att, _) = Attachment::open(&broker, client, facts).unwrap();
         let ctx = Arc::new(ListenerContext {
             broker: broker.clone(),
             name: "tcp:test".into(),

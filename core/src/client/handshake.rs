@@ -7,7 +7,7 @@ use super::outbound::OutAliases;
 use super::pipeline::Attachment;
 use super::ListenerContext;
 use crate::guard::Refusal;
-use crate::hooks::{Admission, AuthStep, ClientInfo, ConnectInfo};
+use crate::hooks::{Admission, AuthStep, ClientInfo, ConnectFacts, ConnectInfo, Event};
 use crate::metrics::{Limit, Metrics};
 use crate::protocol::*;
 use bytes::BytesMut;
@@ -172,6 +172,40 @@ where
         }
     }
 
+    let mut info = ClientInfo {
+        client_id: Arc::from(client_id.as_str()),
+        username: connect.username.as_deref().map(Arc::from),
+        peer_addr: peer,
+        protocol: version,
+        listener: ctx.name.clone(),
+        cert_common_name: cert_cn,
+        attributes: Vec::new(),
+        extension: Default::default(),
+    };
+
+    let requested_expiry = if v5 {
+        connect.properties.session_expiry_interval.unwrap_or(0)
+    } else if connect.clean_start {
+        0
+    } else {
+        u32::MAX
+    };
+    let session_expiry = requested_expiry.min(cfg.session_expiry_max_s);
+    let facts = ConnectFacts {
+        keep_alive: connect.keep_alive,
+        clean_start: connect.clean_start,
+        session_expiry,
+        at: std::time::SystemTime::now(),
+    };
+    // Every CONNACK from here on is announced, refusals included.
+    let connack_event = |info: &ClientInfo, code: ReasonCode| {
+        broker.hooks.emit(|| Event::ClientConnack {
+            client: Arc::new(info.clone()),
+            facts,
+            code,
+        });
+    };
+
     // The door: bans (flapping or listed) and the session limit, before any authentication
     // work is spent on the client.
     let refused = match broker.guard.admit_client(
@@ -199,19 +233,9 @@ where
     if let Some((code, why)) = refused {
         info!(client_id = %client_id, listener = %ctx.name, %peer, reason = %why, "connection refused");
         let _ = stream.write_all(&refusal(code, version)).await;
+        connack_event(&info, code);
         return None;
     }
-
-    let mut info = ClientInfo {
-        client_id: Arc::from(client_id.as_str()),
-        username: connect.username.as_deref().map(Arc::from),
-        peer_addr: peer,
-        protocol: version,
-        listener: ctx.name.clone(),
-        cert_common_name: cert_cn,
-        attributes: Vec::new(),
-        extension: Default::default(),
-    };
 
     // Enhanced authentication is v5 only; a v3 CONNECT has no properties to name a method.
     let auth = match &connect.properties.authentication_method {
@@ -248,11 +272,22 @@ where
             Err(code) => Err(Some(code)),
         }
     };
+    if let Ok(_) | Err(Some(_)) = &admitted {
+        let code = match &admitted {
+            Err(Some(code)) => *code,
+            _ => ReasonCode::SUCCESS,
+        };
+        broker.hooks.emit(|| Event::AuthnComplete {
+            client: Arc::new(info.clone()),
+            code,
+        });
+    }
     match admitted {
         Ok(attrs) => info.attributes = attrs,
         Err(Some(code)) => {
             info!(client_id = %info.client_id, listener = %ctx.name, %peer, reason = %code, "connection refused");
             let _ = stream.write_all(&refusal(code, version)).await;
+            connack_event(&info, code);
             return None;
         }
         // The client went away, or its enhanced authentication ran out of time.
@@ -262,14 +297,6 @@ where
         }
     }
 
-    let requested_expiry = if v5 {
-        connect.properties.session_expiry_interval.unwrap_or(0)
-    } else if connect.clean_start {
-        0
-    } else {
-        u32::MAX
-    };
-    let session_expiry = requested_expiry.min(cfg.session_expiry_max_s);
     if v5 && session_expiry != requested_expiry {
         ack_props.session_expiry_interval = Some(session_expiry);
     }
@@ -300,21 +327,18 @@ where
     }
 
     let client = Arc::new(info);
-    let (att, session_present) = match Attachment::open(
-        &broker,
-        client.clone(),
-        connect.clean_start,
-        session_expiry,
-    ) {
+    let (att, session_present) = match Attachment::open(&broker, client.clone(), facts) {
         Ok(opened) => opened,
         Err(e) => {
             info!(client_id = %client.client_id, listener = %ctx.name, %peer, user = client.username.as_deref(), error = %e, "connection refused");
             let _ = stream
                 .write_all(&refusal(ReasonCode::NOT_AUTHORIZED, version))
                 .await;
+            connack_event(&client, ReasonCode::NOT_AUTHORIZED);
             return None;
         }
     };
+    connack_event(&client, ReasonCode::SUCCESS);
     let connack = Packet::ConnAck(ConnAck {
         session_present,
         code: ReasonCode::SUCCESS,

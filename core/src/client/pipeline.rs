@@ -11,7 +11,7 @@
 
 use crate::broker::Broker;
 use crate::guard::rate::TokenBucket;
-use crate::hooks::{Access, AclDecision, ClientInfo, Event, HookSet};
+use crate::hooks::{Access, AclDecision, ClientInfo, ConnectFacts, Event, HookSet};
 use crate::message::Message;
 use crate::metrics::{Limit, Metrics};
 use crate::protocol::{QoS, ReasonCode, SubscriptionOptions};
@@ -88,10 +88,9 @@ impl Attachment {
     pub fn open(
         broker: &Arc<Broker>,
         client: Arc<ClientInfo>,
-        clean_start: bool,
-        session_expiry: u32,
+        facts: ConnectFacts,
     ) -> Result<(Attachment, bool), SessionOwnedByOther> {
-        let attached = broker.attach(&client, clean_start, session_expiry)?;
+        let attached = broker.attach(&client, facts.clean_start, facts.session_expiry)?;
         if broker.shutdown.is_cancelled() {
             // Attached after `begin_shutdown` woke everyone: wake ourselves to close too.
             attached.session.wake();
@@ -108,6 +107,7 @@ impl Attachment {
         );
         broker.hooks.emit(|| Event::ClientConnected {
             client: client.clone(),
+            facts,
         });
         let att = Attachment {
             broker: broker.clone(),
@@ -205,11 +205,15 @@ impl Attachment {
                 msg.qos,
             ))
             .await;
+            let denied = matches!(decision, AclDecision::Deny(_));
+            self.authz_event(Access::Publish, &msg.topic, !denied);
             if let AclDecision::Deny(code) = decision {
                 Metrics::add(&broker.metrics.publishes_denied, 1);
                 debug!(client_id = %self.client.client_id, listener = %self.client.listener, topic = %msg.topic, reason = %code, "publish denied");
                 return Err(PublishRefused::Denied(code));
             }
+        } else {
+            self.authz_event(Access::Publish, &msg.topic, true);
         }
         let msg = if broker.hooks.wants(HookSet::MESSAGE_PUBLISH) {
             let before = msg.topic.as_ptr() as usize;
@@ -237,11 +241,21 @@ impl Attachment {
         let (routed, pending) = broker.route(&msg);
         let mut congested = routed.congested;
         let mut lsn = routed.lsn;
+        let mut queued = routed.queued;
         if !pending.is_empty() {
             // Boxed, as the wait below: rare paths kept out of every publish's future.
             let late = Box::pin(broker.resolve_reads(&msg, pending)).await;
             congested = congested.or(late.congested);
             lsn = lsn.max(late.lsn);
+            queued += late.queued;
+        }
+        if queued == 0 && !msg.retain {
+            broker.hooks.emit(|| Event::MessageDropped {
+                to: None,
+                receiver: None,
+                msg: msg.clone(),
+                reason: "no subscribers",
+            });
         }
         if lsn > 0 {
             self.commit_lsn.fetch_max(lsn, Ordering::Relaxed);
@@ -262,6 +276,16 @@ impl Attachment {
             }
         }
         Ok(())
+    }
+
+    /// Tells observers of authorization outcomes (built only when one asks).
+    fn authz_event(&self, access: Access, topic: &str, allowed: bool) {
+        self.broker.hooks.emit(|| Event::AuthzComplete {
+            client: self.client.clone(),
+            access,
+            topic: Arc::from(topic),
+            allowed,
+        });
     }
 
     /// Takes one message and `bytes` from the client's publish rate buckets.
@@ -320,12 +344,18 @@ impl Attachment {
         }
         let hooks = &self.broker.hooks;
         if !hooks.wants(HookSet::AUTHORIZE) {
+            self.authz_event(Access::Subscribe, filter, true);
             return Ok(Grant::Full);
         }
-        match hooks
+        let decision = hooks
             .authorize(&self.client, Access::Subscribe, filter, options.qos)
-            .await
-        {
+            .await;
+        self.authz_event(
+            Access::Subscribe,
+            filter,
+            !matches!(decision, AclDecision::Deny(_)),
+        );
+        match decision {
             AclDecision::Deny(code) => {
                 debug!(client_id = %self.client.client_id, listener = %self.client.listener, filter, "subscribe denied");
                 let code = if code.is_error() {

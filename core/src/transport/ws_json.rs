@@ -260,8 +260,14 @@ async fn open(
         // No AUTH packets in JSON framing: a hook that would challenge cannot be answered.
         Admission::Challenge { .. } => return Err(ReasonCode::NOT_AUTHORIZED),
     };
-    let (att, _) = Attachment::open(broker, Arc::new(info), true, 0)
-        .map_err(|_| ReasonCode::NOT_AUTHORIZED)?;
+    let facts = crate::hooks::ConnectFacts {
+        keep_alive: 0,
+        clean_start: true,
+        session_expiry: 0,
+        at: std::time::SystemTime::now(),
+    };
+    let (att, _) =
+        Attachment::open(broker, Arc::new(info), facts).map_err(|_| ReasonCode::NOT_AUTHORIZED)?;
     Ok(att)
 }
 

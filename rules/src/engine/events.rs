@@ -1,14 +1,18 @@
 //! Client and message events as rules see them: EMQX's event names and fields.
 
 use rhai::{Dynamic, Map};
-use switchyard_core::hooks::Event;
+use switchyard_core::hooks::{Access, ClientInfo, ConnectFacts, Event};
+use switchyard_core::protocol::ReasonCode;
 
 use crate::script;
 
 pub(super) fn event_name(e: &Event) -> Option<&'static str> {
     Some(match e {
         Event::ClientConnected { .. } => "client.connected",
+        Event::ClientConnack { .. } => "client.connack",
         Event::ClientDisconnected { .. } => "client.disconnected",
+        Event::AuthnComplete { .. } => "client.check_authn_complete",
+        Event::AuthzComplete { .. } => "client.check_authz_complete",
         Event::SessionSubscribed { .. } => "session.subscribed",
         Event::SessionUnsubscribed { .. } => "session.unsubscribed",
         Event::MessageDelivered { .. } => "message.delivered",
@@ -21,8 +25,11 @@ pub(super) fn event_name(e: &Event) -> Option<&'static str> {
 /// The client an event is about (its receiver, for message events), if any.
 pub(super) fn event_client(e: &Event) -> Option<&str> {
     match e {
-        Event::ClientConnected { client }
+        Event::ClientConnected { client, .. }
+        | Event::ClientConnack { client, .. }
         | Event::ClientDisconnected { client, .. }
+        | Event::AuthnComplete { client, .. }
+        | Event::AuthzComplete { client, .. }
         | Event::SessionSubscribed { client, .. }
         | Event::SessionUnsubscribed { client, .. }
         | Event::MessageAccepted { client, .. } => Some(&client.client_id),
@@ -31,34 +38,41 @@ pub(super) fn event_client(e: &Event) -> Option<&str> {
     }
 }
 
+/// A reason code as EMQX names it: `success`, `not_authorized`, `banned`, …
+pub(crate) fn reason_name(code: ReasonCode) -> String {
+    code.describe().replace(' ', "_")
+}
+
 /// An event as rules see it: a map with the fields EMQX users know.
 pub(super) fn event_map(name: &str, e: &Event) -> Map {
     let mut m = Map::new();
     let mut put = |k: &str, v: Dynamic| {
         m.insert(k.into(), v);
     };
+    let now = script::millis(std::time::SystemTime::now());
     put("event", name.to_string().into());
-    put("ts", script::millis(std::time::SystemTime::now()).into());
+    put("ts", now.into());
+    put("timestamp", now.into());
+    put("node", script::node_name().into());
     let client = match e {
-        Event::ClientConnected { client }
+        Event::ClientConnected { client, .. }
+        | Event::ClientConnack { client, .. }
         | Event::ClientDisconnected { client, .. }
+        | Event::AuthnComplete { client, .. }
+        | Event::AuthzComplete { client, .. }
         | Event::SessionSubscribed { client, .. }
         | Event::SessionUnsubscribed { client, .. } => Some(client),
         _ => None,
     };
     if let Some(c) = client {
-        put("clientid", c.client_id.to_string().into());
-        put(
-            "username",
-            c.username
-                .as_deref()
-                .map_or(Dynamic::UNIT, |u| u.to_string().into()),
-        );
-        put("peerhost", c.peer_addr.ip().to_string().into());
-        put("listener", c.listener.to_string().into());
-        put("proto_ver", (c.protocol as u8 as i64).into());
+        client_fields(&mut put, c);
     }
     match e {
+        Event::ClientConnected { facts, .. } => connect_fields(&mut put, facts),
+        Event::ClientConnack { facts, code, .. } => {
+            connect_fields(&mut put, facts);
+            put("reason_code", reason_name(*code).into());
+        }
         Event::ClientDisconnected { reason: why, .. } => {
             // A DISCONNECT from the client is what EMQX calls "normal".
             let reason = if why == "client disconnected" {
@@ -67,6 +81,27 @@ pub(super) fn event_map(name: &str, e: &Event) -> Map {
                 why.as_str()
             };
             put("reason", reason.to_string().into());
+            put("disconnected_at", now.into());
+        }
+        Event::AuthnComplete { client, code } => {
+            put("reason_code", reason_name(*code).into());
+            put("is_anonymous", client.username.is_none().into());
+            put("is_superuser", false.into());
+        }
+        Event::AuthzComplete {
+            access,
+            topic,
+            allowed,
+            ..
+        } => {
+            put("topic", topic.to_string().into());
+            let action = match access {
+                Access::Publish => "publish",
+                Access::Subscribe => "subscribe",
+                Access::Read => "read",
+            };
+            put("action", action.into());
+            put("result", if *allowed { "allow" } else { "deny" }.into());
         }
         Event::SessionSubscribed { filter, qos, .. } => {
             put("topic", filter.clone().into());
@@ -78,7 +113,9 @@ pub(super) fn event_map(name: &str, e: &Event) -> Map {
             if let Some(user) = &to.username {
                 put("username", user.to_string().into());
             }
-            message_fields(&mut put, msg);
+            for (k, v) in script::message_fields(msg) {
+                put(&k, v);
+            }
         }
         Event::MessageDropped {
             to,
@@ -91,27 +128,35 @@ pub(super) fn event_map(name: &str, e: &Event) -> Map {
                 to.as_deref()
                     .map_or(Dynamic::UNIT, |c| c.to_string().into()),
             );
-            put("reason", why.to_string().into());
-            message_fields(&mut put, msg);
+            // EMQX's names: no_subscribers, queue_full, expired.
+            put("reason", why.replace(' ', "_").into());
+            for (k, v) in script::message_fields(msg) {
+                put(&k, v);
+            }
         }
         _ => {}
     }
     m
 }
 
-fn message_fields(put: &mut impl FnMut(&str, Dynamic), msg: &switchyard_core::message::Message) {
-    put("topic", msg.topic.to_string().into());
-    put("qos", (msg.qos as i64).into());
-    put("retain", msg.retain.into());
+fn client_fields(put: &mut impl FnMut(&str, Dynamic), c: &ClientInfo) {
+    put("clientid", c.client_id.to_string().into());
     put(
-        "payload",
-        String::from_utf8_lossy(&msg.payload).into_owned().into(),
-    );
-    put(
-        "from_clientid",
-        msg.publisher
+        "username",
+        c.username
             .as_deref()
-            .map_or(Dynamic::UNIT, |p| p.to_string().into()),
+            .map_or(Dynamic::UNIT, |u| u.to_string().into()),
     );
-    put("publish_ts", script::millis(msg.received_at).into());
+    put("peerhost", c.peer_addr.ip().to_string().into());
+    put("peername", c.peer_addr.to_string().into());
+    put("listener", c.listener.to_string().into());
+    put("proto_name", "MQTT".into());
+    put("proto_ver", (c.protocol as u8 as i64 + 3).into());
+}
+
+fn connect_fields(put: &mut impl FnMut(&str, Dynamic), f: &ConnectFacts) {
+    put("keepalive", i64::from(f.keep_alive).into());
+    put("clean_start", f.clean_start.into());
+    put("expiry_interval", i64::from(f.session_expiry).into());
+    put("connected_at", script::millis(f.at).into());
 }

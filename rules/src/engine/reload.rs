@@ -5,7 +5,7 @@ use super::hook::RulesHook;
 use super::{IndexEntry, Rule, RuleEngine, RuleSet, RulesError, HOOK_PRIORITY};
 use crate::config::{RulesConfig, SinkConfig};
 use crate::native::Predicate;
-use crate::script::{self, RuleDef, Trigger};
+use crate::script::{self, RuleDef};
 use rhai::{Engine, AST};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -69,29 +69,29 @@ impl RuleEngine {
                     .collect();
                 let stats = s.stats.lock().entry(key).or_default().clone();
                 let idx = set.rules.len() as u32;
-                match &def.trigger {
-                    Trigger::Messages(filters) => {
-                        set.interests = set.interests | HookSet::MESSAGE_ACCEPTED;
-                        for f in filters {
-                            set.index.insert(
-                                f,
-                                None,
-                                IndexEntry {
-                                    key: format!("{idx}").into(),
-                                    rule: idx,
-                                },
-                            );
-                        }
-                    }
-                    Trigger::Event(name) => {
-                        set.interests = set.interests
-                            | if name.starts_with("message.") {
-                                HookSet::MESSAGE_EVENTS
-                            } else {
-                                HookSet::CLIENT_EVENTS
-                            };
-                        set.by_event.entry(name).or_default().push(idx);
-                    }
+                if !def.trigger.filters.is_empty() {
+                    set.interests = set.interests | HookSet::MESSAGE_ACCEPTED;
+                }
+                for f in &def.trigger.filters {
+                    set.index.insert(
+                        f,
+                        None,
+                        IndexEntry {
+                            key: format!("{idx}").into(),
+                            rule: idx,
+                        },
+                    );
+                }
+                for name in &def.trigger.events {
+                    set.interests = set.interests
+                        | if name.starts_with("message.") {
+                            HookSet::MESSAGE_EVENTS
+                        } else if name.starts_with("client.check_") {
+                            HookSet::AUTH_EVENTS
+                        } else {
+                            HookSet::CLIENT_EVENTS
+                        };
+                    set.by_event.entry(name).or_default().push(idx);
                 }
                 let when_native = def.when.as_ref().and_then(|w| Predicate::compile(&ast, w));
                 set.rules.push(Rule {
@@ -229,9 +229,11 @@ fn parse_dir(
         };
         let mut keyed = Vec::with_capacity(defs.len());
         for def in defs {
-            let key = match &def.trigger {
-                Trigger::Messages(_) => def.name.clone(),
-                Trigger::Event(_) => format!("{}@{file}:{}", def.name, def.line),
+            // `on(...)` rules are named after their event: several may share it.
+            let key = if def.name.starts_with("on(") {
+                format!("{}@{file}:{}", def.name, def.line)
+            } else {
+                def.name.clone()
             };
             if let Some(other) = names.insert(key.clone(), format!("{file}:{}", def.line)) {
                 errors.push(format!(

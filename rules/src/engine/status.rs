@@ -1,7 +1,6 @@
 //! What the engine shows operators: `/rules` JSON and Prometheus counters per rule and sink.
 
 use super::{Rule, Shared};
-use crate::script::Trigger;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -12,9 +11,15 @@ pub(super) struct Metrics(pub(super) Arc<Shared>);
 impl Metrics {
     fn rule_json(r: &Rule) -> serde_json::Value {
         let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        let (kind, on) = match &r.def.trigger {
-            Trigger::Messages(filters) => ("messages", serde_json::json!(filters)),
-            Trigger::Event(e) => ("event", serde_json::json!(e)),
+        let t = &r.def.trigger;
+        let (kind, on) = match (t.filters.is_empty(), t.events.as_slice()) {
+            (false, []) => ("messages", serde_json::json!(t.filters)),
+            (true, [one]) => ("event", serde_json::json!(one)),
+            _ => {
+                let mut all = t.filters.clone();
+                all.extend(t.events.iter().map(|e| format!("$events/{e}")));
+                ("mixed", serde_json::json!(all))
+            }
         };
         serde_json::json!({
             "name": r.def.name,
