@@ -125,10 +125,12 @@ impl Deliver for Kafka {
     async fn deliver(&mut self, batch: &[Record]) -> Vec<(usize, Failure)> {
         let mut failures = Vec::new();
         let mut reports = Vec::with_capacity(batch.len());
+        let mut keys: Vec<(String, Option<String>)> = Vec::with_capacity(batch.len());
         for (i, record) in batch.iter().enumerate() {
             let topic = self.topic.render(record);
             let payload = payload_bytes(record);
             let key = self.key.as_ref().map(|k| k.render(record));
+            keys.push((topic.clone(), key.clone()));
             let mut out = FutureRecord::<String, Vec<u8>>::to(&topic).payload(&payload);
             if let Some(key) = &key {
                 out = out.key(key);
@@ -165,6 +167,7 @@ impl Deliver for Kafka {
                 Err(_) => failures.push((i, Failure::Retry("kafka: producer gone".into()))),
             }
         }
+        keep_key_order(&keys, &mut failures);
         let fatal = self.producer.client().fatal_error();
         // Nothing of the batch got through in a whole message timeout: the broker may have
         // lost this producer's state (a restart without it, a failover) and an idempotent
@@ -192,6 +195,38 @@ impl Deliver for Kafka {
     }
 }
 
+/// A record to retry goes after the records delivered so far, so a later record of the same
+/// topic and key that did get through is sent again after it: Kafka's last word per key is
+/// then in publish order (at the cost of a duplicate, and only after librdkafka gave up).
+fn keep_key_order(keys: &[(String, Option<String>)], failures: &mut Vec<(usize, Failure)>) {
+    let retried: Vec<usize> = failures
+        .iter()
+        .filter(|(_, f)| matches!(f, Failure::Retry(_)))
+        .map(|(i, _)| *i)
+        .collect();
+    if retried.is_empty() {
+        return;
+    }
+    let failed: std::collections::HashSet<usize> = failures.iter().map(|(i, _)| *i).collect();
+    let mut first_retry: std::collections::HashMap<&(String, Option<String>), usize> =
+        std::collections::HashMap::new();
+    for i in retried {
+        let Some(k) = keys.get(i) else { continue };
+        first_retry
+            .entry(k)
+            .and_modify(|f| *f = (*f).min(i))
+            .or_insert(i);
+    }
+    for (j, k) in keys.iter().enumerate() {
+        if !failed.contains(&j) && first_retry.get(k).is_some_and(|first| *first < j) {
+            failures.push((
+                j,
+                Failure::Retry("kafka: sent again after an earlier record of its key".into()),
+            ));
+        }
+    }
+}
+
 /// Errors about the record itself are refusals; everything else (broker down, timeouts, full
 /// queues, leader elections) may pass.
 fn classify(e: &KafkaError) -> Failure {
@@ -206,5 +241,27 @@ fn classify(e: &KafkaError) -> Failure {
             | C::InvalidRecord,
         ) => Failure::Permanent(format!("kafka: {e}")),
         _ => Failure::Retry(format!("kafka: {e}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_delivered_record_after_a_failed_one_of_its_key_goes_again() {
+        let keys: Vec<(String, Option<String>)> = ["a", "b", "a", "b", "a"]
+            .iter()
+            .map(|k| ("t".to_string(), Some(k.to_string())))
+            .collect();
+        let mut failures = vec![(0, Failure::Retry("timed out".into()))];
+        keep_key_order(&keys, &mut failures);
+        let mut again: Vec<usize> = failures.iter().map(|f| f.0).collect();
+        again.sort_unstable();
+        assert_eq!(
+            again,
+            vec![0, 2, 4],
+            "key a's later records; key b untouched"
+        );
     }
 }
