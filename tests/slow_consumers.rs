@@ -177,3 +177,25 @@ async fn a_client_that_reads_nothing_is_disconnected_at_the_write_timeout() {
     stalled.expect_close().await;
     assert_eq!(limit_hits(&broker, "write_timeout").await, 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_queue_limit_does_not_let_an_online_queue_grow_unchecked() {
+    // Half of a million is where the queue limit alone would start holding publishers; the
+    // drain-rate mark (backpressure_queue_ms, at least 1,024 messages) comes long before.
+    let mut cfg = config(SlowSubscriberPolicy::Drop);
+    cfg.mqtt.max_queued_messages = 1_000_000;
+    let broker = start(cfg).await;
+    let addr = tcp_addr(&broker);
+    let _stalled = stalled_subscriber(addr, "stalled", true).await;
+    let (longest, got) = run_publishers(addr).await;
+    assert_eq!(got, PUBLISHERS * PER_PUBLISHER);
+    // 6,000 messages passed the mark: the publishers were held, the stalled subscriber was
+    // found not to drain and marked slow once, and publishing went on.
+    assert_eq!(limit_hits(&broker, "slow_subscriber").await, 1);
+    assert!(longest < Duration::from_millis(1500), "held {longest:?}");
+    let depth = broker.broker.session("stalled").expect("session").queued();
+    assert!(
+        depth >= 1024,
+        "the stalled one keeps what it was sent: {depth}"
+    );
+}

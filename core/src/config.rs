@@ -115,6 +115,10 @@ pub struct MqttConfig {
     /// The most one congested subscriber holds its publishers back: past this (or after a
     /// fifth of it without draining anything) it is slow and publishers stop waiting for it.
     pub backpressure_wait_ms: u64,
+    /// An online subscriber whose queue holds more than this many milliseconds of its recent
+    /// drain rate (at least 1,024 messages, at most half of `max_queued_messages`) holds its
+    /// publishers back: latency is bounded by time, not by the queue limit.
+    pub backpressure_queue_ms: u64,
     /// What happens to a slow subscriber's QoS 1/2 overflow: dropped and counted, or the
     /// client is disconnected (its session, if persistent, keeps the queue).
     pub slow_subscriber: SlowSubscriberPolicy,
@@ -143,6 +147,7 @@ impl Default for MqttConfig {
             connect_timeout_s: 10,
             write_timeout_s: 30,
             backpressure_wait_ms: 500,
+            backpressure_queue_ms: 3,
             slow_subscriber: SlowSubscriberPolicy::Drop,
             sessions_bound_to_user: true,
         }

@@ -1,5 +1,6 @@
-//! The one backpressure policy. A subscriber whose queue passes the high-water mark makes the
-//! publisher that filled it stop reading (TCP then pushes back on that client) until the queue
+//! The one backpressure policy. A subscriber whose queue passes the high-water mark (half of
+//! `max_queued_messages`, or `backpressure_queue_ms` of what it drained lately if that is less:
+//! the queue's age, not its limit, bounds latency) makes the publisher that filled it stop reading (TCP then pushes back on that client) until the queue
 //! drains below the low-water mark, instead of dropping what it sends — but only while that
 //! subscriber keeps up. One that takes nothing from its queue for a fifth of
 //! `backpressure_wait_ms`, or has not drained below the low-water mark within
@@ -24,7 +25,13 @@ pub struct Backpressure {
     /// A congested subscriber that takes nothing from its queue for this long is slow.
     pub stall: Duration,
     pub policy: SlowSubscriberPolicy,
+    /// How many milliseconds of its drain rate an online subscriber may have queued.
+    pub queue_ms: usize,
 }
+
+/// The high-water mark never drops below this, whatever the drain rate: bursts of a quiet
+/// subscriber are not held back.
+const MIN_ONLINE_HIGH_WATER: usize = 1024;
 
 /// What a wait ended with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,17 +50,22 @@ impl Backpressure {
             max_wait,
             stall: max_wait / 5,
             policy: cfg.slow_subscriber,
+            queue_ms: cfg.backpressure_queue_ms as usize,
         }
     }
 
-    /// Queue length at which publishers to an online session start waiting for it.
-    pub fn high_water(&self) -> usize {
-        (self.max_queued / 2).max(1)
+    /// Queue length at which publishers to an online session that drains `rate` messages a
+    /// millisecond start waiting for it.
+    pub fn high_water(&self, rate: u32) -> usize {
+        let by_time = (rate as usize)
+            .saturating_mul(self.queue_ms)
+            .max(MIN_ONLINE_HIGH_WATER);
+        (self.max_queued / 2).max(1).min(by_time)
     }
 
     /// Queue length below which waiting publishers are released.
-    pub fn low_water(&self) -> usize {
-        self.max_queued / 4
+    pub fn low_water(&self, rate: u32) -> usize {
+        self.high_water(rate) / 2
     }
 
     /// Holds the publisher (whose own session is `publisher`, if it has one) until `congested`
@@ -72,7 +84,7 @@ impl Backpressure {
             notified.as_mut().enable();
             let deadline = {
                 let mut st = congested.state.lock();
-                if st.queue.len() <= self.low_water()
+                if st.queue.len() <= self.low_water(st.drain_rate)
                     || st.attached.is_none()
                     || st.slow
                     || st.ended

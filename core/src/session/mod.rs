@@ -397,7 +397,7 @@ impl Session {
             // client need not: what it is sent at QoS 2 waits for its own "sent" record.
         }
         st.queue.push_back(d);
-        let congested = online && !st.slow && st.queue.len() >= bp.high_water();
+        let congested = online && !st.slow && st.queue.len() >= bp.high_water(st.drain_rate);
         if congested && st.congested_since.is_none() {
             st.congested_since = Some(Stamp::at(Instant::now()));
         }
@@ -427,7 +427,7 @@ impl Session {
             return batch;
         }
         let now = Instant::now();
-        let low = bp.low_water();
+        let low = bp.low_water(st.drain_rate);
         let was_above = st.queue.len() > low;
         let queued_before = st.queue.len();
         if st.queue.len() > 4 {
@@ -496,9 +496,14 @@ impl Session {
             dur.log_encoded(&records, relied_on);
         }
         if st.queue.len() < queued_before {
-            st.last_drain = Some(Stamp::at(now));
+            let stamp = Stamp::at(now);
+            st.last_drain = Some(stamp);
+            let taken = queued_before - st.queue.len();
+            st.count_drain(taken, stamp);
         }
-        let released = was_above && st.queue.len() <= low;
+        // The drain rate may have moved the mark: waiting publishers check against the new
+        // one, so a queue below either has released them.
+        let released = was_above && st.queue.len() <= low.max(bp.low_water(st.drain_rate));
         if released {
             st.slow = false;
             st.congested_since = None;

@@ -94,6 +94,12 @@ pub(super) struct SessionState {
     /// When the connection last took anything from the queue (set by `fill`, which reads the
     /// clock anyway): a congested subscriber that stops draining is slow.
     pub(super) last_drain: Option<Stamp>,
+    /// Messages taken a millisecond, smoothed over windows of at least 10 ms (see
+    /// `Session::fill`); sets how many an online subscriber may have queued.
+    pub(super) drain_rate: u32,
+    /// The current window: when it started and what was taken since.
+    pub(super) rate_window: Option<Stamp>,
+    pub(super) rate_taken: u32,
 }
 
 impl SessionState {
@@ -112,6 +118,22 @@ impl SessionState {
             evicted: false,
             congested_since: None,
             last_drain: None,
+            drain_rate: 0,
+            rate_window: None,
+            rate_taken: 0,
+        }
+    }
+
+    /// Counts `taken` messages towards the drain rate.
+    pub(super) fn count_drain(&mut self, taken: usize, now: Stamp) {
+        let start = *self.rate_window.get_or_insert(now);
+        self.rate_taken = self.rate_taken.saturating_add(taken as u32);
+        let ms = start.ms_until(now);
+        if ms >= 10 {
+            let rate = self.rate_taken / ms;
+            self.drain_rate = (self.drain_rate.saturating_mul(3) / 4).saturating_add(rate / 4);
+            self.rate_window = Some(now);
+            self.rate_taken = 0;
         }
     }
 
