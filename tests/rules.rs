@@ -503,24 +503,10 @@ async fn disk_buffer_keeps_undelivered_records_across_a_restart() {
 async fn example_rules_load_with_the_example_config_and_work() {
     let _ = tracing_subscriber::fmt().with_test_writer().try_init();
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let text = std::fs::read_to_string(root.join("examples/rules/switchyard.toml")).unwrap();
-    let table: toml::Table = toml::from_str(&text).unwrap();
     // Same sinks, but the SQLite file goes to a temporary folder with the example schema.
     let data = tempfile::tempdir().unwrap();
     let db = data.path().join("messages.db");
-    let schema = std::fs::read_to_string(root.join("examples/rules/schema.sql")).unwrap();
-    rusqlite::Connection::open(&db)
-        .unwrap()
-        .execute_batch(&schema)
-        .unwrap();
-    let mut sinks = BTreeMap::new();
-    for (name, v) in table["sink"].as_table().unwrap() {
-        let mut v: serde_json::Value = serde_json::to_value(v).unwrap();
-        if v["kind"] == "sqlite" {
-            v["path"] = serde_json::json!(db);
-        }
-        sinks.insert(name.clone(), sink(v));
-    }
+    let sinks = example_sinks(&root.join("examples/rules"), &db);
     let server = switchyard::Switchyard::core(test_config())
         .rules(rules_config(&root.join("examples/rules")), sinks)
         .watch_files(false)

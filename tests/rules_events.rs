@@ -6,7 +6,6 @@
 mod common;
 use common::rules_env::*;
 use common::*;
-use std::collections::BTreeMap;
 use std::io::Write as _;
 use std::path::Path;
 use switchyard_core::auth::set_password;
@@ -31,21 +30,9 @@ async fn the_audit_examples_record_events_fields_and_decoded_payloads() {
     let _ = tracing_subscriber::fmt().with_test_writer().try_init();
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let examples = root.join("examples/rules/audit");
-    let text = std::fs::read_to_string(examples.join("switchyard.toml")).unwrap();
-    let table: toml::Table = toml::from_str(&text).unwrap();
     let data = tempfile::tempdir().unwrap();
     let db = data.path().join("audit.db");
-    let schema = std::fs::read_to_string(examples.join("schema.sql")).unwrap();
-    rusqlite::Connection::open(&db)
-        .unwrap()
-        .execute_batch(&schema)
-        .unwrap();
-    let mut sinks = BTreeMap::new();
-    for (name, v) in table["sink"].as_table().unwrap() {
-        let mut v: serde_json::Value = serde_json::to_value(v).unwrap();
-        v["path"] = serde_json::json!(db);
-        sinks.insert(name.clone(), sink(v));
-    }
+    let sinks = example_sinks(&examples, &db);
     let pw = data.path().join("passwd");
     for user in ["dev", "meter", "gw"] {
         set_password(&pw, user, "secret").unwrap();

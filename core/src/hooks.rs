@@ -26,8 +26,9 @@ impl HookSet {
     /// Every message a client published and the broker routed, after all message hooks (what
     /// subscribers received). Observed without blocking: the rule engine's input.
     pub const MESSAGE_ACCEPTED: Self = Self(32);
-    /// Authentication and authorization outcomes ([`Event::AuthnComplete`],
-    /// [`Event::AuthzComplete`]): one per publish, so only built for a hook that asks.
+    /// Admission and authorization outcomes ([`Event::ClientConnack`],
+    /// [`Event::AuthnComplete`], [`Event::AuthzComplete`]): one per CONNECT and per publish,
+    /// so only built for a hook that asks (client-event observers do not pay for them).
     pub const AUTH_EVENTS: Self = Self(64);
     pub const ALL: Self = Self(127);
 
@@ -241,12 +242,13 @@ impl Event {
     fn interest(&self) -> HookSet {
         match self {
             Event::ClientConnected { .. }
-            | Event::ClientConnack { .. }
             | Event::ClientDisconnected { .. }
             | Event::SessionSubscribed { .. }
             | Event::SessionUnsubscribed { .. } => HookSet::CLIENT_EVENTS,
             Event::MessageAccepted { .. } => HookSet::MESSAGE_ACCEPTED,
-            Event::AuthnComplete { .. } | Event::AuthzComplete { .. } => HookSet::AUTH_EVENTS,
+            Event::ClientConnack { .. }
+            | Event::AuthnComplete { .. }
+            | Event::AuthzComplete { .. } => HookSet::AUTH_EVENTS,
             _ => HookSet::MESSAGE_EVENTS,
         }
     }

@@ -102,19 +102,17 @@ pub(crate) fn register_helpers(engine: &mut Engine, max_output: usize) {
 }
 
 fn register_digests(engine: &mut Engine) {
+    use hex::encode as hex_of;
     use md5::Digest as _;
-    fn hex_of(bytes: &[u8]) -> String {
-        hex::encode(bytes)
-    }
-    engine.register_fn("md5", |s: &str| hex_of(&md5::Md5::digest(s.as_bytes())));
-    engine.register_fn("md5", |b: Blob| hex_of(&md5::Md5::digest(&b)));
+    engine.register_fn("md5", |s: &str| hex_of(md5::Md5::digest(s.as_bytes())));
+    engine.register_fn("md5", |b: Blob| hex_of(md5::Md5::digest(&b)));
     engine.register_fn("sha256", |s: &str| {
-        hex_of(&sha2::Sha256::digest(s.as_bytes()))
+        hex_of(sha2::Sha256::digest(s.as_bytes()))
     });
-    engine.register_fn("sha256", |b: Blob| hex_of(&sha2::Sha256::digest(&b)));
+    engine.register_fn("sha256", |b: Blob| hex_of(sha2::Sha256::digest(&b)));
     engine.register_fn("sha", |s: &str| {
         use sha1::Digest as _;
-        hex_of(&sha1::Sha1::digest(s.as_bytes()))
+        hex_of(sha1::Sha1::digest(s.as_bytes()))
     });
     engine.register_fn("uuid_v4", uuid_v4);
 }

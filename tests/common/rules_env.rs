@@ -81,3 +81,24 @@ pub async fn publish(c: &v4::Client, topic: &str, payload: impl Into<Vec<u8>>) {
         .await
         .unwrap();
 }
+
+/// The sinks of an example folder's `switchyard.toml`, with every SQLite sink writing to
+/// `db` (created from the folder's `schema.sql`) instead of the example's path.
+pub fn example_sinks(folder: &Path, db: &Path) -> BTreeMap<String, SinkConfig> {
+    let text = std::fs::read_to_string(folder.join("switchyard.toml")).unwrap();
+    let table: toml::Table = toml::from_str(&text).unwrap();
+    let schema = std::fs::read_to_string(folder.join("schema.sql")).unwrap();
+    rusqlite::Connection::open(db)
+        .unwrap()
+        .execute_batch(&schema)
+        .unwrap();
+    let mut sinks = BTreeMap::new();
+    for (name, v) in table["sink"].as_table().unwrap() {
+        let mut v: serde_json::Value = serde_json::to_value(v).unwrap();
+        if v["kind"] == "sqlite" {
+            v["path"] = serde_json::json!(db);
+        }
+        sinks.insert(name.clone(), sink(v));
+    }
+    sinks
+}

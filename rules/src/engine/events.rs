@@ -1,6 +1,7 @@
 //! Client and message events as rules see them: EMQX's event names and fields.
 
 use rhai::{Dynamic, Map};
+use std::sync::Arc;
 use switchyard_core::hooks::{Access, ClientInfo, ConnectFacts, Event};
 use switchyard_core::protocol::ReasonCode;
 
@@ -22,8 +23,8 @@ pub(super) fn event_name(e: &Event) -> Option<&'static str> {
     })
 }
 
-/// The client an event is about (its receiver, for message events), if any.
-pub(super) fn event_client(e: &Event) -> Option<&str> {
+/// The client a client event is about.
+fn client_of(e: &Event) -> Option<&Arc<ClientInfo>> {
     match e {
         Event::ClientConnected { client, .. }
         | Event::ClientConnack { client, .. }
@@ -31,10 +32,21 @@ pub(super) fn event_client(e: &Event) -> Option<&str> {
         | Event::AuthnComplete { client, .. }
         | Event::AuthzComplete { client, .. }
         | Event::SessionSubscribed { client, .. }
-        | Event::SessionUnsubscribed { client, .. }
-        | Event::MessageAccepted { client, .. } => Some(&client.client_id),
+        | Event::SessionUnsubscribed { client, .. } => Some(client),
+        _ => None,
+    }
+}
+
+/// The client an event is about (its receiver, for message events), if any.
+pub(super) fn event_client(e: &Event) -> Option<&str> {
+    if let Some(c) = client_of(e) {
+        return Some(&c.client_id);
+    }
+    match e {
+        Event::MessageAccepted { client, .. } => Some(&client.client_id),
         Event::MessageDelivered { to, .. } | Event::MessageAcked { to, .. } => Some(&to.client_id),
         Event::MessageDropped { to, .. } => to.as_deref(),
+        _ => None,
     }
 }
 
@@ -54,16 +66,7 @@ pub(super) fn event_map(name: &str, e: &Event) -> Map {
     put("ts", now.into());
     put("timestamp", now.into());
     put("node", script::node_name().into());
-    let client = match e {
-        Event::ClientConnected { client, .. }
-        | Event::ClientConnack { client, .. }
-        | Event::ClientDisconnected { client, .. }
-        | Event::AuthnComplete { client, .. }
-        | Event::AuthzComplete { client, .. }
-        | Event::SessionSubscribed { client, .. }
-        | Event::SessionUnsubscribed { client, .. } => Some(client),
-        _ => None,
-    };
+    let client = client_of(e);
     if let Some(c) = client {
         client_fields(&mut put, c);
     }

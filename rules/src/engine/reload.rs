@@ -86,7 +86,7 @@ impl RuleEngine {
                     set.interests = set.interests
                         | if name.starts_with("message.") {
                             HookSet::MESSAGE_EVENTS
-                        } else if name.starts_with("client.check_") {
+                        } else if name.starts_with("client.check_") || *name == "client.connack" {
                             HookSet::AUTH_EVENTS
                         } else {
                             HookSet::CLIENT_EVENTS

@@ -74,7 +74,7 @@ type Writer = Arc<tokio::sync::Mutex<WriteHalf<Box<dyn Io>>>>;
 /// An open connection: the writing half, and the PUBACKs its reader task forwards.
 struct Conn {
     writer: Writer,
-    acks: mpsc::UnboundedReceiver<(u16, ReasonCode)>,
+    acks: mpsc::Receiver<(u16, ReasonCode)>,
     reader: tokio::task::JoinHandle<()>,
 }
 
@@ -199,7 +199,9 @@ impl Bridge {
         }
         info!(sink = %self.name, server = %server, "bridge connected");
         let writer: Writer = Arc::new(tokio::sync::Mutex::new(wr));
-        let (tx, acks) = mpsc::unbounded_channel();
+        // Bounded: a broker that sends acknowledgements nobody asked for stops being read
+        // instead of filling memory.
+        let (tx, acks) = mpsc::channel(self.inflight.max(16) * 2);
         let reader = tokio::spawn(read_loop(
             rd,
             buf,
@@ -246,7 +248,7 @@ async fn read_loop(
     mut rd: tokio::io::ReadHalf<Box<dyn Io>>,
     mut buf: BytesMut,
     version: ProtocolVersion,
-    acks: mpsc::UnboundedSender<(u16, ReasonCode)>,
+    acks: mpsc::Sender<(u16, ReasonCode)>,
     writer: Writer,
     keep_alive: u16,
 ) {
@@ -256,7 +258,9 @@ async fn read_loop(
         loop {
             match decode_packet(&mut buf, Some(version), MAX_PACKET) {
                 Ok(Some(Packet::PubAck(a))) => {
-                    let _ = acks.send((a.packet_id, a.code));
+                    if acks.send((a.packet_id, a.code)).await.is_err() {
+                        return;
+                    }
                 }
                 Ok(Some(Packet::Disconnect(_))) | Err(_) => return,
                 Ok(Some(_)) => {}
