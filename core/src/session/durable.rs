@@ -128,7 +128,7 @@ impl Session {
                     (QoS::ExactlyOnce, false) => InflightState::AwaitingPubRec,
                     _ => InflightState::AwaitingPubAck,
                 };
-                st.inflight.push_back(Inflight {
+                st.push_inflight(Inflight {
                     packet_id,
                     delivery,
                     state,

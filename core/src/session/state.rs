@@ -71,8 +71,13 @@ pub(super) struct SessionState {
     /// Keyed by the filter exactly as subscribed (`$share/...` included).
     pub(super) subscriptions: HashMap<String, StoredSubscription>,
     pub(super) queue: VecDeque<Delivery>,
-    /// Outgoing QoS 1/2 messages not yet acknowledged, in send order.
+    /// Outgoing QoS 1/2 messages not yet acknowledged, in send order. Only
+    /// [`SessionState::push_inflight`] adds to it, which keeps `ids_ascending` true.
     pub(super) inflight: VecDeque<Inflight>,
+    /// Every packet id in `inflight` comes after the one before it (cyclically), so an id can
+    /// be looked up by binary search and one past the newest is free without a scan. Always
+    /// true for ids this session allocated; false only after a restore out of order.
+    ids_ascending: bool,
     /// Incoming QoS 2 packet ids between PUBREC and PUBREL (exactly-once across reconnects).
     pub(super) incoming_qos2: Vec<u16>,
     next_packet_id: u16,
@@ -108,6 +113,7 @@ impl SessionState {
             subscriptions: HashMap::new(),
             queue: VecDeque::new(),
             inflight: VecDeque::new(),
+            ids_ascending: true,
             incoming_qos2: Vec::new(),
             next_packet_id: 1,
             attached: None,
@@ -137,12 +143,13 @@ impl SessionState {
         }
     }
 
-    /// The next packet id not in use by an inflight message.
+    /// The next packet id not in use by an inflight message. Ids are handed out in order, so
+    /// the next one is normally past the newest in flight and free without a lookup.
     pub(super) fn allocate_packet_id(&mut self) -> u16 {
         loop {
             let id = self.next_packet_id;
             self.next_packet_id = self.next_packet_id.wrapping_add(1).max(1);
-            if !self.inflight.iter().any(|i| i.packet_id == id) {
+            if self.inflight_index(id).is_none() {
                 return id;
             }
         }
@@ -159,11 +166,44 @@ impl SessionState {
         } else {
             InflightState::AwaitingPubRec
         };
-        self.inflight.push_back(Inflight {
+        self.push_inflight(Inflight {
             packet_id,
             delivery,
             state,
         });
+    }
+
+    /// Adds the newest inflight message (sent now, or restored in its send order).
+    pub(super) fn push_inflight(&mut self, f: Inflight) {
+        match (self.inflight.front(), self.inflight.back()) {
+            (Some(first), Some(last)) => {
+                let span = id_distance(first.packet_id, last.packet_id);
+                let to_new = id_distance(first.packet_id, f.packet_id);
+                self.ids_ascending &= to_new > span;
+            }
+            _ => self.ids_ascending = true,
+        }
+        self.inflight.push_back(f);
+    }
+
+    /// Where `packet_id` sits in the inflight window, if it is there.
+    fn inflight_index(&self, packet_id: u16) -> Option<usize> {
+        let first = self.inflight.front()?.packet_id;
+        if !self.ids_ascending {
+            return self.inflight.iter().position(|f| f.packet_id == packet_id);
+        }
+        let last = self.inflight.back()?.packet_id;
+        let to_id = id_distance(first, packet_id);
+        if to_id > id_distance(first, last) {
+            return None;
+        }
+        // Acknowledgements mostly come in send order: the oldest is the usual answer.
+        if to_id == 0 {
+            return Some(0);
+        }
+        self.inflight
+            .binary_search_by_key(&to_id, |f| id_distance(first, f.packet_id))
+            .ok()
     }
 
     pub(super) fn take_inflight(
@@ -171,10 +211,10 @@ impl SessionState {
         packet_id: u16,
         state: InflightState,
     ) -> Option<Inflight> {
-        let i = self
-            .inflight
-            .iter()
-            .position(|f| f.packet_id == packet_id && f.state == state)?;
+        let i = self.inflight_index(packet_id)?;
+        if self.inflight[i].state != state {
+            return None;
+        }
         self.inflight.remove(i)
     }
 
@@ -186,20 +226,116 @@ impl SessionState {
         from: InflightState,
         to: InflightState,
     ) -> Option<&Delivery> {
-        let f = self
-            .inflight
-            .iter_mut()
-            .find(|f| f.packet_id == packet_id && f.state == from)?;
+        let i = self.inflight_index(packet_id)?;
+        let f = &mut self.inflight[i];
+        if f.state != from {
+            return None;
+        }
         f.state = to;
         Some(&f.delivery)
     }
 }
 
+/// How many ids `b` comes after `a` in the packet-id cycle 1, 2, …, 65535, 1, …
+fn id_distance(a: u16, b: u16) -> u32 {
+    (u32::from(b) + 65535 - u32::from(a)) % 65535
+}
+
 #[cfg(test)]
 mod tests {
-    use super::Stamp;
+    use super::{Inflight, InflightState, SessionState, Stamp};
+    use crate::message::Message;
+    use crate::protocol::QoS;
+    use crate::session::Delivery;
     use std::num::NonZeroU32;
+    use std::sync::Arc;
     use std::time::{Duration, Instant};
+
+    fn delivery() -> Delivery {
+        Delivery {
+            msg: Arc::new(Message::new(
+                "t",
+                bytes::Bytes::new(),
+                QoS::AtLeastOnce,
+                false,
+            )),
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            subscription_ids: Vec::new(),
+        }
+    }
+
+    fn send(st: &mut SessionState) -> u16 {
+        let id = st.allocate_packet_id();
+        st.start_inflight(id, delivery());
+        id
+    }
+
+    fn ids(st: &SessionState) -> Vec<u16> {
+        st.inflight.iter().map(|f| f.packet_id).collect()
+    }
+
+    #[test]
+    fn packet_ids_skip_those_in_flight_across_the_wrap() {
+        let mut st = SessionState::new(0);
+        st.continue_packet_ids_after(65530);
+        let sent: Vec<u16> = (0..10).map(|_| send(&mut st)).collect();
+        assert_eq!(sent, [65531, 65532, 65533, 65534, 65535, 1, 2, 3, 4, 5]);
+        // Out-of-order acknowledgements, on both sides of the wrap.
+        for id in [65533, 2, 65531, 5] {
+            let f = st.take_inflight(id, InflightState::AwaitingPubAck);
+            assert_eq!(f.map(|f| f.packet_id), Some(id));
+        }
+        assert!(
+            st.take_inflight(65533, InflightState::AwaitingPubAck)
+                .is_none(),
+            "taken"
+        );
+        assert!(
+            st.take_inflight(3, InflightState::AwaitingPubRec).is_none(),
+            "wrong state"
+        );
+        assert!(
+            st.take_inflight(6, InflightState::AwaitingPubAck).is_none(),
+            "never sent"
+        );
+        assert_eq!(ids(&st), [65532, 65534, 65535, 1, 3, 4]);
+        // Every id but one in use: the next allocation finds the only free one.
+        let mut full = SessionState::new(0);
+        for _ in 0..65535 {
+            send(&mut full);
+        }
+        assert!(full
+            .take_inflight(40_000, InflightState::AwaitingPubAck)
+            .is_some());
+        assert_eq!(full.allocate_packet_id(), 40_000);
+    }
+
+    #[test]
+    fn inflight_restored_out_of_order_is_still_found() {
+        let mut st = SessionState::new(0);
+        for id in [7, 3, 9] {
+            st.push_inflight(Inflight {
+                packet_id: id,
+                delivery: delivery(),
+                state: InflightState::AwaitingPubAck,
+            });
+        }
+        st.continue_packet_ids_after(6);
+        assert_eq!(st.allocate_packet_id(), 8, "7 is in flight");
+        assert!(st.take_inflight(3, InflightState::AwaitingPubAck).is_some());
+        assert!(st
+            .advance_inflight(
+                9,
+                InflightState::AwaitingPubAck,
+                InflightState::AwaitingPubComp
+            )
+            .is_some());
+        st.inflight.clear();
+        st.continue_packet_ids_after(0);
+        assert_eq!([send(&mut st), send(&mut st)], [1, 2]);
+        assert!(st.take_inflight(2, InflightState::AwaitingPubAck).is_some());
+    }
 
     #[test]
     fn stamps_measure_short_spans_even_across_a_wrap() {
