@@ -89,6 +89,8 @@ pub(super) struct Connection<S> {
     pub(super) version: ProtocolVersion,
     pub(super) rbuf: BytesMut,
     pub(super) wbuf: BytesMut,
+    /// The topic of the last PUBLISH read, shared by the next while it repeats.
+    pub(super) topics: TopicCache,
     /// Boxed: most connections have none, and it is large.
     pub(super) will: Option<Box<LastWill>>,
     /// Keep-alive in force (the client's, our Server Keep Alive, or for a v3 client above
@@ -282,6 +284,7 @@ mod tests {
             version: ProtocolVersion::V311,
             rbuf: BytesMut::new(),
             wbuf: BytesMut::new(),
+            topics: TopicCache::default(),
             will: None,
             keep_alive: 0,
             last_read: Instant::now(),

@@ -370,6 +370,7 @@ where
         version,
         rbuf,
         wbuf: BytesMut::new(),
+        topics: TopicCache::default(),
         will: connect.will.map(Box::new),
         keep_alive,
         last_read: Instant::now(),

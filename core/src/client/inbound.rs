@@ -17,7 +17,9 @@ where
     /// Decodes and handles every complete packet in the read buffer.
     pub(super) async fn process_input(&mut self) -> Result<(), Close> {
         let max = self.att.broker.config.max_packet_size as usize;
-        while let Some(packet) = decode_packet(&mut self.rbuf, Some(self.version), max)? {
+        while let Some(packet) =
+            decode_packet_with(&mut self.rbuf, Some(self.version), max, &mut self.topics)?
+        {
             self.handle(packet).await?;
         }
         Ok(())

@@ -4,7 +4,7 @@
 use super::properties::PropertyContext;
 use super::wire::{checked_str, Reader};
 use super::*;
-use bytes::BytesMut;
+use bytes::{Buf, BytesMut};
 
 /// Decodes one packet from the front of `buf`.
 ///
@@ -15,6 +15,34 @@ pub fn decode_packet(
     buf: &mut BytesMut,
     version: Option<ProtocolVersion>,
     max_packet_size: usize,
+) -> Result<Option<Packet>, DecodeError> {
+    decode_packet_with(buf, version, max_packet_size, &mut TopicCache::default())
+}
+
+/// The topic of a connection's last PUBLISH, handed out again while it repeats: most
+/// publishers send to a handful of topics, and this saves each message's topic allocation.
+#[derive(Debug, Default)]
+pub struct TopicCache(Option<Arc<str>>);
+
+impl TopicCache {
+    fn get(&mut self, topic: &str) -> Arc<str> {
+        match &self.0 {
+            Some(last) if **last == *topic => last.clone(),
+            _ => {
+                let fresh: Arc<str> = Arc::from(topic);
+                self.0 = Some(fresh.clone());
+                fresh
+            }
+        }
+    }
+}
+
+/// [`decode_packet`] for a connection that keeps a [`TopicCache`].
+pub fn decode_packet_with(
+    buf: &mut BytesMut,
+    version: Option<ProtocolVersion>,
+    max_packet_size: usize,
+    topics: &mut TopicCache,
 ) -> Result<Option<Packet>, DecodeError> {
     if version.is_none() && buf.first().is_some_and(|b| b >> 4 != 1) {
         // Refuse a stream that is not MQTT (an HTTP request, say) without waiting for more.
@@ -47,6 +75,24 @@ pub fn decode_packet(
         return Ok(None);
     }
     let first = buf[0];
+    if let (Some(_), 4..=7, 2, 2) = (version, first >> 4, header_len, remaining) {
+        // QoS 1/2 acknowledgements, one per message, mostly in their four-byte form: read in
+        // place rather than taken out of the buffer as a shared frame.
+        let kind = first >> 4;
+        check_flags(kind, first & 0x0F, if kind == 6 { 0b0010 } else { 0 })?;
+        let packet_id = match u16::from_be_bytes([buf[2], buf[3]]) {
+            0 => return Err(DecodeError::ZeroPacketId),
+            id => id,
+        };
+        buf.advance(total);
+        let resp = PubResponse::new(packet_id, ReasonCode::SUCCESS);
+        return Ok(Some(match kind {
+            4 => Packet::PubAck(resp),
+            5 => Packet::PubRec(resp),
+            6 => Packet::PubRel(resp),
+            _ => Packet::PubComp(resp),
+        }));
+    }
     let frame = buf.split_to(total).freeze();
     let mut r = Reader::new(frame.slice(header_len..));
     let kind = first >> 4;
@@ -80,7 +126,7 @@ pub fn decode_packet(
                 properties,
             })
         }
-        3 => Packet::Publish(decode_publish(&mut r, flags, v5)?),
+        3 => Packet::Publish(decode_publish(&mut r, flags, v5, topics)?),
         4..=7 => {
             check_flags(kind, flags, if kind == 6 { 0b0010 } else { 0 })?;
             let packet_id = r.packet_id()?;
@@ -330,18 +376,25 @@ fn decode_connect(r: &mut Reader) -> Result<Connect, DecodeError> {
     })
 }
 
-fn decode_publish(r: &mut Reader, flags: u8, v5: bool) -> Result<Publish, DecodeError> {
+fn decode_publish(
+    r: &mut Reader,
+    flags: u8,
+    v5: bool,
+    topics: &mut TopicCache,
+) -> Result<Publish, DecodeError> {
     let dup = flags & 0b1000 != 0;
     let qos = QoS::from_u8((flags >> 1) & 0b11).ok_or(DecodeError::InvalidQos)?;
     let retain = flags & 1 != 0;
     if dup && qos == QoS::AtMostOnce {
         return Err(DecodeError::DupOnQos0);
     }
-    let raw_topic = r.binary()?;
-    let topic = checked_str(&raw_topic)?;
-    if !topic.is_empty() && !crate::topic::valid_topic_name(topic) {
-        return Err(DecodeError::InvalidTopicName);
-    }
+    let topic = r.with_binary(|raw| {
+        let topic = checked_str(raw)?;
+        if !topic.is_empty() && !crate::topic::valid_topic_name(topic) {
+            return Err(DecodeError::InvalidTopicName);
+        }
+        Ok(topics.get(topic))
+    })?;
     let packet_id = if qos == QoS::AtMostOnce {
         0
     } else {
@@ -356,7 +409,7 @@ fn decode_publish(r: &mut Reader, flags: u8, v5: bool) -> Result<Publish, Decode
         dup,
         qos,
         retain,
-        topic: Arc::from(topic),
+        topic,
         packet_id,
         properties,
         payload,

@@ -377,3 +377,66 @@ fn outgoing_publish_size_matches_encoding() {
         }
     }
 }
+
+#[test]
+fn short_acknowledgements_decode_in_place_with_the_same_checks() {
+    let v = Some(ProtocolVersion::V311);
+    let mut buf = BytesMut::from(&[0x40, 2, 0, 7, 0x62, 2, 1, 0, 0x70, 2, 0xFF, 0xFF][..]);
+    let mut next = || decode_packet(&mut buf, v, 1 << 20).unwrap().unwrap();
+    assert_eq!(
+        next(),
+        Packet::PubAck(PubResponse::new(7, ReasonCode::SUCCESS))
+    );
+    assert_eq!(
+        next(),
+        Packet::PubRel(PubResponse::new(256, ReasonCode::SUCCESS))
+    );
+    assert_eq!(
+        next(),
+        Packet::PubComp(PubResponse::new(65535, ReasonCode::SUCCESS))
+    );
+    assert!(buf.is_empty());
+    assert_eq!(decode_err(&[0x40, 2, 0, 0], v), DecodeError::ZeroPacketId);
+    assert_eq!(
+        decode_err(&[0x60, 2, 0, 1], v),
+        DecodeError::InvalidHeaderFlags(6),
+        "PUBREL needs flags 0010"
+    );
+    // Four bytes, but a two-byte remaining length of 1: not a packet id.
+    assert_eq!(
+        decode_err(&[0x40, 0x81, 0x00, 0x07], v),
+        DecodeError::Truncated
+    );
+    // A non-minimal remaining length of 2 still reads (the long path).
+    let mut long = BytesMut::from(&[0x40, 0x82, 0x00, 0, 9][..]);
+    assert_eq!(
+        decode_packet(&mut long, v, 1 << 20).unwrap(),
+        Some(Packet::PubAck(PubResponse::new(9, ReasonCode::SUCCESS)))
+    );
+}
+
+#[test]
+fn a_repeated_topic_is_shared_between_publishes() {
+    let mut buf = BytesMut::new();
+    for topic in ["a/b", "a/b", "c"] {
+        let p = Publish {
+            dup: false,
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            topic: topic.into(),
+            packet_id: 1,
+            properties: Default::default(),
+            payload: Bytes::from_static(b"x"),
+        };
+        encode_packet(&Packet::Publish(p), ProtocolVersion::V311, &mut buf);
+    }
+    let mut topics = TopicCache::default();
+    let mut next =
+        || match decode_packet_with(&mut buf, Some(ProtocolVersion::V311), 1 << 20, &mut topics) {
+            Ok(Some(Packet::Publish(p))) => p.topic,
+            other => panic!("{other:?}"),
+        };
+    let (first, second, third) = (next(), next(), next());
+    assert!(std::sync::Arc::ptr_eq(&first, &second));
+    assert_eq!((&*first, &*third), ("a/b", "c"));
+}

@@ -64,6 +64,18 @@ impl Reader {
         let n = self.u16()? as usize;
         self.bytes(n)
     }
+    /// A length-prefixed field read in place: `f` sees its bytes, no shared slice is made.
+    #[inline]
+    pub(crate) fn with_binary<T>(
+        &mut self,
+        f: impl FnOnce(&[u8]) -> Result<T, DecodeError>,
+    ) -> Result<T, DecodeError> {
+        let n = self.u16()? as usize;
+        self.need(n)?;
+        let out = f(&self.buf[..n])?;
+        self.buf.advance(n);
+        Ok(out)
+    }
     #[inline]
     pub(crate) fn string(&mut self) -> Result<String, DecodeError> {
         let raw = self.binary()?;

@@ -12,7 +12,10 @@ const MAX_TOPIC_LEN: usize = 65_535;
 
 /// A topic name a client may publish to: no wildcards, not empty.
 pub fn valid_topic_name(topic: &str) -> bool {
-    !topic.is_empty() && topic.len() <= MAX_TOPIC_LEN && !topic.contains(['+', '#', '\0'])
+    // A byte loop: a `contains` with a char array decodes every char (4x the instructions).
+    !topic.is_empty()
+        && topic.len() <= MAX_TOPIC_LEN
+        && !topic.bytes().any(|b| matches!(b, b'+' | b'#' | 0))
 }
 
 /// A topic a party other than the broker may publish to — a client's PUBLISH or will, a

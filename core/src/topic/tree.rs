@@ -1,4 +1,4 @@
-//! The subscription tree: one node per topic level, `+` and `#` as ordinary children, shared
+//! The subscription tree: one node per topic level (`+` and `#` children in fields of their own), shared
 //! subscription groups kept at the node of their filter. Matching walks the tree without
 //! allocating.
 
@@ -22,7 +22,11 @@ struct SharedGroup<T> {
 }
 
 struct Node<T> {
+    /// Children by literal level. The wildcard levels have fields of their own: every match
+    /// asks for them at every level, and a field costs a pointer test, not a hash lookup.
     children: LevelMap<Node<T>>,
+    plus: Option<Box<Node<T>>>,
+    hash: Option<Box<Node<T>>>,
     subscribers: Vec<T>,
     shared: Vec<SharedGroup<T>>,
 }
@@ -31,6 +35,8 @@ impl<T> Default for Node<T> {
     fn default() -> Self {
         Self {
             children: LevelMap::default(),
+            plus: None,
+            hash: None,
             subscribers: Vec::new(),
             shared: Vec::new(),
         }
@@ -39,7 +45,68 @@ impl<T> Default for Node<T> {
 
 impl<T> Node<T> {
     fn is_empty(&self) -> bool {
-        self.children.is_empty() && self.subscribers.is_empty() && self.shared.is_empty()
+        self.children.is_empty()
+            && self.plus.is_none()
+            && self.hash.is_none()
+            && self.subscribers.is_empty()
+            && self.shared.is_empty()
+    }
+
+    fn child_or_insert(&mut self, level: &str) -> &mut Node<T> {
+        match level {
+            "+" => self.plus.get_or_insert_with(Default::default),
+            "#" => self.hash.get_or_insert_with(Default::default),
+            _ => self.children.entry(level.into()).or_default(),
+        }
+    }
+
+    fn child_mut(&mut self, level: &str) -> Option<&mut Node<T>> {
+        match level {
+            "+" => self.plus.as_deref_mut(),
+            "#" => self.hash.as_deref_mut(),
+            _ => self.children.get_mut(level),
+        }
+    }
+
+    fn remove_child(&mut self, level: &str) {
+        match level {
+            "+" => self.plus = None,
+            "#" => self.hash = None,
+            _ => {
+                self.children.remove(level);
+            }
+        }
+    }
+}
+
+/// The levels of a topic name, split at `/` by a plain byte search (`str::split` with a char
+/// pattern costs more than the whole tree walk for short topics).
+#[derive(Clone, Copy)]
+struct Levels<'a> {
+    rest: Option<&'a str>,
+}
+
+impl<'a> Levels<'a> {
+    fn new(topic: &'a str) -> Self {
+        Self { rest: Some(topic) }
+    }
+}
+
+impl<'a> Iterator for Levels<'a> {
+    type Item = &'a str;
+
+    fn next(&mut self) -> Option<&'a str> {
+        let rest = self.rest?;
+        match rest.bytes().position(|b| b == b'/') {
+            Some(i) => {
+                self.rest = Some(&rest[i + 1..]);
+                Some(&rest[..i])
+            }
+            None => {
+                self.rest = None;
+                Some(rest)
+            }
+        }
     }
 }
 
@@ -72,7 +139,7 @@ impl<T: TreeEntry> TopicTree<T> {
     pub fn insert(&mut self, filter: &str, share: Option<&str>, entry: T) -> Option<T> {
         let mut node = &mut self.root;
         for level in filter.split('/') {
-            node = node.children.entry(level.into()).or_default();
+            node = node.child_or_insert(level);
         }
         let list = match share {
             None => &mut node.subscribers,
@@ -122,7 +189,7 @@ impl<T: TreeEntry> TopicTree<T> {
         let dollar = topic.starts_with('$');
         walk(
             &self.root,
-            topic.split('/'),
+            Levels::new(topic),
             true,
             dollar,
             &available,
@@ -155,10 +222,10 @@ fn remove_at<T: TreeEntry>(
             }
         },
         Some(level) => {
-            let child = node.children.get_mut(level)?;
+            let child = node.child_mut(level)?;
             let removed = remove_at(child, levels, share, key);
             if removed.is_some() && child.is_empty() {
-                node.children.remove(level);
+                node.remove_child(level);
             }
             removed
         }
@@ -189,7 +256,7 @@ fn visit_node<T>(
 
 fn walk<T>(
     node: &Node<T>,
-    mut levels: std::str::Split<'_, char>,
+    mut levels: Levels<'_>,
     first: bool,
     dollar: bool,
     available: &impl Fn(&T) -> bool,
@@ -200,18 +267,21 @@ fn walk<T>(
         None => {
             visit_node(node, available, visit);
             // "a/#" also matches "a".
-            if let Some(hash) = node.children.get("#") {
+            if let Some(hash) = &node.hash {
                 visit_node(hash, available, visit);
             }
         }
         Some(level) => {
             if wildcards_allowed {
-                if let Some(hash) = node.children.get("#") {
+                if let Some(hash) = &node.hash {
                     visit_node(hash, available, visit);
                 }
-                if let Some(plus) = node.children.get("+") {
-                    walk(plus, levels.clone(), false, dollar, available, visit);
+                if let Some(plus) = &node.plus {
+                    walk(plus, levels, false, dollar, available, visit);
                 }
+            }
+            if node.children.is_empty() {
+                return;
             }
             if let Some(child) = node.children.get(level) {
                 walk(child, levels, false, dollar, available, visit);
