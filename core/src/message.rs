@@ -89,7 +89,8 @@ impl Message {
         }
     }
 
-    pub fn from_publish(p: Publish, publisher: Arc<str>) -> Self {
+    /// A client's PUBLISH as it was read at `received_at`.
+    pub fn from_publish(p: Publish, publisher: Arc<str>, received_at: SystemTime) -> Self {
         let mut properties = p.properties;
         if let Some(props) = properties.get_mut() {
             props.topic_alias = None;
@@ -103,7 +104,7 @@ impl Message {
             expires_at: expiry_deadline(&properties),
             properties,
             publisher: Some(publisher),
-            received_at: SystemTime::now(),
+            received_at,
             payload_is_own: false,
             store_id: StoreId::default(),
         }

@@ -8,6 +8,7 @@ use crate::message::Message;
 use crate::metrics::Limit;
 use crate::protocol::*;
 use crate::session::{IncomingQos2, PubRecOutcome};
+use std::time::{Duration, SystemTime};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 impl<S> Connection<S>
@@ -17,17 +18,28 @@ where
     /// Decodes and handles every complete packet in the read buffer.
     pub(super) async fn process_input(&mut self) -> Result<(), Close> {
         let max = self.att.broker.config.max_packet_size as usize;
+        // One clock read per batch of packets: the n-th publish of a read is stamped n
+        // nanoseconds after it, so each still has its own receipt time (message ids use it).
+        let mut received_at = SystemTime::now();
         while let Some(packet) =
             decode_packet_with(&mut self.rbuf, Some(self.version), max, &mut self.topics)?
         {
-            self.handle(packet).await?;
+            match packet {
+                Packet::Publish(p) => {
+                    received_at += Duration::from_nanos(1);
+                    self.on_publish(p, received_at).await?;
+                }
+                other => self.handle(other).await?,
+            }
         }
         Ok(())
     }
 
+    /// Every packet but PUBLISH (see `process_input`).
     async fn handle(&mut self, packet: Packet) -> Result<(), Close> {
         match packet {
-            Packet::Publish(p) => self.on_publish(p).await,
+            // Never here: `process_input` hands PUBLISH to `on_publish` with its receipt time.
+            Packet::Publish(_) => Ok(()),
             Packet::PubAck(r) => {
                 if let Some(msg) = self.att.session.on_puback(r.packet_id) {
                     self.att.acked(msg);
@@ -110,7 +122,7 @@ where
         Ok(())
     }
 
-    async fn on_publish(&mut self, mut p: Publish) -> Result<(), Close> {
+    async fn on_publish(&mut self, mut p: Publish, received_at: SystemTime) -> Result<(), Close> {
         if self.version.is_v5() {
             self.resolve_topic_alias(&mut p)?;
         }
@@ -143,7 +155,7 @@ where
                 }
             }
         }
-        let msg = Message::from_publish(p, self.att.client.client_id.clone());
+        let msg = Message::from_publish(p, self.att.client.client_id.clone(), received_at);
         let code = match self.att.publish(msg).await {
             Ok(()) | Err(PublishRefused::Dropped) => ReasonCode::SUCCESS,
             Err(PublishRefused::Invalid(code, why)) => return Err(Close::error(code, why)),

@@ -172,7 +172,7 @@ impl Attachment {
                 "empty topic name",
             ));
         }
-        if topic::level_count(&msg.topic) > cfg.max_topic_levels {
+        if topic::too_deep(&msg.topic, cfg.max_topic_levels) {
             return Err(PublishRefused::Invalid(
                 ReasonCode::TOPIC_NAME_INVALID,
                 "too many topic levels",

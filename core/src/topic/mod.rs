@@ -22,7 +22,7 @@ pub fn valid_topic_name(topic: &str) -> bool {
 /// message hook's patch, a rule's republish: a valid name, not one of the broker's `$` topics,
 /// no deeper than `max_levels`. One definition, so no source is checked less than the others.
 pub fn publishable(topic: &str, max_levels: usize) -> bool {
-    valid_topic_name(topic) && !topic.starts_with('$') && level_count(topic) <= max_levels
+    valid_topic_name(topic) && !topic.starts_with('$') && !too_deep(topic, max_levels)
 }
 
 /// A topic filter: `+` fills a whole level, `#` is a whole last level.
@@ -49,6 +49,12 @@ pub const MAX_TOPIC_LEVELS: usize = 1024;
 
 pub fn level_count(topic: &str) -> usize {
     topic.bytes().filter(|b| *b == b'/').count() + 1
+}
+
+/// Whether `topic` has more than `max` levels. A topic of fewer bytes than `max` cannot, and
+/// is not scanned (the common case, checked for every publish).
+pub fn too_deep(topic: &str, max: usize) -> bool {
+    topic.len() >= max && level_count(topic) > max
 }
 
 /// Splits `$share/{group}/{filter}` into the group and the filter.
@@ -120,6 +126,9 @@ mod tests {
     fn publishable_is_a_valid_name_outside_dollar_within_the_level_limit() {
         assert!(publishable("a/b", 2));
         assert!(!publishable("a/b/c", 2), "too deep");
+        assert!(publishable("a/b", 3), "fewer bytes than levels allowed");
+        assert!(!publishable("/////", 5), "six empty levels");
+        assert!(publishable("////", 5));
         assert!(!publishable("$SYS/x", 8), "the broker's");
         assert!(!publishable("a/+", 8), "a filter, not a name");
         assert!(!publishable("", 8));
