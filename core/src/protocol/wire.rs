@@ -158,6 +158,26 @@ pub(crate) fn put_binary(buf: &mut BytesMut, b: &[u8]) {
 #[inline]
 pub(crate) fn header(buf: &mut BytesMut, first: u8, remaining: usize) {
     buf.reserve(1 + varint_len(remaining) + remaining);
-    buf.put_u8(first);
-    put_varint(buf, remaining);
+    let (head, n) = fixed_header(first, remaining);
+    buf.put_slice(&head[..n]);
+}
+
+/// The first byte and the remaining length, as bytes and how many of them: a packet's head
+/// goes into the buffer in one copy (each `put_*` call checks capacity anew).
+#[inline]
+pub(crate) fn fixed_header(first: u8, mut remaining: usize) -> ([u8; 5], usize) {
+    let mut head = [first, 0, 0, 0, 0];
+    let mut n = 1;
+    loop {
+        let mut b = (remaining % 128) as u8;
+        remaining /= 128;
+        if remaining > 0 {
+            b |= 0x80;
+        }
+        head[n] = b;
+        n += 1;
+        if remaining == 0 || n == head.len() {
+            return (head, n);
+        }
+    }
 }
