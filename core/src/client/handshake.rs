@@ -18,21 +18,26 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tracing::{debug, info};
 
 /// Serves one accepted stream until it closes. Never panics on client input.
-pub async fn serve<S>(
+pub fn serve<S>(
     stream: S,
     peer: SocketAddr,
     cert_cn: Option<Arc<str>>,
     ctx: Arc<ListenerContext>,
-) where
+) -> impl std::future::Future<Output = ()>
+where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
     // The handshake and shut-down phases are boxed: only the connection and its main loop stay
-    // in the task for the connection's lifetime, which keeps idle connections small.
-    let Some(mut conn) = Box::pin(handshake(stream, peer, cert_cn, ctx)).await else {
-        return;
-    };
-    let close = conn.run().await;
-    Box::pin(conn.finish(close)).await;
+    // in the task for the connection's lifetime, which keeps idle connections small. Not an
+    // `async fn`: its arguments would keep their place in the future after being moved out.
+    let handshake = Box::pin(handshake(stream, peer, cert_cn, ctx));
+    async move {
+        let Some(mut conn) = handshake.await else {
+            return;
+        };
+        let close = conn.run().await;
+        Box::pin(conn.finish(close)).await;
+    }
 }
 
 /// Reads CONNECT (within the connect timeout) and turns the stream into a [`Connection`].

@@ -11,6 +11,7 @@ use crate::client::{serve, ListenerContext};
 use crate::config::{ListenerConfig, ListenerKind};
 use crate::guard::rate::TokenBucket;
 use crate::metrics::Limit;
+use futures_util::FutureExt;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -130,10 +131,9 @@ impl BoundListener {
             // Plain TCP, the common case, gets a task sized for plain TCP; TLS and WebSocket
             // connections carry several KB of extra state and get their own (boxed) futures.
             if shared.tls.is_none() && shared.config.kind == ListenerKind::Tcp {
-                tasks.spawn(async move {
-                    let _guard = guard;
-                    serve(tcp, peer, None, ctx).await;
-                });
+                // `map`, not an async block: a block keeps room for what it captured (the
+                // socket, address and context, moved on into `serve`) as long as it lives.
+                tasks.spawn(serve(tcp, peer, None, ctx).map(move |()| drop(guard)));
             } else {
                 let me = shared.clone();
                 tasks.spawn(async move {
