@@ -193,3 +193,79 @@ async fn receive_maximum_is_enforced_for_v5_only() {
         assert!(matches!(v3c.recv().await, Some(Packet::PubRec(_))));
     }
 }
+
+/// A subscriber's PUBACKs arrive in runs and are taken under one lock: a run that mixes
+/// known ids, an unknown one and a repeat acknowledges exactly the known ones, and the rest
+/// come again after a reconnect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_of_pubacks_in_one_write_acknowledges_exactly_what_it_names() {
+    use switchyard_core::protocol::{self, Packet, ProtocolVersion, PubResponse, QoS, ReasonCode};
+    let server = start(test_config()).await;
+    let addr = tcp_addr(&server);
+    let mut c = connect_packet(ProtocolVersion::V311, "acker");
+    c.clean_start = false;
+    let mut sub = Raw::connect(addr).await;
+    sub.handshake_with(c.clone()).await;
+    sub.send(&Packet::Subscribe(protocol::Subscribe {
+        packet_id: 1,
+        filters: vec![(
+            "acks/#".into(),
+            protocol::SubscriptionOptions {
+                qos: QoS::AtLeastOnce,
+                ..Default::default()
+            },
+        )],
+        properties: Default::default(),
+    }))
+    .await;
+    assert!(matches!(sub.recv().await, Some(Packet::SubAck(_))));
+    let publisher = v4::connect(v4::options(addr, "acks-pub")).await;
+    for i in 0..5 {
+        publisher
+            .client
+            .publish(
+                format!("acks/{i}"),
+                v4::QoS::AtLeastOnce,
+                false,
+                format!("m{i}"),
+            )
+            .await
+            .unwrap();
+    }
+    let mut ids = Vec::new();
+    while ids.len() < 5 {
+        match sub.recv().await {
+            Some(Packet::Publish(p)) => ids.push((p.packet_id, p.payload)),
+            other => panic!("expected PUBLISH, got {other:?}"),
+        }
+    }
+    let mut run = bytes::BytesMut::new();
+    let unknown = ids.iter().map(|(id, _)| *id).max().unwrap() + 100;
+    for id in [ids[0].0, unknown, ids[2].0, ids[2].0, ids[4].0] {
+        let ack = Packet::PubAck(PubResponse::new(id, ReasonCode::SUCCESS));
+        protocol::encode_packet(&ack, ProtocolVersion::V311, &mut run);
+    }
+    sub.send_bytes(&run).await;
+    sub.send(&Packet::Disconnect(protocol::Disconnect {
+        code: ReasonCode::SUCCESS,
+        properties: Default::default(),
+    }))
+    .await;
+    assert!(sub.expect_close().await.is_none());
+    let mut again = Raw::connect(addr).await;
+    assert!(again.handshake_with(c).await.session_present);
+    let mut resent = Vec::new();
+    while resent.len() < 2 {
+        match again.recv().await {
+            Some(Packet::Publish(p)) => {
+                assert!(p.dup, "a resend carries DUP");
+                resent.push((p.packet_id, p.payload));
+            }
+            other => panic!("expected PUBLISH, got {other:?}"),
+        }
+    }
+    assert_eq!(resent, vec![ids[1].clone(), ids[3].clone()]);
+    // Nothing else is owed: a ping is answered before any further PUBLISH.
+    again.send(&Packet::PingReq).await;
+    assert!(matches!(again.recv().await, Some(Packet::PingResp)));
+}

@@ -8,6 +8,7 @@ use crate::message::Message;
 use crate::metrics::Limit;
 use crate::protocol::*;
 use crate::session::{IncomingQos2, PubRecOutcome};
+use bytes::Buf;
 use std::time::{Duration, SystemTime};
 use tokio::io::{AsyncRead, AsyncWrite};
 
@@ -35,15 +36,30 @@ where
         Ok(())
     }
 
+    /// A PUBACK and the four-byte PUBACKs right behind it in the buffer, acknowledged under one
+    /// session lock (a subscriber's PUBACKs mostly arrive in runs, one per message).
+    fn on_pubacks(&mut self, first: u16) {
+        let mut ids = smallvec::SmallVec::<[u16; 32]>::new();
+        ids.push(first);
+        while ids.len() < ids.inline_size() {
+            let Some(id) = short_puback(&self.rbuf) else {
+                break;
+            };
+            self.rbuf.advance(4);
+            ids.push(id);
+        }
+        for msg in self.att.session.on_pubacks(&ids) {
+            self.att.acked(msg);
+        }
+    }
+
     /// Every packet but PUBLISH (see `process_input`).
     async fn handle(&mut self, packet: Packet) -> Result<(), Close> {
         match packet {
             // Never here: `process_input` hands PUBLISH to `on_publish` with its receipt time.
             Packet::Publish(_) => Ok(()),
             Packet::PubAck(r) => {
-                if let Some(msg) = self.att.session.on_puback(r.packet_id) {
-                    self.att.acked(msg);
-                }
+                self.on_pubacks(r.packet_id);
                 Ok(())
             }
             Packet::PubRec(r) => {

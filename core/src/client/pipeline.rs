@@ -460,8 +460,10 @@ impl Attachment {
 
     /// The client acknowledged a QoS 1/2 delivery (PUBACK, PUBCOMP).
     pub fn acked(&self, msg: Arc<Message>) {
-        let to = self.client.clone();
-        self.broker.hooks.emit(|| Event::MessageAcked { to, msg });
+        self.broker.hooks.emit(|| Event::MessageAcked {
+            to: self.client.clone(),
+            msg,
+        });
     }
 
     /// The authorize check a will passes before it is published.

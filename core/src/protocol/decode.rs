@@ -37,6 +37,16 @@ impl TopicCache {
     }
 }
 
+/// The packet id of a four-byte PUBACK (a success without properties, the usual form in both
+/// versions) at the front of `buf`, which the caller then advances by 4. `None` for anything
+/// else, which [`decode_packet`] then reads (and refuses if it is malformed).
+pub fn short_puback(buf: &[u8]) -> Option<u16> {
+    match buf {
+        [0x40, 2, hi, lo, ..] if (*hi, *lo) != (0, 0) => Some(u16::from_be_bytes([*hi, *lo])),
+        _ => None,
+    }
+}
+
 /// [`decode_packet`] for a connection that keeps a [`TopicCache`].
 pub fn decode_packet_with(
     buf: &mut BytesMut,

@@ -17,7 +17,7 @@ pub(crate) mod properties;
 mod reason;
 pub(crate) mod wire;
 
-pub use decode::{decode_packet, decode_packet_with, TopicCache};
+pub use decode::{decode_packet, decode_packet_with, short_puback, TopicCache};
 pub use encode::{encode_packet, encode_publish, publish_size, OutgoingPublish};
 pub use error::DecodeError;
 pub use properties::{Properties, Props};

@@ -440,3 +440,17 @@ fn a_repeated_topic_is_shared_between_publishes() {
     assert!(std::sync::Arc::ptr_eq(&first, &second));
     assert_eq!((&*first, &*third), ("a/b", "c"));
 }
+
+#[test]
+fn short_puback_reads_only_a_well_formed_four_byte_puback() {
+    assert_eq!(short_puback(&[0x40, 2, 1, 2, 0x40]), Some(258));
+    assert_eq!(short_puback(&[0x40, 2, 0, 0]), None, "packet id 0");
+    assert_eq!(
+        short_puback(&[0x40, 3, 0, 1, 0x10]),
+        None,
+        "v5 form with a reason code"
+    );
+    assert_eq!(short_puback(&[0x50, 2, 0, 1]), None, "PUBREC");
+    assert_eq!(short_puback(&[0x41, 2, 0, 1]), None, "flags set");
+    assert_eq!(short_puback(&[0x40, 2, 0]), None, "incomplete");
+}

@@ -25,12 +25,19 @@ impl Session {
         }
     }
 
-    /// PUBACK: the QoS 1 delivery is done. Returns its message.
-    pub fn on_puback(&self, packet_id: u16) -> Option<Arc<Message>> {
+    /// PUBACK: each QoS 1 delivery is done. A run of PUBACKs read together takes one lock (a
+    /// subscriber's session lock is the one its publishers contend for). Returns the messages
+    /// acknowledged; unknown packet ids are ignored.
+    pub fn on_pubacks(&self, packet_ids: &[u16]) -> smallvec::SmallVec<[Arc<Message>; 32]> {
+        let mut done = smallvec::SmallVec::new();
         let mut st = self.state.lock();
-        let f = st.take_inflight(packet_id, InflightState::AwaitingPubAck)?;
-        self.log_done(&f.delivery);
-        Some(f.delivery.msg)
+        for &id in packet_ids {
+            if let Some(f) = st.take_inflight(id, InflightState::AwaitingPubAck) {
+                self.log_done(&f.delivery);
+                done.push(f.delivery.msg);
+            }
+        }
+        done
     }
 
     /// A durable session's delivery is finished (acknowledged or refused by the client).
