@@ -140,3 +140,80 @@ async fn sys_topics_report_broker_statistics() {
         .unwrap();
     assert!(retained >= 1);
 }
+
+fn body(p: &v4::Publish) -> String {
+    String::from_utf8(p.payload.to_vec()).unwrap()
+}
+
+/// A publisher that repeats its topic routes from its cache (issue 13) as long as the
+/// subscription tree is unchanged: a SUBSCRIBE, an UNSUBSCRIBE, a session's end and a
+/// resubscription at another QoS must each be seen by its very next message, and a topic with
+/// more subscribers than the cache keeps still reaches all of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publishers_cached_route_follows_every_change_to_the_subscriptions() {
+    let server = start(test_config()).await;
+    let addr = tcp_addr(&server);
+    let mut first = v4::connect(v4::options(addr, "rc-first")).await;
+    first.subscribe("rc/#", v4::QoS::AtLeastOnce).await;
+    first.subscribe("marker", v4::QoS::AtLeastOnce).await;
+    let publisher = v4::connect(v4::options(addr, "rc-pub")).await;
+    let send = |payload: &'static str, topic: &'static str| {
+        let client = publisher.client.clone();
+        async move {
+            client
+                .publish(topic, v4::QoS::AtLeastOnce, false, payload)
+                .await
+                .unwrap()
+        }
+    };
+    for payload in ["a1", "a2"] {
+        send(payload, "rc/t").await;
+        assert_eq!(body(&first.next_publish().await), payload);
+    }
+    // A new subscriber: the next message reaches it.
+    let mut second = v4::connect(v4::options(addr, "rc-second")).await;
+    second.subscribe("rc/t", v4::QoS::AtMostOnce).await;
+    send("b", "rc/t").await;
+    assert_eq!(body(&first.next_publish().await), "b");
+    let got = second.next_publish().await;
+    assert_eq!((body(&got), got.qos), ("b".into(), v4::QoS::AtMostOnce));
+    // Resubscribed at QoS 1: the next message comes at QoS 1.
+    second.subscribe("rc/t", v4::QoS::AtLeastOnce).await;
+    send("c", "rc/t").await;
+    let got = second.next_publish().await;
+    assert_eq!((body(&got), got.qos), ("c".into(), v4::QoS::AtLeastOnce));
+    assert_eq!(body(&first.next_publish().await), "c");
+    // Unsubscribed: the next message does not reach it. The publisher's messages keep their
+    // order, so `first` getting the marker right after "d" proves "d" was not delivered.
+    first.client.unsubscribe("rc/#").await.unwrap();
+    first
+        .expect(|p| matches!(p, v4::Packet::UnsubAck(_)).then_some(()))
+        .await;
+    send("d", "rc/t").await;
+    send("after-d", "marker").await;
+    assert_eq!(body(&second.next_publish().await), "d");
+    assert_eq!(body(&first.next_publish().await), "after-d");
+    // The subscriber's session ends (clean session, disconnected) and another subscribes: the
+    // next message reaches the new one.
+    second.client.disconnect().await.unwrap();
+    second.expect_closed().await;
+    let mut watcher = v4::connect(v4::options(addr, "rc-watch")).await;
+    watcher.subscribe("rc/t", v4::QoS::AtLeastOnce).await;
+    send("e", "rc/t").await;
+    assert_eq!(body(&watcher.next_publish().await), "e");
+    // More subscribers than a cache keeps (8): every one of them, every time.
+    let mut many = Vec::new();
+    for i in 0..12 {
+        let mut c = v4::connect(v4::options(addr, &format!("rc-many{i}"))).await;
+        c.subscribe("fan/t", v4::QoS::AtLeastOnce).await;
+        many.push(c);
+    }
+    for payload in ["f1", "f2", "f3"] {
+        send(payload, "fan/t").await;
+    }
+    for c in &mut many {
+        for payload in ["f1", "f2", "f3"] {
+            assert_eq!(body(&c.next_publish().await), payload);
+        }
+    }
+}

@@ -226,13 +226,12 @@ impl Broker {
             parts.subscriptions = subscriptions.clone();
             let durable = Durable::new(sid, journal.clone());
             let session = Arc::new(Session::restored(s.client_id, s.user, durable, parts));
-            {
-                let mut tree = self.subscriptions.write();
+            self.change_tree(|tree| {
                 for (filter, options, identifier, checked) in subscriptions {
                     let reads = checked.then(|| Arc::new(ReadCheck::new(client.clone())));
-                    add_to_tree(&mut tree, &session, &filter, options, identifier, reads);
+                    add_to_tree(tree, &session, &filter, options, identifier, reads);
                 }
-            }
+            });
             self.sessions.restore(session.clone());
             report.sessions += 1;
             if s.expiry != u32::MAX {

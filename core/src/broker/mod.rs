@@ -3,26 +3,29 @@
 //! The subscription tree sits behind a read-write lock so both cores route in parallel; only
 //! SUBSCRIBE/UNSUBSCRIBE take it exclusively. Each session has its own small lock for its queue.
 //!
-//! - this module: [`Broker`], attach/detach, subscriptions, routing, wills;
+//! - this module: [`Broker`], attach/detach, subscriptions, wills;
+//! - `routing`: where a message goes (the tree walk, read checks, delivery) and the
+//!   per-publisher [`RouteCache`];
 //! - `retained`: the retained store;
 //! - `durable`: persistence — open, restore, snapshots (see `crate::persist`).
 
 mod durable;
 mod retained;
+mod routing;
 
 pub use durable::{PersistError, RestoreReport};
+pub use routing::RouteCache;
 
 use crate::config::{LimitsConfig, MqttConfig};
 use crate::guard::Guard;
 use crate::hooks::ClientInfo;
-use crate::hooks::{Event, HookChain, HookSet};
+use crate::hooks::HookChain;
 use crate::message::Message;
-use crate::metrics::{Limit, Metrics, MetricsSource};
+use crate::metrics::{Metrics, MetricsSource};
 use crate::protocol::{QoS, SubscriptionOptions};
 use crate::read_check::ReadCheck;
 use crate::session::{
-    AttachId, Backpressure, Delivery, Enqueued, MemoryStore, Session, SessionClaim,
-    SessionOwnedByOther, SessionStore,
+    AttachId, Backpressure, MemoryStore, Session, SessionClaim, SessionOwnedByOther, SessionStore,
 };
 use crate::topic::{self, RetainedTree, TopicTree, TreeEntry};
 use parking_lot::RwLock;
@@ -33,6 +36,7 @@ use tokio_util::sync::CancellationToken;
 
 /// A subscription as the tree stores it: pointing straight at the session, so delivering needs
 /// no registry lookup.
+#[derive(Clone)]
 struct Subscriber {
     session: Arc<Session>,
     options: SubscriptionOptions,
@@ -96,6 +100,9 @@ pub struct Broker {
     pub guard: Guard,
     sessions: Box<dyn SessionStore>,
     subscriptions: RwLock<TopicTree<Subscriber>>,
+    /// Counts changes to `subscriptions` (bumped under its write lock, see
+    /// [`Broker::change_tree`]): a [`RouteCache`] holds while it is unchanged.
+    tree_generation: AtomicU64,
     retained: RwLock<RetainedTree<Arc<Message>>>,
     /// Bytes of topics and payloads in `retained`; written only under its write lock.
     retained_bytes: AtomicUsize,
@@ -141,6 +148,7 @@ impl Broker {
             started: Instant::now(),
             sessions: store,
             subscriptions: RwLock::new(TopicTree::default()),
+            tree_generation: AtomicU64::new(0),
             retained: RwLock::new(RetainedTree::default()),
             retained_bytes: AtomicUsize::new(0),
             retained_full_log: crate::log_limit::LogLimiter::new(1, 0),
@@ -261,11 +269,12 @@ impl Broker {
     /// from the tree.
     fn end_session(&self, session: &Arc<Session>) {
         let filters = session.end();
-        let mut tree = self.subscriptions.write();
-        for f in &filters {
-            let (share, filter) = split_share(f);
-            tree.remove(filter, share, &session.client_id);
-        }
+        self.change_tree(|tree| {
+            for f in &filters {
+                let (share, filter) = split_share(f);
+                tree.remove(filter, share, &session.client_id);
+            }
+        });
     }
 
     /// Starts a graceful shutdown: listeners stop accepting and every attached connection is
@@ -307,8 +316,7 @@ impl Broker {
         else {
             return false;
         };
-        let mut tree = self.subscriptions.write();
-        add_to_tree(&mut tree, session, filter, options, identifier, reads);
+        self.change_tree(|tree| add_to_tree(tree, session, filter, options, identifier, reads));
         existed
     }
 
@@ -317,9 +325,7 @@ impl Broker {
         let existed = session.remove_subscription(filter);
         if existed {
             let (share, inner) = split_share(filter);
-            self.subscriptions
-                .write()
-                .remove(inner, share, &session.client_id);
+            self.change_tree(|tree| tree.remove(inner, share, &session.client_id));
         }
         existed
     }
@@ -337,142 +343,13 @@ impl Broker {
         routed
     }
 
-    /// Routes a message to every subscription that may have it now; returns the matches whose
-    /// read check has yet to be asked (see [`Broker::resolve_reads`]).
-    pub fn route(&self, msg: &Arc<Message>) -> (Routed, Vec<PendingRead>) {
-        let mut routed = Routed::default();
-        if msg.retain {
-            routed.lsn = self.store_retained(msg);
-        }
-        // Most topics have a handful of subscribers: keep them on the stack.
-        let mut targets: smallvec::SmallVec<[Target; 4]> = smallvec::SmallVec::new();
-        let mut pending = Vec::new();
-        {
-            let version = self.hooks.version();
-            let tree = self.subscriptions.read();
-            tree.for_each_match(
-                &msg.topic,
-                |s| s.session.is_connected(),
-                |s, share| {
-                    if share.is_none()
-                        && s.options.no_local
-                        && msg.publisher.as_deref() == Some(&*s.session.client_id)
-                    {
-                        return;
-                    }
-                    let qos = msg.qos.min(s.options.qos);
-                    let retain = s.options.retain_as_published && msg.retain;
-                    if let Some(check) = &s.reads {
-                        match check.cached(&msg.topic, version) {
-                            Some(true) => {}
-                            Some(false) => return,
-                            None => {
-                                pending.push(PendingRead {
-                                    session: s.session.clone(),
-                                    qos,
-                                    retain,
-                                    identifier: s.identifier,
-                                    check: check.clone(),
-                                });
-                                return;
-                            }
-                        }
-                    }
-                    targets.push((s.session.clone(), qos, retain, s.identifier));
-                },
-            );
-        }
-        if targets.len() > 1 {
-            targets.sort_by_key(|t| Arc::as_ptr(&t.0) as usize);
-        }
-        if !pending.is_empty() {
-            // A session that gets the message through another subscription gets it once.
-            pending.retain(|p| !targets.iter().any(|t| Arc::ptr_eq(&t.0, &p.session)));
-            pending.dedup_by(|a, b| Arc::ptr_eq(&a.session, &b.session));
-        }
-        let mut i = 0;
-        while i < targets.len() {
-            // A client with several matching subscriptions gets the message once, at the highest
-            // QoS, with every subscription identifier.
-            let (session, mut qos, mut retain, id) = targets[i].clone();
-            let mut ids: Vec<u32> = id.into_iter().collect();
-            let mut j = i + 1;
-            while j < targets.len() && Arc::ptr_eq(&targets[j].0, &session) {
-                qos = qos.max(targets[j].1);
-                retain |= targets[j].2;
-                ids.extend(targets[j].3);
-                j += 1;
-            }
-            i = j;
-            let delivery = Delivery {
-                msg: msg.clone(),
-                qos,
-                retain,
-                subscription_ids: ids,
-            };
-            self.deliver(session, delivery, &mut routed);
-        }
-        (routed, pending)
-    }
-
-    /// Asks the read checks [`Broker::route`] left open and delivers where they allow
-    /// ([`Routed::congested`] and [`Routed::lsn`] are what the caller needs).
-    pub async fn resolve_reads(&self, msg: &Arc<Message>, pending: Vec<PendingRead>) -> Routed {
-        let mut routed = Routed::default();
-        for p in pending {
-            if !p.check.check(&self.hooks, &msg.topic, p.qos).await {
-                continue;
-            }
-            let delivery = Delivery {
-                msg: msg.clone(),
-                qos: p.qos,
-                retain: p.retain,
-                subscription_ids: p.identifier.into_iter().collect(),
-            };
-            self.deliver(p.session, delivery, &mut routed);
-        }
-        routed
-    }
-
-    /// Queues one delivery, counting and announcing what could not be queued.
-    fn deliver(&self, session: Arc<Session>, delivery: Delivery, routed: &mut Routed) {
-        // Kept only for the drop event: a clone per delivery is a shared counter every core
-        // would write.
-        let msg = self
-            .hooks
-            .wants(HookSet::MESSAGE_EVENTS)
-            .then(|| delivery.msg.clone());
-        // Under overload QoS 0 is the first thing given up, so that what was promised drains.
-        if delivery.qos == QoS::AtMostOnce && self.guard.is_overloaded() {
-            self.metrics.limit_hit(Limit::Overload);
-            Metrics::add(&self.metrics.messages_dropped, 1);
-            return;
-        }
-        let (outcome, congested, lsn) =
-            session.enqueue(delivery, &self.backpressure, &mut routed.stored_copy);
-        routed.lsn = routed.lsn.max(lsn);
-        match outcome {
-            Enqueued::Queued => routed.queued += 1,
-            Enqueued::DroppedOther => {
-                routed.queued += 1;
-                Metrics::add(&self.metrics.messages_dropped, 1);
-            }
-            Enqueued::Refused => {
-                Metrics::add(&self.metrics.messages_dropped, 1);
-                if let Some(msg) = msg {
-                    self.hooks.emit(|| Event::MessageDropped {
-                        to: Some(session.client_id.clone()),
-                        receiver: None,
-                        msg,
-                        reason: "queue full",
-                    });
-                }
-            }
-            Enqueued::Skipped => {}
-        }
-        if congested && routed.congested.is_none() {
-            routed.congested = Some(session);
-        }
+    /// Every change to the subscription tree goes through here: the generation moves while the
+    /// write lock is held, so a reader that sees the old generation routes as before the change.
+    fn change_tree<R>(&self, change: impl FnOnce(&mut TopicTree<Subscriber>) -> R) -> R {
+        let mut tree = self.subscriptions.write();
+        let out = change(&mut tree);
+        self.tree_generation.fetch_add(1, Ordering::Release);
+        out
     }
 
     /// Publishes the will of the connection that attached as `id`: now, or after its delay

@@ -9,7 +9,7 @@
 //! - unsubscribe: forget → `SessionUnsubscribed`;
 //! - outbound: the session's batch, with `MessageDelivered` / `MessageDropped` and counters.
 
-use crate::broker::Broker;
+use crate::broker::{Broker, RouteCache};
 use crate::guard::rate::TokenBucket;
 use crate::hooks::{Access, AclDecision, ClientInfo, ConnectFacts, Event, HookSet};
 use crate::message::Message;
@@ -68,18 +68,20 @@ pub struct Attachment {
     pub client: Arc<ClientInfo>,
     pub session: Arc<Session>,
     pub id: AttachId,
-    /// Publish rate buckets (messages, bytes), made at the first publish: a client that only
-    /// subscribes never pays for them.
-    rates: Mutex<Option<Box<PublishRates>>>,
+    /// What publishing needs (rate buckets, the route cache), made at the first publish: a
+    /// client that only subscribes never pays for it.
+    publishing: Mutex<Option<Box<PublishState>>>,
     /// The journal position this client's accepted publishes reached: in `sync` mode nothing
     /// is written to the client (its PUBACK / PUBREC) before it is durable.
     commit_lsn: AtomicU64,
 }
 
-/// `max_publish_rate` and `max_publish_bytes_rate` of one client.
-struct PublishRates {
+/// A publishing client's own state: its `max_publish_rate` and `max_publish_bytes_rate`
+/// buckets and the subscriptions its last topic matched.
+struct PublishState {
     messages: Option<TokenBucket>,
     bytes: Option<TokenBucket>,
+    routes: RouteCache,
 }
 
 impl Attachment {
@@ -114,7 +116,7 @@ impl Attachment {
             client,
             session: attached.session,
             id: attached.id,
-            rates: Mutex::new(None),
+            publishing: Mutex::new(None),
             commit_lsn: AtomicU64::new(0),
         };
         Ok((att, attached.session_present))
@@ -238,7 +240,12 @@ impl Attachment {
             msg
         };
         let msg = Arc::new(msg);
-        let (routed, pending) = broker.route(&msg);
+        let (routed, pending) = {
+            // Only this connection's task takes this lock: holding it while routing is safe.
+            let mut state = self.publishing.lock();
+            let state = state.get_or_insert_with(|| self.publish_state());
+            broker.route_cached(&msg, &mut state.routes)
+        };
         let mut congested = routed.congested;
         let mut lsn = routed.lsn;
         let mut queued = routed.queued;
@@ -289,18 +296,22 @@ impl Attachment {
     }
 
     /// Takes one message and `bytes` from the client's publish rate buckets.
+    fn publish_state(&self) -> Box<PublishState> {
+        let limits = &self.broker.guard.limits;
+        Box::new(PublishState {
+            messages: TokenBucket::new(limits.max_publish_rate),
+            bytes: TokenBucket::new(limits.max_publish_bytes_rate),
+            routes: RouteCache::default(),
+        })
+    }
+
     fn within_publish_rate(&self, bytes: usize) -> bool {
         let limits = &self.broker.guard.limits;
         if limits.max_publish_rate == 0 && limits.max_publish_bytes_rate == 0 {
             return true;
         }
-        let mut rates = self.rates.lock();
-        let r = rates.get_or_insert_with(|| {
-            Box::new(PublishRates {
-                messages: TokenBucket::new(limits.max_publish_rate),
-                bytes: TokenBucket::new(limits.max_publish_bytes_rate),
-            })
-        });
+        let mut state = self.publishing.lock();
+        let r = state.get_or_insert_with(|| self.publish_state());
         let now = std::time::Instant::now();
         r.messages.as_mut().is_none_or(|b| b.try_take(1, now))
             && r.bytes
