@@ -295,7 +295,8 @@ impl Attachment {
         });
     }
 
-    /// Takes one message and `bytes` from the client's publish rate buckets.
+    /// The state made at a client's first publish (rate buckets per `[limits]`, an empty route
+    /// cache).
     fn publish_state(&self) -> Box<PublishState> {
         let limits = &self.broker.guard.limits;
         Box::new(PublishState {
@@ -305,6 +306,7 @@ impl Attachment {
         })
     }
 
+    /// Takes one message and `bytes` from the client's publish rate buckets.
     fn within_publish_rate(&self, bytes: usize) -> bool {
         let limits = &self.broker.guard.limits;
         if limits.max_publish_rate == 0 && limits.max_publish_bytes_rate == 0 {

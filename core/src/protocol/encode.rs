@@ -63,15 +63,14 @@ pub fn encode_publish(p: &OutgoingPublish<'_>, version: ProtocolVersion, buf: &m
     // Head and topic length in one copy, the topic, then packet id and payload: the fewer
     // `put_*` calls the better on the path every delivery takes.
     let topic = &p.topic.as_bytes()[..p.topic.len().min(usize::from(u16::MAX))];
-    let (mut head, n) = fixed_header(first, remaining);
-    let mut with_len = [0u8; 7];
-    with_len[..n].copy_from_slice(&head[..n]);
-    with_len[n..n + 2].copy_from_slice(&(topic.len() as u16).to_be_bytes());
-    buf.put_slice(&with_len[..n + 2]);
+    let (head, n) = fixed_header(first, remaining);
+    let mut head_and_len = [0u8; 7];
+    head_and_len[..n].copy_from_slice(&head[..n]);
+    head_and_len[n..n + 2].copy_from_slice(&(topic.len() as u16).to_be_bytes());
+    buf.put_slice(&head_and_len[..n + 2]);
     buf.put_slice(topic);
     if p.qos != QoS::AtMostOnce {
-        head[..2].copy_from_slice(&p.packet_id.to_be_bytes());
-        buf.put_slice(&head[..2]);
+        buf.put_slice(&p.packet_id.to_be_bytes());
     }
     if v5 {
         put_varint(buf, p.props_body_len());

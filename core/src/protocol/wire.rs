@@ -128,16 +128,27 @@ pub(crate) fn varint_len(v: usize) -> usize {
 }
 
 #[inline]
-pub(crate) fn put_varint(buf: &mut BytesMut, mut v: usize) {
+pub(crate) fn put_varint(buf: &mut BytesMut, v: usize) {
+    let (bytes, n) = varint_bytes(v);
+    buf.put_slice(&bytes[..n]);
+}
+
+/// A variable byte integer's bytes and how many of them (at most four; larger values do not
+/// occur: packet sizes are bounded far below 256 MiB).
+#[inline]
+fn varint_bytes(mut v: usize) -> ([u8; 4], usize) {
+    let mut out = [0u8; 4];
+    let mut n = 0;
     loop {
         let mut b = (v % 128) as u8;
         v /= 128;
         if v > 0 {
             b |= 0x80;
         }
-        buf.put_u8(b);
-        if v == 0 {
-            break;
+        out[n] = b;
+        n += 1;
+        if v == 0 || n == out.len() {
+            return (out, n);
         }
     }
 }
@@ -165,19 +176,9 @@ pub(crate) fn header(buf: &mut BytesMut, first: u8, remaining: usize) {
 /// The first byte and the remaining length, as bytes and how many of them: a packet's head
 /// goes into the buffer in one copy (each `put_*` call checks capacity anew).
 #[inline]
-pub(crate) fn fixed_header(first: u8, mut remaining: usize) -> ([u8; 5], usize) {
+pub(crate) fn fixed_header(first: u8, remaining: usize) -> ([u8; 5], usize) {
+    let (len, n) = varint_bytes(remaining);
     let mut head = [first, 0, 0, 0, 0];
-    let mut n = 1;
-    loop {
-        let mut b = (remaining % 128) as u8;
-        remaining /= 128;
-        if remaining > 0 {
-            b |= 0x80;
-        }
-        head[n] = b;
-        n += 1;
-        if remaining == 0 || n == head.len() {
-            return (head, n);
-        }
-    }
+    head[1..=n].copy_from_slice(&len[..n]);
+    (head, n + 1)
 }

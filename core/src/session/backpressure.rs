@@ -1,10 +1,11 @@
 //! The one backpressure policy. A subscriber whose queue passes the high-water mark (half of
 //! `max_queued_messages`, or `backpressure_queue_ms` of what it drained lately if that is less:
-//! the queue's age, not its limit, bounds latency) makes the publisher that filled it stop reading (TCP then pushes back on that client) until the queue
-//! drains below the low-water mark, instead of dropping what it sends — but only while that
-//! subscriber keeps up. One that takes nothing from its queue for a fifth of
-//! `backpressure_wait_ms`, or has not drained below the low-water mark within
-//! `backpressure_wait_ms` of passing the high-water mark, is marked slow: publishers stop
+//! the queue's age, not its limit, bounds latency) makes the publisher that filled it stop
+//! reading (TCP then pushes back on that client) until the queue drains below the low-water
+//! mark, instead of dropping what it sends — but only while that subscriber keeps up. One that
+//! takes nothing from its queue for a fifth of `backpressure_wait_ms`, or has not drained below
+//! the low-water mark within `backpressure_wait_ms` of passing the high-water mark, is marked
+//! slow: publishers stop
 //! waiting for it, its QoS 0 overflow makes room and its QoS 1/2 overflow is dropped and counted
 //! (`slow_subscriber = "drop"`) or its connection is closed (`"disconnect"`). So one congestion
 //! episode of a stalled or trickling client holds publishers for at most that bound, and the

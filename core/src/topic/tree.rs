@@ -1,6 +1,6 @@
-//! The subscription tree: one node per topic level (`+` and `#` children in fields of their own), shared
-//! subscription groups kept at the node of their filter. Matching walks the tree without
-//! allocating.
+//! The subscription tree: one node per topic level (`+` and `#` children in fields of their
+//! own), shared subscription groups kept at the node of their filter. Matching walks the tree
+//! without allocating.
 
 use std::collections::HashMap;
 
@@ -333,6 +333,12 @@ mod tests {
         assert!(t.remove("x/y", None, "c").is_none());
         assert!(t.root.is_empty());
         assert!(t.is_empty());
+        // Wildcard children live in fields of their own: pruned the same way.
+        t.insert("x/+/#", None, E("w"));
+        t.insert("+", Some("g"), E("s"));
+        assert!(t.remove("x/+/#", None, "w").is_some());
+        assert!(t.remove("+", Some("g"), "s").is_some());
+        assert!(t.root.is_empty(), "wildcard nodes left behind");
     }
 
     #[test]
