@@ -27,6 +27,8 @@ pub enum StartError {
     Hook(#[from] switchyard_core::hooks::DuplicateHook),
     #[error(transparent)]
     HttpAuth(#[from] switchyard_plugins::http_auth::HttpAuthError),
+    #[error("[http]: {0}")]
+    Http(String),
 }
 
 /// Entry point: `Switchyard::builder(config).start().await`.
@@ -98,6 +100,15 @@ impl Builder {
             hooks,
             watch,
         } = self;
+        let http_config = config.core.http.clone();
+        let effective = effective_config(&config);
+        // Listeners are bound in their configured order: the paths line up with them.
+        let paths: Vec<String> = config
+            .core
+            .listeners
+            .iter()
+            .map(|l| l.path().to_string())
+            .collect();
         let prepared = Server::prepare(config.core)?;
         let broker = prepared.broker.clone();
         // A start that fails from here on gives the persistence folder back (its lock, its
@@ -124,13 +135,39 @@ impl Builder {
                 tracing::warn!(error = %e, "rule files are not watched; reload with SIGHUP");
             }
         }
-        let server = match prepared.listen().await {
+        let mut server = match prepared.listen().await {
             Ok(server) => server,
             Err(e) => {
                 rules.shutdown().await;
                 return Err(close(e.into()));
             }
         };
+        if let Some(listener) = server.http_listener.take() {
+            let listeners = server
+                .listeners
+                .iter()
+                .zip(paths)
+                .map(|((kind, addr), path)| (*kind, *addr, path))
+                .collect();
+            let api = crate::api::prepare(
+                broker.clone(),
+                plugins.clone(),
+                rules.clone(),
+                http_config,
+                effective,
+                listeners,
+            );
+            match api {
+                Ok(api) => {
+                    tokio::spawn(crate::api::run(listener, api));
+                }
+                Err(e) => {
+                    server.shutdown(Duration::from_secs(1)).await;
+                    rules.shutdown().await;
+                    return Err(close(StartError::Http(e)));
+                }
+            }
+        }
         Ok(Running {
             server,
             plugins,
@@ -193,6 +230,21 @@ impl Running {
         self.server.shutdown(grace).await;
         self.rules.shutdown().await
     }
+}
+
+/// The configuration as the API shows it: the core's tables with every default filled in,
+/// the others as the file has them; secrets redacted.
+fn effective_config(config: &Config) -> serde_json::Value {
+    let mut out = serde_json::to_value(&config.core).unwrap_or_default();
+    if let serde_json::Value::Object(map) = &mut out {
+        for key in ["plugin", "plugins_dir", "rules", "sink", "http_auth"] {
+            if let Some(v) = config.file_tables.get(key) {
+                map.insert(key.to_string(), serde_json::to_value(v).unwrap_or_default());
+            }
+        }
+    }
+    crate::api::redact(&mut out);
+    out
 }
 
 /// What `check-config` found loadable.

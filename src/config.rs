@@ -24,6 +24,8 @@ pub struct Config {
     pub sinks: BTreeMap<String, SinkConfig>,
     /// `[http_auth.authenticate]` and `[http_auth.authorize]`.
     pub http_auth: HttpAuthConfig,
+    /// The file as written (every table), for the API's redacted view of the configuration.
+    pub file_tables: toml::Table,
 }
 
 impl Config {
@@ -67,6 +69,7 @@ impl Config {
         // Each crate owns its tables: take out the plugin host's and the rules', the core
         // rejects anything else.
         let mut table: toml::Table = toml::from_str(text).map_err(|e| err("", &e))?;
+        let file_tables = table.clone();
         let plugins = match table.remove("plugin") {
             Some(v) => Vec::<PluginSettings>::deserialize(v).map_err(|e| err("plugin", &e))?,
             None => Vec::new(),
@@ -109,6 +112,7 @@ impl Config {
             rules,
             sinks,
             http_auth,
+            file_tables,
         })
     }
 }

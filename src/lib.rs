@@ -3,7 +3,9 @@
 //!
 //! - [`config`]: the whole TOML file, split into the core's, the plugins' and the rules' tables.
 //! - [`builder`]: [`Switchyard::builder`] loads hooks, plugins and rules, then listens.
+//! - [`api`]: the HTTP endpoint: `/health`, `/metrics`, the JSON API and the dashboard.
 
+pub mod api;
 pub mod builder;
 pub mod config;
 

@@ -335,6 +335,13 @@ pub struct HttpConfig {
     pub open_metrics: bool,
     /// Connections served at once; more are closed at accept (counted).
     pub max_connections: usize,
+    /// Users of the API and the dashboard, in the `switchyard passwd` format. Empty: nobody
+    /// can log in (the API answers 401 and the dashboard says how to add the first user).
+    pub password_file: String,
+    /// Where API keys are kept (hashed). Empty: next to `password_file`, as `FILE.keys`.
+    pub api_keys_file: String,
+    /// How long a dashboard login lasts, in seconds.
+    pub session_ttl_s: u64,
 }
 
 impl Default for HttpConfig {
@@ -345,6 +352,9 @@ impl Default for HttpConfig {
             token: String::new(),
             open_metrics: true,
             max_connections: 64,
+            password_file: String::new(),
+            api_keys_file: String::new(),
+            session_ttl_s: 43_200,
         }
     }
 }

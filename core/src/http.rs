@@ -1,193 +1,41 @@
-//! The HTTP endpoint for operators (DESIGN: port 18083): `GET /health` for load balancers and
-//! orchestrators, `GET /metrics` in the Prometheus text format, and the JSON status of
-//! extensions (`GET /rules`, `GET /plugins`: what is loaded, reload errors, counters), and the
-//! bans in force (`GET /bans`).
-//! Deliberately tiny: one request per connection, no keep-alive, no bodies accepted, request
-//! heads up to 8 KB, at most `max_connections` at once. Everything but the open endpoints
-//! (`/health`, `/metrics` unless `open_metrics = false`) shows configuration and needs
-//! `Authorization: Bearer <token>`; with no token configured it is served to loopback only.
+//! What the broker reports over HTTP (DESIGN: port 18083): the `/health` document, the
+//! Prometheus text of `/metrics`, and the same counters as JSON for the API. The HTTP server
+//! itself, with the API and the dashboard, is the composition root's (`src/api`).
 
 use crate::broker::Broker;
-use crate::config::HttpConfig;
 use crate::metrics::{Limit, Metrics};
 use std::fmt::Write as _;
-use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tracing::{debug, info};
 
-/// Longest request head we read; anything larger is refused.
-const MAX_HEAD: usize = 8 * 1024;
-
-pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    TcpListener::bind(addr).await
-}
-
-/// Serves until shutdown.
-pub async fn run(listener: TcpListener, broker: Arc<Broker>, cfg: HttpConfig) {
-    if let Ok(addr) = listener.local_addr() {
-        info!(listener = %format!("http:{addr}"), "listening");
-    }
-    let slots = Arc::new(tokio::sync::Semaphore::new(cfg.max_connections.max(1)));
-    let cfg = Arc::new(cfg);
-    loop {
-        let accepted = tokio::select! {
-            _ = broker.shutdown.cancelled() => return,
-            a = listener.accept() => a,
-        };
-        let Ok((stream, peer)) = accepted else {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            continue;
-        };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            broker.metrics.limit_hit(Limit::Http);
-            debug!(%peer, "http: max_connections reached; closed");
-            continue;
-        };
-        let broker = broker.clone();
-        let cfg = cfg.clone();
-        tokio::spawn(async move {
-            let _slot = slot;
-            let served =
-                tokio::time::timeout(Duration::from_secs(10), serve(stream, peer, &broker, &cfg))
-                    .await;
-            if !matches!(served, Ok(Ok(()))) {
-                debug!(%peer, "http request failed or timed out");
-            }
-        });
-    }
-}
-
-/// Whether the request may see the endpoint at `path`.
-fn authorized(head: &[u8], peer: SocketAddr, path: &str, cfg: &HttpConfig) -> bool {
-    if cfg.open_metrics && matches!(path, "/health" | "/metrics") {
-        return true;
-    }
-    if cfg.token.is_empty() {
-        return peer.ip().is_loopback();
-    }
-    let text = String::from_utf8_lossy(head);
-    let presented = text.split("\r\n").skip(1).find_map(|line| {
-        let (name, value) = line.split_once(':')?;
-        if !name.trim().eq_ignore_ascii_case("authorization") {
-            return None;
-        }
-        value.trim().strip_prefix("Bearer ").map(str::trim)
-    });
-    // Compared in constant time: the answer's timing must not reveal a prefix.
-    presented.is_some_and(|t| {
-        t.len() == cfg.token.len()
-            && t.bytes()
-                .zip(cfg.token.bytes())
-                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-                == 0
+/// `GET /health`: `ok`, or `degraded` with what is wrong. Degraded still answers 200: the
+/// broker serves, but an operator must look.
+pub fn health(broker: &Broker) -> serde_json::Value {
+    let problems = broker.problems();
+    serde_json::json!({
+        "status": if problems.is_empty() { "ok" } else { "degraded" },
+        "uptime_s": broker.started.elapsed().as_secs(),
+        "clients_connected": Metrics::get(&broker.metrics.clients_connected),
+        "problems": problems,
     })
 }
 
-async fn serve(
-    mut stream: TcpStream,
-    peer: SocketAddr,
-    broker: &Broker,
-    cfg: &HttpConfig,
-) -> std::io::Result<()> {
-    let mut head = Vec::with_capacity(512);
-    let mut chunk = [0u8; 1024];
-    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-        if head.len() > MAX_HEAD {
-            broker.metrics.limit_hit(Limit::Http);
-            return respond(
-                &mut stream,
-                "431 Request Header Fields Too Large",
-                "text/plain",
-                "too large\n",
-            )
-            .await;
-        }
-        let n = stream.read(&mut chunk).await?;
-        if n == 0 {
-            return Ok(());
-        }
-        head.extend_from_slice(&chunk[..n]);
-    }
-    let line = head.split(|b| *b == b'\r').next().unwrap_or_default();
-    let line = String::from_utf8_lossy(line);
-    let mut parts = line.split(' ');
-    let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-    let path = path.split('?').next().unwrap_or("");
-    if !authorized(&head, peer, path, cfg) {
-        let why = if cfg.token.is_empty() {
-            "served to this machine only: set [http] token to reach it from elsewhere\n"
-        } else {
-            "missing or wrong Authorization: Bearer token\n"
-        };
-        return respond(&mut stream, "401 Unauthorized", "text/plain", why).await;
-    }
-    match (method, path) {
-        ("GET", "/health") => {
-            // Degraded still answers 200: the broker serves, but an operator must look.
-            let problems = broker.problems();
-            let body = serde_json::json!({
-                "status": if problems.is_empty() { "ok" } else { "degraded" },
-                "uptime_s": broker.started.elapsed().as_secs(),
-                "clients_connected": Metrics::get(&broker.metrics.clients_connected),
-                "problems": problems,
-            });
-            respond(
-                &mut stream,
-                "200 OK",
-                "application/json",
-                &format!("{body}\n"),
-            )
-            .await
-        }
-        ("GET", "/metrics") => {
-            respond(
-                &mut stream,
-                "200 OK",
-                "text/plain; version=0.0.4",
-                &prometheus(broker),
-            )
-            .await
-        }
-        ("GET", "/bans") => {
-            let bans = broker.guard.bans.list(std::time::Instant::now());
-            let body = format!("{:#}\n", serde_json::json!({ "bans": bans }));
-            respond(&mut stream, "200 OK", "application/json", &body).await
-        }
-        ("GET", path) => match broker.status_of(path.trim_start_matches('/')) {
-            Some(status) => {
-                let body = format!("{status:#}\n");
-                respond(&mut stream, "200 OK", "application/json", &body).await
-            }
-            None => respond(&mut stream, "404 Not Found", "text/plain", "not found\n").await,
-        },
-        _ => {
-            respond(
-                &mut stream,
-                "405 Method Not Allowed",
-                "text/plain",
-                "GET only\n",
-            )
-            .await
-        }
-    }
-}
-
-async fn respond(
-    stream: &mut TcpStream,
-    status: &str,
-    content_type: &str,
-    body: &str,
-) -> std::io::Result<()> {
-    let head = format!(
-        "HTTP/1.1 {status}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
-        body.len()
-    );
-    stream.write_all(head.as_bytes()).await?;
-    stream.write_all(body.as_bytes()).await?;
-    stream.shutdown().await
+/// The core's counters by name, as `/metrics` shows them (without the `switchyard_` prefix
+/// and `_total` suffix): what the API's metrics JSON and its history are made of.
+pub fn counters(broker: &Broker) -> Vec<(&'static str, u64)> {
+    let m = &broker.metrics;
+    vec![
+        ("clients_connected", Metrics::get(&m.clients_connected)),
+        ("connections", Metrics::get(&m.connections_total)),
+        ("sessions", broker.session_count() as u64),
+        ("subscriptions", broker.subscription_count() as u64),
+        ("retained_messages", broker.retained_count() as u64),
+        ("messages_received", Metrics::get(&m.messages_received)),
+        ("messages_sent", Metrics::get(&m.messages_sent)),
+        ("messages_dropped", Metrics::get(&m.messages_dropped)),
+        ("publishes_denied", Metrics::get(&m.publishes_denied)),
+        ("bytes_received", Metrics::get(&m.bytes_received)),
+        ("bytes_sent", Metrics::get(&m.bytes_sent)),
+        ("uptime_seconds", broker.started.elapsed().as_secs()),
+    ]
 }
 
 /// The broker's counters in the Prometheus text exposition format.

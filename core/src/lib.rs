@@ -17,7 +17,7 @@
 //! - [`config`]: the core's part of the TOML configuration.
 //! - [`server`]: start and stop a whole broker from a config.
 //! - [`sys`], [`metrics`]: counters and the `$SYS` topics.
-//! - [`http`]: `/health` and Prometheus `/metrics` for operators.
+//! - [`http`]: what `/health`, Prometheus `/metrics` and the API's metrics report.
 //! - [`log_limit`]: rate and size limits for what extensions write to the log.
 //! - [`template`]: `${field}` templates over JSON (sinks, HTTP authentication).
 //! - `fuzzing` (feature `fuzzing`, hidden): the checks behind the fuzz targets in `fuzz/`.

@@ -96,8 +96,10 @@ pub struct Server {
     pub broker: Arc<Broker>,
     /// Where each listener ended up (ports resolved when bound to 0).
     pub listeners: Vec<(ListenerKind, SocketAddr)>,
-    /// The `/health` and `/metrics` endpoint, when enabled.
+    /// The HTTP endpoint (`[http]`), when enabled.
     pub http_addr: Option<SocketAddr>,
+    /// Its socket, bound and not served yet: the composition root serves the API on it.
+    pub http_listener: Option<tokio::net::TcpListener>,
     tasks: TaskTracker,
 }
 
@@ -123,7 +125,7 @@ impl Prepared {
         }
         let http = if config.http.enabled {
             let addr = config.http.bind;
-            let l = crate::http::bind(addr)
+            let l = tokio::net::TcpListener::bind(addr)
                 .await
                 .map_err(|source| StartError::Http { addr, source })?;
             Some(l)
@@ -139,18 +141,12 @@ impl Prepared {
         }
         tokio::spawn(crate::sys::run(broker.clone()));
         tokio::spawn(crate::guard::overload::run(broker.clone()));
-        let http_addr = match http {
-            Some(l) => {
-                let addr = l.local_addr().ok();
-                tokio::spawn(crate::http::run(l, broker.clone(), config.http.clone()));
-                addr
-            }
-            None => None,
-        };
+        let http_addr = http.as_ref().and_then(|l| l.local_addr().ok());
         Ok(Server {
             broker,
             listeners,
             http_addr,
+            http_listener: http,
             tasks,
         })
     }

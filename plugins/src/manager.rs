@@ -248,6 +248,54 @@ impl PluginManager {
         self.missing.lock().retain(|_, m| m.required);
     }
 
+    /// Loads the plugin named `name` (its name or id) again from its file, changed or not:
+    /// an operator's reload. Returns its new version; a file that fails to load leaves the
+    /// running one in place and its error is returned.
+    pub async fn reload_one(&self, name: &str) -> Result<u64, String> {
+        let _one_at_a_time = self.reloading.lock().await;
+        let found = self
+            .loaded
+            .lock()
+            .iter()
+            .find(|(_, l)| l.plugin.name() == name || l.plugin.id() == name)
+            .map(|(path, l)| (path.clone(), l.plugin.kv.clone()));
+        let Some((path, kv)) = found else {
+            return Err(format!("no plugin named {name:?} is loaded"));
+        };
+        let Some(settings) = self
+            .desired()
+            .into_iter()
+            .find(|s| same_file(&s.path, &path))
+        else {
+            return Err(format!("{} is no longer configured", path.display()));
+        };
+        match WasmPlugin::load_with(settings, Some(kv)).await {
+            Ok(plugin) => {
+                self.install(&path, plugin);
+                self.last_errors.lock().remove(&path);
+                Ok(self.version(&path))
+            }
+            Err(e) => {
+                error!(error = %e, kept_running = true, "plugin not reloaded");
+                self.last_errors.lock().insert(path, e.to_string());
+                Err(e.to_string())
+            }
+        }
+    }
+
+    /// Closes the breaker of the plugin named `name` (its name or id). Returns whether it is
+    /// loaded.
+    pub fn reset_breaker(&self, name: &str) -> bool {
+        let loaded = self.loaded.lock();
+        let found = loaded
+            .values()
+            .find(|l| l.plugin.name() == name || l.plugin.id() == name);
+        if let Some(l) = found {
+            l.plugin.reset_breaker();
+        }
+        found.is_some()
+    }
+
     /// Watches `plugins_dir` and the folders of `[[plugin]]` files; reloads after changes.
     /// The watcher lives as long as the returned guard.
     pub fn watch(self: &Arc<Self>) -> Option<notify::RecommendedWatcher> {

@@ -27,6 +27,7 @@ pub mod sink;
 pub mod tls;
 
 pub use config::{RulesConfig, SinkConfig};
+pub use engine::admin::{AdminError, Sample, TestOutcome};
 pub use engine::{EngineCounters, RuleEngine, RuleStats, RulesError};
 
 /// reqwest is built without a default TLS provider; ring is the one the broker uses.

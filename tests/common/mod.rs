@@ -2,6 +2,7 @@
 //! v3.1.1 and v5 clients whose events arrive on a channel, and a raw-socket client.
 #![allow(dead_code, unused_imports)]
 
+pub mod api_env;
 pub mod process;
 pub mod receiver;
 pub mod rules_env;

@@ -212,7 +212,7 @@ impl PasswordFile {
         h.finalize().into()
     }
 
-    async fn verify(&self, user: &str, password: &[u8]) -> bool {
+    pub async fn verify(&self, user: &str, password: &[u8]) -> bool {
         let Some(entry) = self.users.get(user) else {
             // The same work as for a real user, and the answer is no.
             let _ = self.derive_matches(&self.dummy, password).await;

@@ -7,12 +7,17 @@
 //! - `routing`: where a message goes (the tree walk, read checks, delivery) and the
 //!   per-publisher [`RouteCache`];
 //! - `retained`: the retained store;
+//! - `admin`: what the HTTP API asks (sessions, topics, retained, kick, operator publish);
+//! - [`live`]: the connections attached now and their traffic counters;
 //! - `durable`: persistence — open, restore, snapshots (see `crate::persist`).
 
+mod admin;
 mod durable;
+pub mod live;
 mod retained;
 mod routing;
 
+pub use admin::DiscardError;
 pub use durable::{PersistError, RestoreReport};
 pub use routing::RouteCache;
 
@@ -98,6 +103,8 @@ pub struct Broker {
     pub backpressure: Backpressure,
     /// Bans, connections per address, overload: the door every client passes.
     pub guard: Guard,
+    /// The connections attached now (for the HTTP API).
+    pub live: live::LiveClients,
     sessions: Box<dyn SessionStore>,
     subscriptions: RwLock<TopicTree<Subscriber>>,
     /// Counts changes to `subscriptions` (bumped under its write lock, see
@@ -140,6 +147,7 @@ impl Broker {
     ) -> Arc<Self> {
         Arc::new(Self {
             guard: Guard::new(limits),
+            live: live::LiveClients::default(),
             backpressure: Backpressure::from_config(&config),
             config,
             hooks: HookChain::default(),

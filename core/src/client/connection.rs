@@ -4,6 +4,7 @@
 use super::outbound::OutAliases;
 use super::pipeline::Attachment;
 use super::ListenerContext;
+use crate::broker::live::LiveClient;
 use crate::message::Message;
 use crate::metrics::Metrics;
 use crate::protocol::*;
@@ -71,6 +72,10 @@ impl Close {
             Standing::Evicted => Some(Close::error(
                 ReasonCode::QUOTA_EXCEEDED,
                 "slow subscriber: its queue overflowed",
+            )),
+            Standing::Kicked => Some(Close::error(
+                ReasonCode::ADMINISTRATIVE_ACTION,
+                "kicked by an operator",
             )),
         }
     }
@@ -163,6 +168,7 @@ where
                         Ok(0) => return Close::silent("connection closed by client"),
                         Ok(n) => {
                             Metrics::add(&self.att.broker.metrics.bytes_received, n as u64);
+                            LiveClient::count(&self.att.live.bytes_in, n as u64);
                             self.last_read = Instant::now();
                             if n >= spare {
                                 self.read_size = (self.read_size * 2).min(READ_MAX);

@@ -2,6 +2,7 @@
 //! outbound topic aliases), and the write that keeps reading while the socket is full.
 
 use super::connection::{Close, Connection, IDLE_BUFFER_KEEP};
+use crate::broker::live::LiveClient;
 use crate::metrics::{Limit, Metrics};
 use crate::protocol::*;
 use crate::session::{Acks, Delivery, Outlet};
@@ -287,6 +288,7 @@ where
         })
         .await;
         Metrics::add(&self.att.broker.metrics.bytes_sent, written as u64);
+        LiveClient::count(&self.att.live.bytes_out, written as u64);
         self.wbuf.clear();
         if self.wbuf.capacity() > IDLE_BUFFER_KEEP {
             self.wbuf = BytesMut::new();

@@ -9,6 +9,7 @@
 //! - unsubscribe: forget → `SessionUnsubscribed`;
 //! - outbound: the session's batch, with `MessageDelivered` / `MessageDropped` and counters.
 
+use crate::broker::live::LiveClient;
 use crate::broker::{Broker, RouteCache};
 use crate::guard::rate::TokenBucket;
 use crate::hooks::{Access, AclDecision, ClientInfo, ConnectFacts, Event, HookSet};
@@ -68,6 +69,8 @@ pub struct Attachment {
     pub client: Arc<ClientInfo>,
     pub session: Arc<Session>,
     pub id: AttachId,
+    /// This connection as operators see it, with its traffic counters.
+    pub live: Arc<LiveClient>,
     /// What publishing needs (rate buckets, the route cache), made at the first publish: a
     /// client that only subscribes never pays for it.
     publishing: Mutex<Option<Box<PublishState>>>,
@@ -93,6 +96,7 @@ impl Attachment {
         facts: ConnectFacts,
     ) -> Result<(Attachment, bool), SessionOwnedByOther> {
         let attached = broker.attach(&client, facts.clean_start, facts.session_expiry)?;
+        let (keep_alive, connected_at) = (facts.keep_alive, facts.at);
         if broker.shutdown.is_cancelled() {
             // Attached after `begin_shutdown` woke everyone: wake ourselves to close too.
             attached.session.wake();
@@ -111,11 +115,20 @@ impl Attachment {
             client: client.clone(),
             facts,
         });
+        let live = Arc::new(LiveClient::new(
+            client.clone(),
+            attached.session.clone(),
+            attached.id,
+            keep_alive,
+            connected_at,
+        ));
+        broker.live.insert(live.clone());
         let att = Attachment {
             broker: broker.clone(),
             client,
             session: attached.session,
             id: attached.id,
+            live,
             publishing: Mutex::new(None),
             commit_lsn: AtomicU64::new(0),
         };
@@ -149,6 +162,7 @@ impl Attachment {
     /// Detaches from the session and announces the disconnect.
     pub fn close(&self, why: &str) {
         Metrics::add(&self.broker.metrics.clients_connected, u64::MAX); // wrapping -1
+        self.broker.live.remove(&self.client.client_id, self.id);
         self.broker.detach(&self.session, self.id);
         let c = &self.client;
         self.broker
@@ -168,6 +182,7 @@ impl Attachment {
         let broker = &self.broker;
         let cfg = &broker.config;
         Metrics::add(&broker.metrics.messages_received, 1);
+        LiveClient::count(&self.live.messages_in, 1);
         if msg.topic.is_empty() {
             return Err(PublishRefused::Invalid(
                 ReasonCode::PROTOCOL_ERROR,
@@ -451,6 +466,7 @@ impl Attachment {
             .fill(self.id, acks, &broker.backpressure, observe, out);
         if batch.sent > 0 {
             Metrics::add(&broker.metrics.messages_sent, batch.sent);
+            LiveClient::count(&self.live.messages_out, batch.sent);
         }
         if batch.dropped > 0 {
             Metrics::add(&broker.metrics.messages_dropped, batch.dropped);

@@ -27,6 +27,28 @@ impl std::fmt::Display for BanKey {
     }
 }
 
+impl BanKey {
+    /// The key as the bans file and the HTTP API name it: (`clientid` | `username` | `ip`,
+    /// value).
+    pub fn parts(&self) -> (&'static str, String) {
+        match self {
+            BanKey::ClientId(c) => ("clientid", c.clone()),
+            BanKey::User(u) => ("username", u.clone()),
+            BanKey::Ip(ip) => ("ip", ip.to_string()),
+        }
+    }
+
+    /// The inverse of [`BanKey::parts`]; `None` for an unknown kind or a bad address.
+    pub fn from_parts(kind: &str, value: &str) -> Option<BanKey> {
+        match kind {
+            "clientid" => Some(BanKey::ClientId(value.to_string())),
+            "username" => Some(BanKey::User(value.to_string())),
+            "ip" => value.parse().ok().map(BanKey::Ip),
+            _ => None,
+        }
+    }
+}
+
 /// One `[[ban]]` of the bans file: exactly one of the three keys.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -105,6 +127,8 @@ struct State {
     listed: Vec<BanKey>,
     /// From flapping detection: until when.
     flapping: HashMap<BanKey, Instant>,
+    /// Set by an operator (HTTP API): until when, or for good.
+    manual: HashMap<BanKey, Option<Instant>>,
     tallies: HashMap<BanKey, Tally>,
     last_sweep: Option<Instant>,
 }
@@ -122,7 +146,11 @@ pub struct Bans {
 /// A ban in force, for `/bans` and the logs.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct BanInfo {
+    /// As [`BanKey`]'s `Display` writes it: `client id "x"`, `user "u"`, `address 1.2.3.4`.
     pub who: String,
+    /// `clientid`, `username` or `ip`, and the value: what `DELETE /api/v1/bans` names.
+    pub kind: &'static str,
+    pub value: String,
     pub source: &'static str,
     /// Seconds left; `None` for a listed ban.
     pub expires_in_s: Option<u64>,
@@ -144,17 +172,35 @@ impl Bans {
     /// Whether any ban is in force (the common answer, no: nothing else to look at).
     pub fn any(&self) -> bool {
         let st = self.state.lock();
-        !st.listed.is_empty() || !st.flapping.is_empty()
+        !st.listed.is_empty() || !st.flapping.is_empty() || !st.manual.is_empty()
+    }
+
+    /// An operator's ban of `key`, until `until` or for good.
+    pub fn add(&self, key: BanKey, until: Option<Instant>) {
+        self.state.lock().manual.insert(key, until);
+    }
+
+    /// Lifts an operator's or a flapping ban of `key`; a listed one stays (it is the bans
+    /// file's). Returns whether one was lifted.
+    pub fn remove(&self, key: &BanKey) -> bool {
+        let mut st = self.state.lock();
+        let manual = st.manual.remove(key).is_some();
+        st.flapping.remove(key).is_some() || manual
     }
 
     /// The first of `keys` that is banned now.
     pub fn banned<'a>(&self, keys: &'a [BanKey], now: Instant) -> Option<&'a BanKey> {
         let st = self.state.lock();
-        if st.listed.is_empty() && st.flapping.is_empty() {
+        if st.listed.is_empty() && st.flapping.is_empty() && st.manual.is_empty() {
             return None;
         }
         keys.iter().find(|k| {
-            st.listed.contains(k) || st.flapping.get(*k).is_some_and(|until| *until > now)
+            st.listed.contains(k)
+                || st.flapping.get(*k).is_some_and(|until| *until > now)
+                || st
+                    .manual
+                    .get(*k)
+                    .is_some_and(|until| until.is_none_or(|u| u > now))
         })
     }
 
@@ -213,6 +259,7 @@ impl Bans {
             st.tallies
                 .retain(|_, t| now.saturating_duration_since(t.window_start) <= window);
             st.flapping.retain(|_, until| *until > now);
+            st.manual.retain(|_, until| until.is_none_or(|u| u > now));
             st.last_sweep = Some(now);
         }
         banned
@@ -222,6 +269,8 @@ impl Bans {
         let st = self.state.lock();
         let listed = st.listed.iter().map(|k| BanInfo {
             who: k.to_string(),
+            kind: k.parts().0,
+            value: k.parts().1,
             source: "bans_file",
             expires_in_s: None,
         });
@@ -231,10 +280,23 @@ impl Bans {
             .filter(|(_, u)| **u > now)
             .map(|(k, u)| BanInfo {
                 who: k.to_string(),
+                kind: k.parts().0,
+                value: k.parts().1,
                 source: "flapping",
                 expires_in_s: Some(u.saturating_duration_since(now).as_secs()),
             });
-        listed.chain(flapping).collect()
+        let manual = st
+            .manual
+            .iter()
+            .filter(|(_, u)| u.is_none_or(|u| u > now))
+            .map(|(k, u)| BanInfo {
+                who: k.to_string(),
+                kind: k.parts().0,
+                value: k.parts().1,
+                source: "api",
+                expires_in_s: u.map(|u| u.saturating_duration_since(now).as_secs()),
+            });
+        listed.chain(flapping).chain(manual).collect()
     }
 }
 

@@ -37,6 +37,7 @@ impl ReasonCode {
     pub const PACKET_TOO_LARGE: Self = Self(0x95);
     pub const MESSAGE_RATE_TOO_HIGH: Self = Self(0x96);
     pub const QUOTA_EXCEEDED: Self = Self(0x97);
+    pub const ADMINISTRATIVE_ACTION: Self = Self(0x98);
     pub const PAYLOAD_FORMAT_INVALID: Self = Self(0x99);
     pub const RETAIN_NOT_SUPPORTED: Self = Self(0x9A);
     pub const QOS_NOT_SUPPORTED: Self = Self(0x9B);
@@ -89,6 +90,7 @@ impl ReasonCode {
             0x95 => "packet too large",
             0x96 => "message rate too high",
             0x97 => "quota exceeded",
+            0x98 => "administrative action",
             0x99 => "payload format invalid",
             0x9A => "retain not supported",
             0x9B => "qos not supported",

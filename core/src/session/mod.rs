@@ -11,6 +11,7 @@
 //! - [`backpressure`]: the one policy for publishers facing a congested subscriber.
 //! - [`store`]: [`SessionStore`], where sessions live between connections, and the in-memory
 //!   store (with a journal: persistent sessions are durable).
+//! - `inspect`: a snapshot of a session for operators, and the kick.
 //! - `durable`: a persistent session's link to the journal (`crate::persist`): every change
 //!   of its state is appended as a record under its lock; restored and snapshotted here.
 //!
@@ -21,11 +22,13 @@
 mod acks;
 mod backpressure;
 mod durable;
+mod inspect;
 mod state;
 mod store;
 
 pub use backpressure::{Backpressure, WaitOutcome};
 pub(crate) use durable::{Durable, RestoredParts};
+pub use inspect::{SessionSnapshot, SubscriptionView};
 pub use state::{Inflight, InflightState, StoredSubscription};
 pub use store::{MemoryStore, Opened, SessionClaim, SessionOwnedByOther, SessionStore};
 
@@ -66,6 +69,8 @@ pub enum Standing {
     TakenOver,
     /// Marked slow under `slow_subscriber = "disconnect"`: the connection must close.
     Evicted,
+    /// An operator kicked the connection (HTTP API): it must close; the session stays.
+    Kicked,
 }
 
 /// Outcome of offering a delivery to a session's queue.
@@ -185,6 +190,7 @@ impl Session {
         // A new connection starts with a clean record: what made the last one slow was its.
         st.slow = false;
         st.evicted = false;
+        st.kicked = false;
         st.congested_since = None;
         if let Some(d) = self.durable() {
             d.came_online();
@@ -523,6 +529,8 @@ impl Session {
             Standing::TakenOver
         } else if st.evicted {
             Standing::Evicted
+        } else if st.kicked {
+            Standing::Kicked
         } else {
             Standing::Owner
         }

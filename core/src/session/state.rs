@@ -93,6 +93,8 @@ pub(super) struct SessionState {
     pub(super) slow: bool,
     /// `slow_subscriber = "disconnect"`: the connection must close (its session stays).
     pub(super) evicted: bool,
+    /// An operator kicked the attached connection: it must close.
+    pub(super) kicked: bool,
     /// When the queue last passed the high-water mark ([`Stamp`]); cleared once it drains
     /// below the low-water mark. The clock is read only at that crossing, never per message.
     pub(super) congested_since: Option<Stamp>,
@@ -122,6 +124,7 @@ impl SessionState {
             ended: false,
             slow: false,
             evicted: false,
+            kicked: false,
             congested_since: None,
             last_drain: None,
             drain_rate: 0,

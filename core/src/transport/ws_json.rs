@@ -11,6 +11,7 @@
 //! ([`crate::client::pipeline`]), so JSON clients get the same validation, authorization, hooks,
 //! rules, events and backpressure as MQTT clients.
 
+use crate::broker::live::LiveClient;
 use crate::broker::Broker;
 use crate::client::pipeline::{PublishRefused, SubscribeRefused};
 use crate::client::{Attachment, ListenerContext};
@@ -120,6 +121,7 @@ pub(crate) async fn serve<S>(
                         Standing::Owner => {}
                         Standing::TakenOver => break "session taken over",
                         Standing::Evicted => break "slow subscriber: its queue overflowed",
+                        Standing::Kicked => break "kicked by an operator",
                     }
                     if !forward_deliveries(&mut ws, a).await {
                         break "write failed";
@@ -136,6 +138,9 @@ pub(crate) async fn serve<S>(
             Some(Ok(_)) => continue,
         };
         Metrics::add(&broker.metrics.bytes_received, text.len() as u64);
+        if let Some(a) = &att {
+            LiveClient::count(&a.live.bytes_in, text.len() as u64);
+        }
         let request: Value = match serde_json::from_str(&text) {
             Ok(v @ Value::Object(_)) => v,
             _ => {
@@ -405,6 +410,7 @@ where
             return true;
         }
         Metrics::add(&a.broker.metrics.bytes_sent, out.bytes as u64);
+        LiveClient::count(&a.live.bytes_out, out.bytes as u64);
         let write = async {
             for text in out.frames {
                 ws.feed(WsMessage::Text(text.into())).await?;

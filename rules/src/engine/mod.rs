@@ -5,8 +5,10 @@
 //! - [`events`]: client and message events as rule maps;
 //! - [`reload`]: parsing rule files, swapping the rule set, the folder watcher;
 //! - [`worker`]: the threads that evaluate rules and feed sinks;
-//! - [`status`]: `/rules` JSON and Prometheus counters.
+//! - [`status`]: `/rules` JSON and Prometheus counters;
+//! - [`admin`]: rule files, enabling and testing rules, for the HTTP API.
 
+pub mod admin;
 mod events;
 mod hook;
 mod reload;
@@ -67,10 +69,17 @@ pub struct RuleStats {
     last_log: AtomicU64,
     /// What its `print` may write to the log.
     pub prints: crate::print::PrintLimit,
+    /// The last evaluation error, `file:line:col: message`, and when (Unix ms).
+    pub last_error: Mutex<Option<(String, u64)>>,
 }
 
 struct Rule {
     def: RuleDef,
+    /// What its statistics and `.disabled-rules` know it by (its name; `on(...)` rules add
+    /// their place).
+    key: String,
+    /// Off by an operator: listed, but in no index.
+    enabled: bool,
     /// The rule's name, shared with the log lines of its prints.
     name: Arc<str>,
     file: Arc<str>,

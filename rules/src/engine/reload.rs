@@ -55,7 +55,8 @@ impl RuleEngine {
     fn load_dir(&self, dir: &Path) -> Result<RuleSet, Vec<String>> {
         let s = &self.shared;
         let budget = Duration::from_millis(s.config.timeout_ms.max(1) * 20);
-        let files = parse_dir(&s.engine, dir, s.sink_kinds.clone(), budget)?;
+        let files = parse_dir(&s.engine, dir, s.sink_kinds.clone(), budget, None)?;
+        let disabled = super::admin::read_disabled(dir);
         let mut set = RuleSet {
             generation: s.generations.fetch_add(1, Ordering::Relaxed) + 1,
             ..RuleSet::default()
@@ -67,8 +68,23 @@ impl RuleEngine {
                     .iter()
                     .filter_map(|n| s.sinks.get(n).cloned())
                     .collect();
-                let stats = s.stats.lock().entry(key).or_default().clone();
+                let stats = s.stats.lock().entry(key.clone()).or_default().clone();
                 let idx = set.rules.len() as u32;
+                let enabled = !disabled.contains(&key);
+                if !enabled {
+                    set.rules.push(Rule {
+                        name: Arc::from(def.name.as_str()),
+                        key,
+                        enabled,
+                        when_native: None,
+                        def,
+                        file: file.clone(),
+                        ast: ast.clone(),
+                        sinks,
+                        stats,
+                    });
+                    continue;
+                }
                 if !def.trigger.filters.is_empty() {
                     set.interests = set.interests | HookSet::MESSAGE_ACCEPTED;
                 }
@@ -96,6 +112,8 @@ impl RuleEngine {
                 let when_native = def.when.as_ref().and_then(|w| Predicate::compile(&ast, w));
                 set.rules.push(Rule {
                     name: Arc::from(def.name.as_str()),
+                    key,
+                    enabled,
                     def,
                     file: file.clone(),
                     ast: ast.clone(),
@@ -130,7 +148,7 @@ impl RuleEngine {
         );
         let engine = script::build_engine(config);
         let budget = Duration::from_millis(config.timeout_ms.max(1) * 20);
-        let files = parse_dir(&engine, dir, kinds, budget).map_err(RulesError::Load)?;
+        let files = parse_dir(&engine, dir, kinds, budget, None).map_err(RulesError::Load)?;
         Ok(files.iter().map(|f| f.defs.len()).sum())
     }
 
@@ -191,13 +209,27 @@ struct ParsedFile {
     defs: Vec<(String, RuleDef)>,
 }
 
-/// Compiles every `*.rhai` file of `dir` in name order. Errors (`file:line:col: message`) of
-/// every file are collected, so one run shows them all.
+/// Whether the rules folder loads with `file` (a path in it, as displayed) holding `text`
+/// instead of what is on disk: a file is checked this way before it is written.
+pub(super) fn parse_dir_with(
+    engine: &RuleEngine,
+    dir: &Path,
+    overlay: Option<(&str, &str)>,
+) -> Result<(), Vec<String>> {
+    let s = &engine.shared;
+    let budget = Duration::from_millis(s.config.timeout_ms.max(1) * 20);
+    parse_dir(&s.engine, dir, s.sink_kinds.clone(), budget, overlay).map(drop)
+}
+
+/// Compiles every `*.rhai` file of `dir` in name order (with `overlay`'s text for its file,
+/// which need not exist yet). Errors (`file:line:col: message`) of every file are collected,
+/// so one run shows them all.
 fn parse_dir(
     engine: &Engine,
     dir: &Path,
     sink_kinds: Arc<HashMap<String, &'static str>>,
     budget: Duration,
+    overlay: Option<(&str, &str)>,
 ) -> Result<Vec<ParsedFile>, Vec<String>> {
     let mut paths: Vec<PathBuf> = match std::fs::read_dir(dir) {
         Ok(entries) => entries
@@ -206,13 +238,23 @@ fn parse_dir(
             .collect(),
         Err(e) => return Err(vec![format!("{}: {e}", dir.display())]),
     };
+    if let Some((file, _)) = overlay {
+        let path = PathBuf::from(file);
+        if !paths.contains(&path) {
+            paths.push(path);
+        }
+    }
     paths.sort();
     let mut errors = Vec::new();
     let mut names: HashMap<String, String> = HashMap::new();
     let mut files = Vec::new();
     for path in paths {
         let file: Arc<str> = path.display().to_string().into();
-        let text = match std::fs::read_to_string(&path) {
+        let from_disk = match overlay {
+            Some((name, text)) if *name == *file => Ok(text.to_string()),
+            _ => std::fs::read_to_string(&path),
+        };
+        let text = match from_disk {
             Ok(t) => t,
             Err(e) => {
                 errors.push(format!("{file}: {e}"));

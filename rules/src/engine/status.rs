@@ -35,6 +35,9 @@ impl Metrics {
             "failed": g(&r.stats.failed),
             "outputs": g(&r.stats.outputs),
             "print_dropped": r.stats.prints.dropped(),
+            "key": r.key,
+            "enabled": r.enabled,
+            "last_error": r.stats.last_error.lock().as_ref().map(|(e, at)| serde_json::json!({"error": e, "at_ms": at})),
         })
     }
 }
@@ -49,10 +52,17 @@ impl MetricsSource for Metrics {
             .values()
             .map(|k| {
                 let c = &k.counters;
+                let health = c.health.lock().clone();
                 serde_json::json!({
                     "name": k.name, "kind": k.kind,
                     "matched": g(&c.matched), "sent": g(&c.sent), "failed": g(&c.failed),
                     "retried": g(&c.retried), "dropped": g(&c.dropped), "buffered": k.buffered(),
+                    "dead_lettered": g(&c.dead_lettered), "in_flight": g(&c.in_flight),
+                    "buffer": if k.buffer_on_disk() { "disk" } else { "memory" },
+                    "state": health.state(crate::sink::unix_ms()),
+                    "last_error": health.last_error, "last_error_ms": health.last_error_ms,
+                    "last_success_ms": health.last_success_ms,
+                    "failing_since_ms": health.failing_since_ms,
                 })
             })
             .collect();

@@ -59,7 +59,7 @@ pub(super) fn worker(shared: &Shared, index: usize) {
 
 /// What a rule runs on. A message becomes a Rhai value only when a rule needs Rhai: a `when`
 /// evaluated natively and the default output read it directly.
-enum Subject<'a> {
+pub(super) enum Subject<'a> {
     Message(MessageView<'a>, Option<Dynamic>),
     Event(Dynamic),
 }
@@ -83,7 +83,7 @@ impl Subject<'_> {
         }
     }
 
-    fn default_output(&self) -> serde_json::Value {
+    pub(super) fn default_output(&self) -> serde_json::Value {
         match self {
             Subject::Message(view, _) => script::default_output(view.client, view.msg),
             Subject::Event(map) => {
@@ -115,7 +115,12 @@ fn run_rule(
             st.failed.fetch_add(1, Ordering::Relaxed);
             let now = shared.started.elapsed().as_secs() + 1;
             if st.last_log.swap(now, Ordering::Relaxed) != now {
-                warn!(rule = %rule.def.name, error = %script::describe_error(&rule.file, &e, rule.def.line), "rule stopped for this message");
+                let error = script::describe_error(&rule.file, &e, rule.def.line);
+                warn!(rule = %rule.def.name, error = %error, "rule stopped for this message");
+                let at = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as u64);
+                *st.last_error.lock() = Some((error, at));
             }
             return;
         }
@@ -130,14 +135,14 @@ fn run_rule(
     }
 }
 
-enum Skip {
+pub(super) enum Skip {
     NotPassed,
     Failed(Box<EvalAltResult>),
 }
 
 /// `when`, then `select`; `Ok(None)` means no `select` (the default output). Rhai code runs
 /// under the per-evaluation deadline.
-fn evaluate(
+pub(super) fn evaluate(
     engine: &Engine,
     rule: &Rule,
     subject: &mut Subject<'_>,

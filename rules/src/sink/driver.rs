@@ -84,6 +84,7 @@ impl Driver {
             let now = Instant::now();
             let mut retry_later = Vec::new();
             let mut failed_idx = vec![false; n];
+            let mut first_error: Option<String> = None;
             for (i, failure) in failures {
                 if i >= n || failed_idx[i] {
                     continue;
@@ -93,9 +94,11 @@ impl Driver {
                 p.attempts += 1;
                 match failure {
                     Failure::Permanent(why) => {
+                        first_error.get_or_insert_with(|| why.clone());
                         self.give_up(&p.record, &why, p.attempts, "refused by the destination")
                     }
                     Failure::Retry(why) => {
+                        first_error.get_or_insert_with(|| why.clone());
                         let since = *p.failing_since.get_or_insert(now);
                         let record = p.record.clone();
                         let attempts = p.attempts;
@@ -119,6 +122,12 @@ impl Driver {
             }
             let settled_ok = (n - failed_idx.iter().filter(|f| **f).count()) as u64;
             SinkCounters::add(&self.counters.sent, settled_ok);
+            self.counters.health.lock().record(
+                settled_ok > 0,
+                first_error.as_deref(),
+                !retry_later.is_empty(),
+                super::unix_ms(),
+            );
             // Take the batch off the front; failures to retry go back in their order.
             let mut done: Vec<Pending> = pending.drain(..n).collect();
             SinkCounters::add(&self.counters.retried, retry_later.len() as u64);

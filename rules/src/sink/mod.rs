@@ -132,6 +132,57 @@ pub struct SinkCounters {
     pub dead_lettered: AtomicU64,
     /// Taken from the buffer and not yet settled (in a batch or waiting to retry).
     pub in_flight: AtomicU64,
+    /// The last outcomes of delivery, for operators.
+    pub health: parking_lot::Mutex<SinkHealth>,
+}
+
+/// How delivery is going, as the HTTP API shows it.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct SinkHealth {
+    /// The last error a destination gave, and when (Unix ms).
+    pub last_error: Option<String>,
+    pub last_error_ms: Option<u64>,
+    /// When a batch last went through (Unix ms).
+    pub last_success_ms: Option<u64>,
+    /// Since when records have been waiting to be retried (Unix ms); none while healthy.
+    pub failing_since_ms: Option<u64>,
+}
+
+/// Retrying for longer than this, a sink is shown as failing.
+const FAILING_AFTER_MS: u64 = 30_000;
+
+impl SinkHealth {
+    /// `healthy`, `retrying` (records wait for a retry) or `failing` (for 30 s or more).
+    pub fn state(&self, now_ms: u64) -> &'static str {
+        match self.failing_since_ms {
+            None => "healthy",
+            Some(since) if now_ms.saturating_sub(since) < FAILING_AFTER_MS => "retrying",
+            Some(_) => "failing",
+        }
+    }
+
+    /// One batch's outcome: records delivered, and the first error if any failed.
+    pub fn record(&mut self, delivered: bool, error: Option<&str>, retrying: bool, now_ms: u64) {
+        if delivered {
+            self.last_success_ms = Some(now_ms);
+        }
+        if let Some(e) = error {
+            self.last_error = Some(e.to_string());
+            self.last_error_ms = Some(now_ms);
+        }
+        if retrying {
+            self.failing_since_ms.get_or_insert(now_ms);
+        } else {
+            self.failing_since_ms = None;
+        }
+    }
+}
+
+/// The wall clock in Unix milliseconds.
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 impl SinkCounters {
@@ -224,6 +275,11 @@ impl Sink {
                 let _ = target.set(t.clone());
             }
         }
+    }
+
+    /// `buffer = "disk"`: records wait in the write-ahead queue.
+    pub fn buffer_on_disk(&self) -> bool {
+        self.input.is_disk()
     }
 
     /// Records held: in the buffer plus taken and not yet settled.
