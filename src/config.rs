@@ -40,6 +40,12 @@ impl Config {
             for dir in dirs.filter(|d| d.is_relative()) {
                 *dir = base.join(&*dir);
             }
+            let http = &mut config.core.http;
+            for file in [&mut http.password_file, &mut http.api_keys_file] {
+                if !file.is_empty() && Path::new(file.as_str()).is_relative() {
+                    *file = base.join(&*file).display().to_string();
+                }
+            }
             for sink in config.sinks.values_mut() {
                 if let Some(DeadLetterConfig::File(f)) = &mut sink.common.dead_letter {
                     if f.is_relative() {

@@ -182,6 +182,8 @@ fn main() -> Result<()> {
     runtime.block_on(async move {
         // Plugins and rules are loaded before the first port opens: no client is ever
         // admitted by a broker whose auth plugins are not there yet.
+        let http = &config.core.http;
+        let no_http_users = http.password_file.is_empty() && http.token.is_empty();
         let running = Switchyard::builder(config).start().await?;
         reload_on_sighup(&running, cli.config.clone());
         let stop = stop_signals()?;
@@ -190,7 +192,10 @@ fn main() -> Result<()> {
             println!("switchyard listening: {} {}", kind.as_str(), addr);
         }
         if let Some(addr) = server.http_addr {
-            println!("switchyard listening: http {addr} (/health, /metrics)");
+            println!("switchyard listening: http {addr} (dashboard /, API /api/v1, /health, /metrics)");
+            if no_http_users {
+                println!("switchyard: no dashboard users yet: `switchyard passwd users.txt admin`, then [http] password_file = \"users.txt\"");
+            }
         }
         info!(version = switchyard_core::sys::VERSION, "broker started");
         let signal = stop.await;

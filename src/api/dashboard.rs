@@ -13,8 +13,10 @@ const APP_CSS: &str = include_str!("dashboard/app.css");
 const MQTT_JS: &str = include_str!(concat!(env!("OUT_DIR"), "/mqtt.min.js"));
 
 /// Scripts and styles only from here; MQTT over WebSocket to this host's listeners.
+/// mqtt.js runs its keep-alive timer in a worker made from a `blob:` URL.
 const CSP: &str = "default-src 'self'; connect-src 'self' ws: wss:; img-src 'self' data:; \
-                   script-src 'self'; style-src 'self'; frame-ancestors 'none'";
+                   script-src 'self'; worker-src 'self' blob:; style-src 'self'; \
+                   frame-ancestors 'none'";
 
 fn asset(content_type: &'static str, body: &'static str) -> Response {
     let mut res = ([(header::CONTENT_TYPE, content_type)], body).into_response();

@@ -46,9 +46,14 @@ pub async fn wait_until(what: &str, condition: impl Fn() -> bool) {
     }
 }
 
-/// One raw HTTP exchange; (status, body).
+/// One raw HTTP exchange; (status, body). The request asks the server to close after it
+/// (the body is read to the end of the stream).
 pub async fn http_get(addr: std::net::SocketAddr, request: &str) -> (u16, String) {
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = match request.split_once("\r\n") {
+        Some((line, rest)) => format!("{line}\r\nConnection: close\r\n{rest}"),
+        None => request.to_string(),
+    };
     s.write_all(request.as_bytes()).await.unwrap();
     let mut text = String::new();
     tokio::time::timeout(WAIT, s.read_to_string(&mut text))

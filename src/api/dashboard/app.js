@@ -21,10 +21,14 @@ function h(tag, attrs, ...children) {
   return el;
 }
 
+// Replaces `el`'s children, skipping the nulls conditional parts leave.
+function fill(el, ...children) {
+  el.replaceChildren(...children.flat().filter((c) => c !== null && c !== undefined && c !== false));
+  return el;
+}
+
 function main(...children) {
-  const m = document.getElementById("main");
-  m.replaceChildren(...children);
-  return m;
+  return fill(document.getElementById("main"), ...children);
 }
 
 function toast(text) {
@@ -195,7 +199,7 @@ async function pageOverview() {
     nums.out.textContent = fmtNum(last.messages_out || 0);
     nums.dropped.textContent = fmtNum(last.dropped || 0);
     const st = m.health.status;
-    health.replaceChildren(h("span", { class: st === "ok" ? "ok" : "error" }, "Health: " + st),
+    fill(health, h("span", { class: st === "ok" ? "ok" : "error" }, "Health: " + st),
       m.health.problems.length ? " — " + m.health.problems.join("; ") : "",
       h("span", { class: "muted" }, "  · up " + Math.floor(m.health.uptime_s / 60) + " min"));
     drawChart(rate.canvas, [d.map((x) => x.messages_in), d.map((x) => x.messages_out), d.map((x) => x.dropped)], ["#1f6feb", "#2e7d32", "#c62828"]);
@@ -204,12 +208,12 @@ async function pageOverview() {
 }
 
 async function pageClients() {
-  const search = h("input", { id: "client-search", type: "search", placeholder: "client id contains…", class: "grow" });
+  const search = h("input", { id: "client-search", type: "search", placeholder: "client id contains…" });
   const holder = h("div", {});
   const load = async () => {
     const q = search.value ? "?clientid=" + enc(search.value) : "";
     const r = await api("GET", "/clients" + q + (q ? "&" : "?") + "limit=500");
-    holder.replaceChildren(h("p", { class: "muted" }, r.total + " connected"), table([
+    fill(holder, h("p", { class: "muted" }, r.total + " connected"), table([
       { title: "Client id", cell: (c) => h("a", { href: "#/client/" + enc(c.clientid) }, c.clientid) },
       { title: "User", cell: (c) => c.username || "—" },
       { title: "Listener", cell: (c) => c.listener },
@@ -266,8 +270,8 @@ function explorerUrl(listeners) {
 async function pageTopics() {
   stopTimer();
   const listeners = (await api("GET", "/listeners")).data;
-  const url = h("input", { id: "ws-url", class: "grow", value: explorerUrl(listeners) || "" });
-  const filter = h("input", { id: "filter", value: "#", class: "grow" });
+  const url = h("input", { id: "ws-url", value: explorerUrl(listeners) || "" });
+  const filter = h("input", { id: "filter", value: "#" });
   const user = h("input", { id: "mqtt-user", placeholder: "optional" });
   const pass = h("input", { id: "mqtt-pass", type: "password", placeholder: "optional" });
   const status = h("p", { class: "muted", role: "status" }, "Not subscribed.");
@@ -275,7 +279,7 @@ async function pageTopics() {
   const subscribe = () => {
     if (!window.mqtt) { status.textContent = "mqtt.js was not built into this broker: run scripts/install-build-deps and rebuild."; return; }
     if (state.mqtt) state.mqtt.end(true);
-    list.replaceChildren();
+    fill(list);
     const opts = { clientId: "dashboard-" + Math.random().toString(16).slice(2, 10), clean: true, reconnectPeriod: 0 };
     if (user.value) { opts.username = user.value; opts.password = pass.value; }
     const client = window.mqtt.connect(url.value, opts);
@@ -283,6 +287,7 @@ async function pageTopics() {
     status.textContent = "Connecting to " + url.value + "…";
     client.on("connect", () => client.subscribe(filter.value, { qos: 0 }, (err) => {
       status.textContent = err ? "Subscribe failed: " + err.message : "Subscribed to " + filter.value + " — messages appear below.";
+      loadLists();
     }));
     client.on("error", (e) => { status.textContent = "MQTT error: " + e.message; });
     client.on("message", (topic, payload, packet) => {
@@ -298,15 +303,15 @@ async function pageTopics() {
   const retainedHolder = h("div", {});
   const loadLists = async () => {
     const t = await api("GET", "/topics");
-    topicsHolder.replaceChildren(table([{ title: "Filter", cell: (r) => r.filter }, { title: "Subscribers", num: true, cell: (r) => fmtNum(r.subscribers) }], t.data, "No subscriptions."));
+    fill(topicsHolder, table([{ title: "Filter", cell: (r) => r.filter }, { title: "Subscribers", num: true, cell: (r) => fmtNum(r.subscribers) }], t.data, "No subscriptions."));
     const r = await api("GET", "/retained?limit=100");
-    retainedHolder.replaceChildren(table([{ title: "Topic", cell: (m) => m.topic }, { title: "Payload", cell: (m) => (m.payload === null ? "(binary)" : m.payload.slice(0, 120)) },
+    fill(retainedHolder, table([{ title: "Topic", cell: (m) => m.topic }, { title: "Payload", cell: (m) => (m.payload === null ? "(binary)" : m.payload.slice(0, 120)) },
       { title: "", cell: (m) => h("button", { type: "button", class: "danger", "aria-label": "Delete retained " + m.topic, onclick: async () => {
         try { await api("DELETE", "/retained/message?topic=" + enc(m.topic)); toast("Deleted"); loadLists(); } catch (e) { toast(e.message); } } }, "Delete") }],
     r.data, "No retained messages."));
   };
-  const pubTopic = h("input", { id: "pub-topic", class: "grow", value: "dashboard/test" });
-  const pubPayload = h("input", { id: "pub-payload", class: "grow", value: "{\"hello\":\"world\"}" });
+  const pubTopic = h("input", { id: "pub-topic", value: "dashboard/test" });
+  const pubPayload = h("input", { id: "pub-payload", value: "{\"hello\":\"world\"}" });
   const pubRetain = h("input", { id: "pub-retain", type: "checkbox" });
   main(h("h1", {}, "Topic explorer"),
     h("p", { class: "muted" }, "Subscribes from this browser over the broker's own MQTT WebSocket listener (mqtt.js)."),
@@ -323,7 +328,7 @@ async function pageTopics() {
         toast("Published to " + r.queued + " subscriber(s)"); loadLists(); } catch (ex) { toast(ex.message); } } },
       h("div", { class: "row" }, h("label", { for: "pub-topic", class: "grow" }, "Topic", pubTopic),
         h("label", { for: "pub-payload", class: "grow" }, "Payload", pubPayload),
-        h("label", { for: "pub-retain" }, pubRetain, " retain"),
+        h("label", { for: "pub-retain", class: "check" }, pubRetain, "retain"),
         h("button", { type: "submit" }, "Publish"))),
     h("h2", {}, "Subscribed filters"), topicsHolder,
     h("h2", {}, "Retained messages"), retainedHolder);
@@ -364,14 +369,14 @@ async function pageRule(name) {
   if (name) {
     try { source = (await api("GET", "/rules/files/" + enc(name))).source; } catch (e) { toast(e.message); }
   }
-  const nameInput = h("input", { id: "rule-name", value: name || "new_rule.rhai", class: "grow" });
+  const nameInput = h("input", { id: "rule-name", value: name || "new_rule.rhai" });
   const text = h("textarea", { id: "rule-source", spellcheck: "false", "aria-label": "Rule file source" });
   text.value = source;
   const gutter = h("div", { class: "gutter", "aria-hidden": "true" });
   let bad = new Set();
   const renderGutter = () => {
     const n = text.value.split("\n").length;
-    gutter.replaceChildren(...Array.from({ length: n }, (_, i) => h("div", { class: bad.has(i + 1) ? "bad" : null }, String(i + 1))));
+    fill(gutter, ...Array.from({ length: n }, (_, i) => h("div", { class: bad.has(i + 1) ? "bad" : null }, String(i + 1))));
     gutter.scrollTop = text.scrollTop;
   };
   text.addEventListener("input", renderGutter);
@@ -379,7 +384,7 @@ async function pageRule(name) {
   const errors = h("ul", { class: "errors", id: "rule-errors", role: "alert" });
   const saved = h("p", { class: "ok", id: "rule-saved", role: "status" });
   const save = async () => {
-    errors.replaceChildren(); saved.textContent = ""; bad = new Set();
+    fill(errors); saved.textContent = ""; bad = new Set();
     try {
       const r = await api("PUT", "/rules/files/" + enc(nameInput.value), { source: text.value });
       saved.textContent = "Saved and loaded: " + r.rules + " rule(s) active.";
@@ -387,20 +392,20 @@ async function pageRule(name) {
     } catch (e) {
       const details = e.details.length ? e.details : [e.message];
       bad = errorLines(details);
-      errors.replaceChildren(h("li", {}, e.message), ...details.map((d) => h("li", {}, d)));
+      fill(errors, h("li", {}, e.message), ...details.map((d) => h("li", {}, d)));
     }
     renderGutter();
   };
-  const tTopic = h("input", { id: "test-topic", value: "sensors/1/temp", class: "grow" });
-  const tPayload = h("textarea", { id: "test-payload", rows: 3, class: "grow" });
+  const tTopic = h("input", { id: "test-topic", value: "sensors/1/temp" });
+  const tPayload = h("textarea", { id: "test-payload", rows: 3 });
   tPayload.value = "{\"temp\": 31.5}";
   const tClient = h("input", { id: "test-client", value: "device-1" });
   const tOut = h("div", { id: "test-result" });
   const test = async () => {
-    tOut.replaceChildren();
+    fill(tOut);
     try {
       const r = await api("POST", "/rules/test", { source: text.value, file: nameInput.value, message: { topic: tTopic.value, payload: tPayload.value, clientid: tClient.value } });
-      tOut.replaceChildren(
+      fill(tOut,
         h("p", {}, "Rule ", h("code", {}, r.rule), r.matched ? " matches the topic; " : " does not match the topic; ",
           r.when === null ? "" : "when → " + r.when),
         r.error ? h("p", { class: "error" }, r.error) : null,
@@ -409,7 +414,7 @@ async function pageRule(name) {
     } catch (e) {
       const details = e.details.length ? e.details : [e.message];
       bad = errorLines(details); renderGutter();
-      tOut.replaceChildren(h("ul", { class: "errors" }, details.map((d) => h("li", {}, d))));
+      fill(tOut, h("ul", { class: "errors" }, details.map((d) => h("li", {}, d))));
     }
   };
   main(h("h1", {}, name ? "Rule file " + name : "New rule file"),
@@ -437,7 +442,7 @@ async function pageExtensions() {
   main(h("h1", {}, "Sinks & plugins"), h("h2", {}, "Sinks"), sinksHolder, h("h2", {}, "Plugins"), pluginsHolder);
   every(3000, async () => {
     const [s, p] = await Promise.all([api("GET", "/sinks"), api("GET", "/plugins")]);
-    sinksHolder.replaceChildren(table([
+    fill(sinksHolder, table([
       { title: "Sink", cell: (x) => x.name + " (" + x.kind + ")" },
       { title: "State", cell: (x) => h("span", { class: "state-" + x.state }, x.state) },
       { title: "Sent / failed / dropped", num: true, cell: (x) => fmtNum(x.sent) + " / " + fmtNum(x.failed) + " / " + fmtNum(x.dropped) },
@@ -445,7 +450,7 @@ async function pageExtensions() {
       { title: "Last success", cell: (x) => fmtTime(x.last_success_ms) },
       { title: "Last error", cell: (x) => (x.last_error ? h("span", { class: "error" }, x.last_error) : "—") },
     ], s.data || [], "No sinks configured."));
-    pluginsHolder.replaceChildren(table([
+    fill(pluginsHolder, table([
       { title: "Plugin", cell: (x) => x.name + " v" + x.version },
       { title: "Priority", num: true, cell: (x) => x.priority },
       { title: "Breaker", cell: (x) => h("span", { class: "state-" + String(x.breaker).replace(" ", "_") }, x.breaker) },
@@ -462,7 +467,7 @@ async function pageBans() {
   stopTimer();
   const r = await api("GET", "/bans");
   const kind = h("select", { id: "ban-kind" }, ["clientid", "username", "ip"].map((k) => h("option", { value: k }, k)));
-  const value = h("input", { id: "ban-value", class: "grow", required: true });
+  const value = h("input", { id: "ban-value", required: true });
   const minutes = h("input", { id: "ban-minutes", type: "number", min: "1", placeholder: "forever" });
   main(h("h1", {}, "Bans"),
     table([{ title: "Who", cell: (b) => b.who }, { title: "Source", cell: (b) => b.source },
