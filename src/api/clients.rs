@@ -332,10 +332,10 @@ pub async fn publish(
             return Err(ApiError::bad("properties.response_topic: not a topic name"));
         }
     }
-    let mut props = Properties::default();
-    props.content_type = p.content_type;
-    props.response_topic = p.response_topic;
-    props.correlation_data = match p.correlation_data {
+    if p.payload_format_indicator.is_some_and(|f| f > 1) {
+        return Err(ApiError::bad("properties.payload_format_indicator: 0 or 1"));
+    }
+    let correlation_data = match p.correlation_data {
         Some(c) => Some(
             b64.decode(&c)
                 .map_err(|_| ApiError::bad("properties.correlation_data: not base64"))?
@@ -343,12 +343,15 @@ pub async fn publish(
         ),
         None => None,
     };
-    if p.payload_format_indicator.is_some_and(|f| f > 1) {
-        return Err(ApiError::bad("properties.payload_format_indicator: 0 or 1"));
-    }
-    props.payload_format_indicator = p.payload_format_indicator;
-    props.message_expiry_interval = p.message_expiry_interval;
-    props.user_properties = p.user_properties;
+    let props = Properties {
+        content_type: p.content_type,
+        response_topic: p.response_topic,
+        correlation_data,
+        payload_format_indicator: p.payload_format_indicator,
+        message_expiry_interval: p.message_expiry_interval,
+        user_properties: p.user_properties,
+        ..Properties::default()
+    };
     msg.properties = props.into();
     if let Some(s) = p.message_expiry_interval {
         msg.expires_at = Instant::now().checked_add(Duration::from_secs(u64::from(s)));
