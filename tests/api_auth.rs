@@ -28,6 +28,16 @@ async fn send(
     (status, res.json().await.unwrap_or(Value::Null), headers)
 }
 
+/// Only the status of a bodiless request.
+async fn status_of(
+    env: &ApiEnv,
+    method: Method,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> StatusCode {
+    send(env, method, path, headers, None).await.0
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_users_nothing_opens_but_health_metrics_and_the_login_page() {
     let env = api_env_with(&[], &[], |c| c.core.http.password_file.clear()).await;
@@ -84,7 +94,7 @@ async fn without_users_nothing_opens_but_health_metrics_and_the_login_page() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn basic_credentials_and_the_csrf_header() {
     let env = api_env().await;
-    let (status, _, _) = send(&env, Method::GET, "/api/v1/clients", &[], None).await;
+    let status = status_of(&env, Method::GET, "/api/v1/clients", &[]).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     let wrong = env
         .http
@@ -148,14 +158,7 @@ async fn a_login_sets_a_strict_cookie_whose_writes_need_its_csrf_token() {
     .await;
     assert_eq!(who["username"], USER);
     assert_eq!(who["csrf_token"], csrf);
-    let (status, _, _) = send(
-        &env,
-        Method::GET,
-        "/api/v1/clients",
-        &[("cookie", &cookie)],
-        None,
-    )
-    .await;
+    let status = status_of(&env, Method::GET, "/api/v1/clients", &[("cookie", &cookie)]).await;
     assert_eq!(status, StatusCode::OK);
     let publish = Some(json!({"topic": "c/x"}));
     let (status, _, _) = send(
@@ -186,29 +189,14 @@ async fn a_login_sets_a_strict_cookie_whose_writes_need_its_csrf_token() {
     .await;
     assert_eq!(status, StatusCode::OK);
 
-    send(
-        &env,
-        Method::POST,
-        "/api/v1/logout",
-        &[("cookie", &cookie)],
-        None,
-    )
-    .await;
-    let (status, _, _) = send(
-        &env,
-        Method::GET,
-        "/api/v1/clients",
-        &[("cookie", &cookie)],
-        None,
-    )
-    .await;
+    status_of(&env, Method::POST, "/api/v1/logout", &[("cookie", &cookie)]).await;
+    let status = status_of(&env, Method::GET, "/api/v1/clients", &[("cookie", &cookie)]).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED, "logged out");
-    let (status, _, _) = send(
+    let status = status_of(
         &env,
         Method::GET,
         "/api/v1/clients",
         &[("cookie", "sy_session=made-up")],
-        None,
     )
     .await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
@@ -223,12 +211,11 @@ async fn api_keys_are_shown_once_stored_hashed_and_revocable() {
     assert_eq!(status, StatusCode::CREATED, "{made}");
     let key = made["key"].as_str().unwrap().to_string();
     let bearer = format!("Bearer {key}");
-    let (status, _, _) = send(
+    let status = status_of(
         &env,
         Method::GET,
         "/api/v1/clients",
         &[(AUTHORIZATION.as_str(), &bearer)],
-        None,
     )
     .await;
     assert_eq!(status, StatusCode::OK);
@@ -258,21 +245,19 @@ async fn api_keys_are_shown_once_stored_hashed_and_revocable() {
         .call(Method::DELETE, &format!("/api-keys/{id}"), None)
         .await;
     assert_eq!(status, StatusCode::OK);
-    let (status, _, _) = send(
+    let status = status_of(
         &env,
         Method::GET,
         "/api/v1/clients",
         &[("authorization", &bearer)],
-        None,
     )
     .await;
     assert_eq!(status, StatusCode::UNAUTHORIZED, "revoked");
-    let (status, _, _) = send(
+    let status = status_of(
         &env,
         Method::GET,
         "/api/v1/clients",
         &[("authorization", "Bearer sy_made-up")],
-        None,
     )
     .await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
@@ -296,12 +281,11 @@ async fn keys_survive_a_restart_and_open_metrics_off_closes_health_and_metrics()
         Some("kept"),
         "read back from the file"
     );
-    let (status, _, _) = send(
+    let status = status_of(
         &env,
         Method::GET,
         "/health",
         &[("authorization", &format!("Bearer {key}"))],
-        None,
     )
     .await;
     assert_eq!(status, StatusCode::OK);
