@@ -21,9 +21,15 @@ for i in range(count):
     c.will_set(f"sensors/{dev}/status", "offline", qos=1, retain=True)
     c.on_message = lambda cl, _u, msg, dev=dev: cl.publish(
         f"devices/{dev}/reply", json.dumps({"ok": True, "cmd": msg.payload.decode(errors="replace")}), qos=1)
+
+    # On every (re)connect: a kicked device comes back, says so and listens again.
+    def on_connect(cl, _u, _flags, _reason, _props, dev=dev):
+        cl.subscribe(f"devices/{dev}/cmd", qos=1)
+        cl.publish(f"sensors/{dev}/status", "online", qos=1, retain=True)
+
+    c.on_connect = on_connect
+    c.reconnect_delay_set(min_delay=1, max_delay=5)
     c.connect(host, port, keepalive=30)
-    c.subscribe(f"devices/{dev}/cmd", qos=1)
-    c.publish(f"sensors/{dev}/status", "online", qos=1, retain=True)
     c.loop_start()
     # Phases spread over half a wave: some device runs hot within the first half minute.
     devices.append((dev, c, i * math.pi / count))
