@@ -31,6 +31,7 @@ async fn an_operator_works_the_broker_from_the_browser() {
         |_| {},
     )
     .await;
+    let no_users = api_env_with(&[], &[], |c| c.core.http.password_file.clear()).await;
     let tcp = tcp_addr(&env.server);
     let mut victim = v4::connect(v4::options(tcp, "dash-victim")).await;
     victim
@@ -61,6 +62,7 @@ async fn an_operator_works_the_broker_from_the_browser() {
             .arg(root.join("tests/dashboard/dashboard_test.mjs"))
             .args([&env.base, USER, PASSWORD])
             .arg(&shots)
+            .arg(&no_users.base)
             .env("PLAYWRIGHT", &playwright)
             .output(),
     )
@@ -89,6 +91,7 @@ async fn an_operator_works_the_broker_from_the_browser() {
     let saved = std::fs::read_to_string(env.rules_dir().join("dash_rule.rhai")).unwrap();
     assert!(saved.contains(".from([\"dash/live/#\"])"), "{saved}");
     for page in [
+        "no-users",
         "login",
         "overview",
         "clients",

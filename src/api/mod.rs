@@ -351,7 +351,8 @@ async fn auth_status(State(api): State<Shared>, req: Request) -> Json<serde_json
     let session = api.auth.session(req.headers());
     Json(serde_json::json!({
         "users_configured": api.auth.anyone(),
-        "password_file": api.config.password_file,
+        // Whether a file is configured, not where: this answer needs no login.
+        "password_file_configured": !api.config.password_file.is_empty(),
         "username": session.as_ref().map(|s| &s.0),
         "csrf_token": session.as_ref().map(|s| &s.1),
     }))

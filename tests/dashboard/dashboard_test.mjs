@@ -1,13 +1,14 @@
 // Drives the broker's dashboard in headless Chromium, as an operator would, and writes a
 // screenshot of each page. Run by tests/dashboard.rs, which starts the broker, connects the
 // client to kick and keeps publishing to dash/live.
-// Usage: node dashboard_test.mjs BASE_URL USER PASSWORD SCREENSHOT_DIR
+// Usage: node dashboard_test.mjs BASE_URL USER PASSWORD SCREENSHOT_DIR NO_USERS_BASE_URL
+// (the second broker has no users: the page must say how to make the first).
 // Prints one line per step reached; exits non-zero on the first failure.
 import fs from 'node:fs';
 import path from 'node:path';
 
 const { chromium } = await import(process.env.PLAYWRIGHT || 'playwright-core');
-const [base, user, password, shots] = process.argv.slice(2);
+const [base, user, password, shots, noUsersBase] = process.argv.slice(2);
 fs.mkdirSync(shots, { recursive: true });
 const step = (what) => console.log('STEP ' + what);
 const shot = (page, name) => page.screenshot({ path: path.join(shots, name + '.png'), fullPage: true });
@@ -27,6 +28,12 @@ try {
   // 401 (before the login) and 422 (the broken rule) are answers the page shows, not faults.
   page.on('console', (m) => { if (m.type() === 'error' && !/status of (401|422)/.test(m.text())) problems.push('console: ' + m.text()); });
   page.on('dialog', (d) => d.accept());
+
+  await page.goto(noUsersBase + '/');
+  await page.waitForSelector('h1:text("No users yet")');
+  if (!(await page.textContent('main')).includes('switchyard passwd')) throw new Error('no first-user help');
+  await shot(page, 'no-users');
+  step('a broker without users explains the first one');
 
   // Log in with the keyboard only: the user name field has focus, Tab, Enter.
   await page.goto(base + '/');

@@ -100,8 +100,8 @@ async function showLogin() {
       h("pre", {}, "switchyard passwd users.txt admin"),
       h("p", {}, "and point the HTTP listener at the file in the configuration:"),
       h("pre", {}, "[http]\npassword_file = \"users.txt\""),
-      status.password_file
-        ? h("p", {}, "This broker reads ", h("code", {}, status.password_file), ": add a user to it and reload this page.")
+      status.password_file_configured
+        ? h("p", {}, "This broker has a password file configured, with no users in it yet: add one and reload this page.")
         : h("p", {}, "Then restart the broker and reload this page.")));
     return;
   }
