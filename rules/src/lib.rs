@@ -8,7 +8,8 @@
 //! - `message`: the message type rule functions see and EMQX's message fields.
 //! - `helpers`: the functions rules call (time, encodings, hashing, UUIDs, bits, compression).
 //! - [`native`]: simple `when` filters compiled to Rust, run on the routing thread.
-//! - `engine`: the running engine (hook, events, reload, workers, status).
+//! - `engine`: the running engine (hook, events, reload, workers, status, and the HTTP API's
+//!   admin: rule files, enabling, testing).
 //! - `queue`: the bounded queue between routing and the workers.
 //! - `print`: the per-rule rate and size limit of `print` and `debug`.
 //! - [`sink`]: sink kinds (one table, `sink::KINDS`) and the driver they share (buffer,
