@@ -290,3 +290,42 @@ async fn keys_survive_a_restart_and_open_metrics_off_closes_health_and_metrics()
     .await;
     assert_eq!(status, StatusCode::OK);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guessing_passwords_is_cut_off_after_ten_failures_a_minute() {
+    let env = api_env().await;
+    let (_, made) = env
+        .call(Method::POST, "/api-keys", Some(json!({"name": "before"})))
+        .await;
+    let bearer = format!("Bearer {}", made["key"].as_str().unwrap());
+    let login = |password: &str| json!({"username": USER, "password": password});
+    for i in 0..10 {
+        let guess = Some(login(&format!("guess{i}")));
+        let (status, _, _) = send(&env, Method::POST, "/api/v1/login", &[], guess).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+    }
+    // Now even the right password is not looked at.
+    let right = Some(login(PASSWORD));
+    let (status, body, _) = send(&env, Method::POST, "/api/v1/login", &[], right).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
+    let basic = env
+        .http
+        .get(format!("{}/api/v1/clients", env.base))
+        .basic_auth(USER, Some("another guess"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(basic.status(), StatusCode::TOO_MANY_REQUESTS);
+    // A script whose Basic credentials were verified before the attack goes on (they are
+    // remembered for a minute), and so does a key: the guesser cannot lock them out.
+    let (status, _) = env.call(Method::GET, "/clients", None).await;
+    assert_eq!(status, StatusCode::OK);
+    let status = status_of(
+        &env,
+        Method::GET,
+        "/api/v1/clients",
+        &[("authorization", &bearer)],
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+}

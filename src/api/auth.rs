@@ -14,6 +14,7 @@ use base64::Engine as _;
 use parking_lot::Mutex;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -44,7 +45,13 @@ pub enum Denied {
     Wrong,
     #[error("state-changing requests need the x-csrf-token header")]
     Csrf,
+    #[error("too many failed logins from this address: wait a minute")]
+    TooMany,
 }
+
+/// Failed password checks one address may make in [`FAILURE_WINDOW`] before it must wait.
+const MAX_FAILURES: u32 = 10;
+const FAILURE_WINDOW: Duration = Duration::from_secs(60);
 
 struct Login {
     user: String,
@@ -60,6 +67,8 @@ pub struct Auth {
     pub keys: ApiKeys,
     logins: Mutex<HashMap<[u8; 32], Login>>,
     basic_ok: Mutex<HashMap<[u8; 32], (String, Instant)>>,
+    /// Failed password checks per address: (count, since).
+    failures: Mutex<HashMap<IpAddr, (u32, Instant)>>,
     ttl: Duration,
 }
 
@@ -114,6 +123,7 @@ impl Auth {
             keys: ApiKeys::open(keys_path)?,
             logins: Mutex::new(HashMap::new()),
             basic_ok: Mutex::new(HashMap::new()),
+            failures: Mutex::new(HashMap::new()),
             ttl: Duration::from_secs(cfg.session_ttl_s.max(60)),
         };
         if let Some(path) = &auth.password_path {
@@ -151,14 +161,26 @@ impl Auth {
         self.users().is_some() || !self.token.is_empty() || self.keys.count() > 0
     }
 
-    /// Checks a user name and password (the login form, Basic).
-    pub async fn verify_user(&self, user: &str, password: &str) -> Result<(), Denied> {
+    /// Checks a user name and password (the login form, Basic) from `ip`. Past
+    /// [`MAX_FAILURES`] failures in a minute the address is refused without a check, so
+    /// passwords cannot be guessed at the speed of the machine.
+    pub async fn verify_user(&self, user: &str, password: &str, ip: IpAddr) -> Result<(), Denied> {
         let users = self.users().ok_or(Denied::NoUsers)?;
-        if users.verify(user, password.as_bytes()).await {
-            Ok(())
-        } else {
-            Err(Denied::Wrong)
+        let now = Instant::now();
+        if let Some((count, since)) = self.failures.lock().get(&ip) {
+            if *count >= MAX_FAILURES && now.duration_since(*since) < FAILURE_WINDOW {
+                return Err(Denied::TooMany);
+            }
         }
+        if users.verify(user, password.as_bytes()).await {
+            return Ok(());
+        }
+        let mut failures = self.failures.lock();
+        failures.retain(|_, (_, since)| now.duration_since(*since) < FAILURE_WINDOW);
+        let entry = failures.entry(ip).or_insert((0, now));
+        entry.0 += 1;
+        tracing::warn!(user, peer = %ip, listener = "http", failures = entry.0, "failed login");
+        Err(Denied::Wrong)
     }
 
     /// Starts a dashboard session: the cookie value and its CSRF token.
@@ -198,11 +220,16 @@ impl Auth {
     }
 
     /// Who sent this request, if anyone may.
-    pub async fn check(&self, method: &Method, headers: &HeaderMap) -> Result<Principal, Denied> {
+    pub async fn check(
+        &self,
+        method: &Method,
+        headers: &HeaderMap,
+        ip: IpAddr,
+    ) -> Result<Principal, Denied> {
         let changes = !matches!(*method, Method::GET | Method::HEAD);
         if let Some(value) = header(headers, "authorization") {
             if let Some(b64) = value.strip_prefix("Basic ") {
-                let principal = self.basic(b64.trim()).await?;
+                let principal = self.basic(b64.trim(), ip).await?;
                 if changes && header(headers, "x-csrf-token").is_none() {
                     return Err(Denied::Csrf);
                 }
@@ -244,7 +271,7 @@ impl Auth {
         Err(Denied::Missing)
     }
 
-    async fn basic(&self, b64: &str) -> Result<Principal, Denied> {
+    async fn basic(&self, b64: &str, ip: IpAddr) -> Result<Principal, Denied> {
         let key = digest(b64.as_bytes());
         let now = Instant::now();
         if let Some((user, until)) = self.basic_ok.lock().get(&key) {
@@ -260,7 +287,7 @@ impl Auth {
             .map_err(|_| Denied::Wrong)?;
         let text = String::from_utf8(raw).map_err(|_| Denied::Wrong)?;
         let (user, password) = text.split_once(':').ok_or(Denied::Wrong)?;
-        self.verify_user(user, password).await?;
+        self.verify_user(user, password, ip).await?;
         let mut cache = self.basic_ok.lock();
         cache.retain(|_, (_, until)| *until > now);
         cache.insert(key, (user.to_string(), now + BASIC_CACHE));

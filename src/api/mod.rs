@@ -93,6 +93,7 @@ impl From<Denied> for ApiError {
     fn from(d: Denied) -> Self {
         let status = match d {
             Denied::Csrf => StatusCode::FORBIDDEN,
+            Denied::TooMany => StatusCode::TOO_MANY_REQUESTS,
             _ => StatusCode::UNAUTHORIZED,
         };
         ApiError::new(status, d.to_string())
@@ -263,8 +264,16 @@ async fn security_headers(req: Request, next: Next) -> Response {
     res
 }
 
+/// The peer's address, which the accept loop put on every request.
+fn peer_ip(req: &Request) -> std::net::IpAddr {
+    req.extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map_or(std::net::IpAddr::from([0, 0, 0, 0]), |c| c.0.ip())
+}
+
 async fn require_login(State(api): State<Shared>, mut req: Request, next: Next) -> Response {
-    match api.auth.check(req.method(), req.headers()).await {
+    let ip = peer_ip(&req);
+    match api.auth.check(req.method(), req.headers(), ip).await {
         Ok(principal) => {
             req.extensions_mut().insert(principal);
             next.run(req).await
@@ -293,7 +302,9 @@ async fn legacy_status(
 ) -> ApiResult {
     let loopback_open = api.config.token.is_empty() && peer.ip().is_loopback();
     if !loopback_open {
-        api.auth.check(req.method(), req.headers()).await?;
+        api.auth
+            .check(req.method(), req.headers(), peer.ip())
+            .await?;
     }
     let name = req.uri().path().trim_start_matches('/');
     if name == "bans" {
@@ -316,8 +327,14 @@ struct LoginForm {
     password: String,
 }
 
-async fn login(State(api): State<Shared>, Body(form): Body<LoginForm>) -> ApiResult<Response> {
-    api.auth.verify_user(&form.username, &form.password).await?;
+async fn login(
+    State(api): State<Shared>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Body(form): Body<LoginForm>,
+) -> ApiResult<Response> {
+    api.auth
+        .verify_user(&form.username, &form.password, peer.ip())
+        .await?;
     let (token, csrf) = api.auth.login(&form.username);
     info!(user = %form.username, "dashboard login");
     let cookie = format!(
