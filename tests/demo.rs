@@ -67,17 +67,22 @@ async fn the_demo_runs_every_part_and_ctrl_c_stops_it() {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let client = reqwest::Client::new();
     let base = format!("http://127.0.0.1:{http}/api/v1");
+    let get = |path: &str| {
+        let req = client
+            .get(format!("{base}{path}"))
+            .basic_auth("admin", Some(&password));
+        async move {
+            req.send()
+                .await
+                .unwrap()
+                .json::<serde_json::Value>()
+                .await
+                .unwrap()
+        }
+    };
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let clients: serde_json::Value = client
-            .get(format!("{base}/clients"))
-            .basic_auth("admin", Some(&password))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let clients = get("/clients").await;
         if clients["total"].as_u64() >= Some(5) {
             break;
         }
@@ -126,15 +131,7 @@ async fn the_demo_runs_every_part_and_ctrl_c_stops_it() {
         assert!(Instant::now() < deadline, "the webhook was never called");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let sinks: serde_json::Value = client
-        .get(format!("{base}/sinks"))
-        .basic_auth("admin", Some(&password))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let sinks = get("/sinks").await;
     for s in sinks["data"].as_array().unwrap() {
         assert_eq!(s["state"], "healthy", "{s}");
         assert!(s["sent"].as_u64().unwrap() > 0, "{s}");

@@ -44,8 +44,13 @@ impl LiveClient {
         }
     }
 
+    /// Adds `n`. Each counter has one writer, the connection's own task, so a plain load and
+    /// store do: no locked read-modify-write on the message path.
     pub fn count(counter: &AtomicU64, n: u64) {
-        counter.fetch_add(n, Ordering::Relaxed);
+        counter.store(
+            counter.load(Ordering::Relaxed).wrapping_add(n),
+            Ordering::Relaxed,
+        );
     }
 
     pub fn get(counter: &AtomicU64) -> u64 {
