@@ -87,6 +87,21 @@ pub struct ClientInfo {
 }
 
 impl ClientInfo {
+    /// A client that is not a connection: a restored subscription's owner, an operator's
+    /// publish, a rule test's sample. No address, MQTT 5, the given listener name.
+    pub fn internal(client_id: Arc<str>, username: Option<Arc<str>>, listener: &str) -> Self {
+        Self {
+            client_id,
+            username,
+            peer_addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+            protocol: ProtocolVersion::V5,
+            listener: listener.into(),
+            cert_common_name: None,
+            attributes: Vec::new(),
+            extension: Default::default(),
+        }
+    }
+
     pub fn attribute(&self, key: &str) -> Option<&str> {
         self.attributes
             .iter()

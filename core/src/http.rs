@@ -18,108 +18,120 @@ pub fn health(broker: &Broker) -> serde_json::Value {
     })
 }
 
-/// The core's counters by name, as `/metrics` shows them (without the `switchyard_` prefix
-/// and `_total` suffix): what the API's metrics JSON and its history are made of.
-pub fn counters(broker: &Broker) -> Vec<(&'static str, u64)> {
+/// One of the core's series: its name (without `switchyard_`, and without `_total` for a
+/// counter), whether it is a counter, its help text and its value now.
+pub struct Series {
+    pub name: &'static str,
+    pub counter: bool,
+    pub help: &'static str,
+    pub value: u64,
+}
+
+/// The core's series, in `/metrics` order: what Prometheus, the API's metrics JSON and its
+/// history are all made of.
+pub fn series(broker: &Broker) -> [Series; 12] {
     let m = &broker.metrics;
-    vec![
-        ("clients_connected", Metrics::get(&m.clients_connected)),
-        ("connections", Metrics::get(&m.connections_total)),
-        ("sessions", broker.session_count() as u64),
-        ("subscriptions", broker.subscription_count() as u64),
-        ("retained_messages", broker.retained_count() as u64),
-        ("messages_received", Metrics::get(&m.messages_received)),
-        ("messages_sent", Metrics::get(&m.messages_sent)),
-        ("messages_dropped", Metrics::get(&m.messages_dropped)),
-        ("publishes_denied", Metrics::get(&m.publishes_denied)),
-        ("bytes_received", Metrics::get(&m.bytes_received)),
-        ("bytes_sent", Metrics::get(&m.bytes_sent)),
-        ("uptime_seconds", broker.started.elapsed().as_secs()),
+    let row = |name, counter, help, value| Series {
+        name,
+        counter,
+        help,
+        value,
+    };
+    [
+        row(
+            "clients_connected",
+            false,
+            "Clients connected now.",
+            Metrics::get(&m.clients_connected),
+        ),
+        row(
+            "connections",
+            true,
+            "Connections accepted since start.",
+            Metrics::get(&m.connections_total),
+        ),
+        row(
+            "sessions",
+            false,
+            "Sessions, online and offline.",
+            broker.session_count() as u64,
+        ),
+        row(
+            "subscriptions",
+            false,
+            "Subscriptions.",
+            broker.subscription_count() as u64,
+        ),
+        row(
+            "retained_messages",
+            false,
+            "Retained messages.",
+            broker.retained_count() as u64,
+        ),
+        row(
+            "messages_received",
+            true,
+            "PUBLISH packets received.",
+            Metrics::get(&m.messages_received),
+        ),
+        row(
+            "messages_sent",
+            true,
+            "PUBLISH packets sent.",
+            Metrics::get(&m.messages_sent),
+        ),
+        row(
+            "messages_dropped",
+            true,
+            "Messages not delivered: queue full, expired or too large.",
+            Metrics::get(&m.messages_dropped),
+        ),
+        row(
+            "publishes_denied",
+            true,
+            "Publishes refused by authorization or dropped by a hook.",
+            Metrics::get(&m.publishes_denied),
+        ),
+        row(
+            "bytes_received",
+            true,
+            "Bytes received from clients.",
+            Metrics::get(&m.bytes_received),
+        ),
+        row(
+            "bytes_sent",
+            true,
+            "Bytes sent to clients.",
+            Metrics::get(&m.bytes_sent),
+        ),
+        row(
+            "uptime_seconds",
+            false,
+            "Seconds since start.",
+            broker.started.elapsed().as_secs(),
+        ),
     ]
 }
 
 /// The broker's counters in the Prometheus text exposition format.
 pub fn prometheus(broker: &Broker) -> String {
     let m = &broker.metrics;
-    let rows: [(&str, &str, &str, u64); 12] = [
-        (
-            "switchyard_clients_connected",
-            "gauge",
-            "Clients connected now.",
-            Metrics::get(&m.clients_connected),
-        ),
-        (
-            "switchyard_connections_total",
-            "counter",
-            "Connections accepted since start.",
-            Metrics::get(&m.connections_total),
-        ),
-        (
-            "switchyard_sessions",
-            "gauge",
-            "Sessions, online and offline.",
-            broker.session_count() as u64,
-        ),
-        (
-            "switchyard_subscriptions",
-            "gauge",
-            "Subscriptions.",
-            broker.subscription_count() as u64,
-        ),
-        (
-            "switchyard_retained_messages",
-            "gauge",
-            "Retained messages.",
-            broker.retained_count() as u64,
-        ),
-        (
-            "switchyard_messages_received_total",
-            "counter",
-            "PUBLISH packets received.",
-            Metrics::get(&m.messages_received),
-        ),
-        (
-            "switchyard_messages_sent_total",
-            "counter",
-            "PUBLISH packets sent.",
-            Metrics::get(&m.messages_sent),
-        ),
-        (
-            "switchyard_messages_dropped_total",
-            "counter",
-            "Messages not delivered: queue full, expired or too large.",
-            Metrics::get(&m.messages_dropped),
-        ),
-        (
-            "switchyard_publishes_denied_total",
-            "counter",
-            "Publishes refused by authorization or dropped by a hook.",
-            Metrics::get(&m.publishes_denied),
-        ),
-        (
-            "switchyard_bytes_received_total",
-            "counter",
-            "Bytes received from clients.",
-            Metrics::get(&m.bytes_received),
-        ),
-        (
-            "switchyard_bytes_sent_total",
-            "counter",
-            "Bytes sent to clients.",
-            Metrics::get(&m.bytes_sent),
-        ),
-        (
-            "switchyard_uptime_seconds",
-            "gauge",
-            "Seconds since start.",
-            broker.started.elapsed().as_secs(),
-        ),
-    ];
     let mut out = String::with_capacity(2048);
-    for (name, kind, help, value) in rows {
+    for Series {
+        name,
+        counter,
+        help,
+        value,
+    } in series(broker)
+    {
+        let (kind, suffix) = if counter {
+            ("counter", "_total")
+        } else {
+            ("gauge", "")
+        };
         let _ = writeln!(
             out,
-            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+            "# HELP switchyard_{name}{suffix} {help}\n# TYPE switchyard_{name}{suffix} {kind}\nswitchyard_{name}{suffix} {value}"
         );
     }
     let _ = writeln!(

@@ -18,6 +18,7 @@
 //! - [`server`]: start and stop a whole broker from a config.
 //! - [`sys`], [`metrics`]: counters and the `$SYS` topics.
 //! - [`http`]: what `/health`, Prometheus `/metrics` and the API's metrics report.
+//! - [`clock`]: wall-clock Unix milliseconds.
 //! - [`log_limit`]: rate and size limits for what extensions write to the log.
 //! - [`template`]: `${field}` templates over JSON (sinks, HTTP authentication).
 //! - `fuzzing` (feature `fuzzing`, hidden): the checks behind the fuzz targets in `fuzz/`.
@@ -25,6 +26,7 @@
 pub mod auth;
 pub mod broker;
 pub mod client;
+pub mod clock;
 pub mod config;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]

@@ -133,21 +133,10 @@ impl PluginManager {
             if unchanged {
                 continue;
             }
-            match WasmPlugin::load_with(s.clone(), kv).await {
-                Ok(plugin) => {
-                    self.install(&s.path, plugin);
-                    self.last_errors.lock().remove(&s.path);
-                }
-                Err(e) => {
-                    let running = self.loaded.lock().contains_key(&s.path);
-                    error!(error = %e, kept_running = running, "plugin not (re)loaded");
-                    self.last_errors
-                        .lock()
-                        .insert(s.path.clone(), e.to_string());
-                    // Do not retry the same broken file until it changes again.
-                    if let Some(l) = self.loaded.lock().get_mut(&s.path) {
-                        l.modified = current;
-                    }
+            if self.load_and_install(s.clone(), kv).await.is_err() {
+                // Do not retry the same broken file until it changes again.
+                if let Some(l) = self.loaded.lock().get_mut(&s.path) {
+                    l.modified = current;
                 }
             }
         }
@@ -269,14 +258,27 @@ impl PluginManager {
         else {
             return Err(format!("{} is no longer configured", path.display()));
         };
-        match WasmPlugin::load_with(settings, Some(kv)).await {
+        self.load_and_install(settings, Some(kv)).await?;
+        Ok(self.version(&path))
+    }
+
+    /// Loads the plugin of `settings` and puts it in the chain; a file that does not load
+    /// leaves the running plugin (if any) in place and its error in `/plugins`.
+    async fn load_and_install(
+        &self,
+        settings: PluginSettings,
+        kv: Option<Arc<crate::host::KvStore>>,
+    ) -> Result<(), String> {
+        let path = settings.path.clone();
+        match WasmPlugin::load_with(settings, kv).await {
             Ok(plugin) => {
                 self.install(&path, plugin);
                 self.last_errors.lock().remove(&path);
-                Ok(self.version(&path))
+                Ok(())
             }
             Err(e) => {
-                error!(error = %e, kept_running = true, "plugin not reloaded");
+                let running = self.loaded.lock().contains_key(&path);
+                error!(error = %e, kept_running = running, "plugin not (re)loaded");
                 self.last_errors.lock().insert(path, e.to_string());
                 Err(e.to_string())
             }

@@ -7,9 +7,10 @@ use axum::Json;
 use base64::Engine as _;
 use serde_json::{json, Value};
 use std::sync::Arc;
-use std::time::{Duration, Instant, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 use switchyard_core::broker::live::LiveClient;
 use switchyard_core::broker::DiscardError;
+use switchyard_core::clock::unix_ms;
 use switchyard_core::guard::bans::BanKey;
 use switchyard_core::hooks::ClientInfo;
 use switchyard_core::message::Message;
@@ -32,15 +33,22 @@ pub struct ClientQuery {
     limit: Option<usize>,
 }
 
-/// Rows `page` (from 1) of `limit` rows, with the paging facts.
-fn paged(rows: Vec<Value>, page: Option<usize>, limit: Option<usize>) -> Value {
+/// Page `page` (from 1) of `limit` items, each made a row by `row`, with the paging facts.
+/// Only the page's rows are built: a million clients cost a filter, not a million documents.
+fn paged<T>(
+    items: Vec<T>,
+    page: Option<usize>,
+    limit: Option<usize>,
+    row: impl Fn(&T) -> Value,
+) -> Value {
     let limit = limit.unwrap_or(100).clamp(1, MAX_LIMIT);
     let page = page.unwrap_or(1).max(1);
-    let total = rows.len();
-    let data: Vec<Value> = rows
-        .into_iter()
+    let total = items.len();
+    let data: Vec<Value> = items
+        .iter()
         .skip((page - 1).saturating_mul(limit))
         .take(limit)
+        .map(row)
         .collect();
     json!({ "data": data, "page": page, "limit": limit, "total": total })
 }
@@ -51,11 +59,6 @@ fn protocol_name(p: ProtocolVersion) -> &'static str {
         ProtocolVersion::V311 => "3.1.1",
         ProtocolVersion::V5 => "5.0",
     }
-}
-
-fn unix_ms(t: std::time::SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 fn client_row(l: &LiveClient) -> Value {
@@ -80,23 +83,17 @@ pub async fn list(State(api): State<Shared>, Params(q): Params<ClientQuery>) -> 
         None => true,
         Some(w) => have.is_some_and(|h| h.contains(w.as_str())),
     };
-    let rows: Vec<Value> = api
-        .broker
-        .live
-        .list()
-        .iter()
-        .filter(|l| {
-            let c = &l.client;
-            contains(Some(&c.client_id), &q.clientid)
-                && contains(c.username.as_deref(), &q.username)
-                && contains(Some(&c.listener), &q.listener)
-                && q.ip
-                    .as_ref()
-                    .is_none_or(|ip| c.peer_addr.ip().to_string().starts_with(ip.as_str()))
-        })
-        .map(|l| client_row(l))
-        .collect();
-    Ok(Json(paged(rows, q.page, q.limit)))
+    let mut clients = api.broker.live.list();
+    clients.retain(|l| {
+        let c = &l.client;
+        contains(Some(&c.client_id), &q.clientid)
+            && contains(c.username.as_deref(), &q.username)
+            && contains(Some(&c.listener), &q.listener)
+            && q.ip
+                .as_ref()
+                .is_none_or(|ip| c.peer_addr.ip().to_string().starts_with(ip.as_str()))
+    });
+    Ok(Json(paged(clients, q.page, q.limit, |l| client_row(l))))
 }
 
 pub async fn detail(State(api): State<Shared>, Segments(id): Segments<String>) -> ApiResult {
@@ -139,19 +136,16 @@ pub async fn sessions(State(api): State<Shared>, Params(q): Params<SessionQuery>
         Some("offline") => Some(false),
         Some(_) => return Err(ApiError::bad("state: online or offline")),
     };
-    let rows: Vec<Value> = api
-        .broker
-        .session_snapshots()
-        .into_iter()
-        .filter(|s| want_online.is_none_or(|w| s.connected == w))
-        .filter(|s| {
-            q.clientid
+    let mut sessions = api.broker.sessions_by_id();
+    sessions.retain(|s| {
+        want_online.is_none_or(|w| s.is_connected() == w)
+            && q.clientid
                 .as_ref()
                 .is_none_or(|c| s.client_id.contains(c.as_str()))
-        })
-        .map(|s| json!(s))
-        .collect();
-    Ok(Json(paged(rows, q.page, q.limit)))
+    });
+    Ok(Json(paged(sessions, q.page, q.limit, |s| {
+        json!(s.inspect())
+    })))
 }
 
 pub async fn session(State(api): State<Shared>, Segments(id): Segments<String>) -> ApiResult {
@@ -183,11 +177,12 @@ pub async fn subscriptions(
     State(api): State<Shared>,
     Params(q): Params<SubscriptionQuery>,
 ) -> ApiResult {
+    let sessions = match &q.clientid {
+        Some(id) => api.broker.session(id).into_iter().collect(),
+        None => api.broker.sessions_by_id(),
+    };
     let mut rows = Vec::new();
-    for s in api.broker.session_snapshots() {
-        if q.clientid.as_ref().is_some_and(|c| *c != s.client_id) {
-            continue;
-        }
+    for s in sessions.iter().map(|s| s.inspect()) {
         for sub in s.subscriptions {
             if q.filter.as_ref().is_some_and(|f| *f != sub.filter) {
                 continue;
@@ -199,17 +194,23 @@ pub async fn subscriptions(
             }));
         }
     }
-    Ok(Json(paged(rows, q.page, q.limit)))
+    Ok(Json(paged(rows, q.page, q.limit, Value::clone)))
 }
 
-pub async fn topics(State(api): State<Shared>) -> ApiResult {
-    let rows: Vec<Value> = api
-        .broker
-        .topic_filters()
-        .into_iter()
-        .map(|(filter, subscribers)| json!({ "filter": filter, "subscribers": subscribers }))
-        .collect();
-    Ok(Json(json!({ "data": rows })))
+#[derive(serde::Deserialize)]
+pub struct PageQuery {
+    page: Option<usize>,
+    limit: Option<usize>,
+}
+
+pub async fn topics(State(api): State<Shared>, Params(q): Params<PageQuery>) -> ApiResult {
+    let filters: Vec<(String, usize)> = api.broker.topic_filters().into_iter().collect();
+    Ok(Json(paged(
+        filters,
+        q.page,
+        q.limit,
+        |(filter, n)| json!({ "filter": filter, "subscribers": n }),
+    )))
 }
 
 fn message_json(m: &Message) -> Value {
@@ -242,8 +243,7 @@ pub async fn retained_list(
     }
     let mut found = api.broker.retained_matching(&filter);
     found.sort_by(|a, b| a.topic.cmp(&b.topic));
-    let rows = found.iter().map(|m| message_json(m)).collect();
-    Ok(Json(paged(rows, q.page, q.limit)))
+    Ok(Json(paged(found, q.page, q.limit, |m| message_json(m))))
 }
 
 #[derive(serde::Deserialize)]
@@ -356,16 +356,11 @@ pub async fn publish(
     if let Some(s) = p.message_expiry_interval {
         msg.expires_at = Instant::now().checked_add(Duration::from_secs(u64::from(s)));
     }
-    let publisher = Arc::new(ClientInfo {
-        client_id: Arc::from(format!("$api:{}", who.name)),
-        username: Some(Arc::from(who.name.as_str())),
-        peer_addr: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
-        protocol: ProtocolVersion::V5,
-        listener: Arc::from("http"),
-        cert_common_name: None,
-        attributes: Vec::new(),
-        extension: std::sync::OnceLock::new(),
-    });
+    let publisher = Arc::new(ClientInfo::internal(
+        Arc::from(format!("$api:{}", who.name)),
+        Some(Arc::from(who.name.as_str())),
+        "http",
+    ));
     let queued = broker.publish_as(&publisher, msg);
     tracing::info!(client_id = %publisher.client_id, listener = "http", topic = %req.topic, queued, "published by an operator");
     Ok(Json(json!({ "topic": req.topic, "queued": queued })))

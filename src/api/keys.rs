@@ -89,7 +89,7 @@ impl ApiKeys {
             id,
             name: name.to_string(),
             hash: hex_digest(&key),
-            created_ms: switchyard_rules::sink::unix_ms(),
+            created_ms: switchyard_core::clock::now_ms(),
             created_by: by.to_string(),
         };
         let mut keys = self.keys.lock();

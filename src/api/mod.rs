@@ -337,26 +337,22 @@ async fn login(
         .await?;
     let (token, csrf) = api.auth.login(&form.username);
     info!(user = %form.username, "dashboard login");
-    let cookie = format!(
-        "{}={token}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}",
-        auth::SESSION_COOKIE,
-        api.auth.ttl().as_secs()
-    );
     let body = Json(serde_json::json!({ "username": form.username, "csrf_token": csrf }));
-    let mut res = body.into_response();
-    if let Ok(v) = HeaderValue::from_str(&cookie) {
-        res.headers_mut().insert(header::SET_COOKIE, v);
-    }
-    Ok(res)
+    Ok(with_session_cookie(body, &token, api.auth.ttl().as_secs()))
 }
 
 async fn logout(State(api): State<Shared>, req: Request) -> Response {
     api.auth.logout(req.headers());
+    with_session_cookie(Json(serde_json::json!({ "logged_out": true })), "", 0)
+}
+
+/// `body` with the dashboard's session cookie set to `value` for `max_age_s` (0: cleared).
+fn with_session_cookie(body: impl IntoResponse, value: &str, max_age_s: u64) -> Response {
     let cookie = format!(
-        "{}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0",
+        "{}={value}; Path=/; HttpOnly; SameSite=Strict; Max-Age={max_age_s}",
         auth::SESSION_COOKIE
     );
-    let mut res = Json(serde_json::json!({ "logged_out": true })).into_response();
+    let mut res = body.into_response();
     if let Ok(v) = HeaderValue::from_str(&cookie) {
         res.headers_mut().insert(header::SET_COOKIE, v);
     }

@@ -34,6 +34,14 @@ pub struct History {
     samples: Mutex<VecDeque<Sample>>,
 }
 
+/// The core's series by name and value.
+fn counters(broker: &switchyard_core::Broker) -> Vec<(&'static str, u64)> {
+    switchyard_core::http::series(broker)
+        .into_iter()
+        .map(|s| (s.name, s.value))
+        .collect()
+}
+
 fn value(counters: &[(&'static str, u64)], name: &str) -> u64 {
     counters
         .iter()
@@ -45,16 +53,16 @@ fn value(counters: &[(&'static str, u64)], name: &str) -> u64 {
 pub async fn sample(api: Shared) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    let mut last = switchyard_core::http::counters(&api.broker);
+    let mut last = counters(&api.broker);
     loop {
         tokio::select! {
             _ = api.broker.shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let now = switchyard_core::http::counters(&api.broker);
+        let now = counters(&api.broker);
         let rate = |name| value(&now, name).saturating_sub(value(&last, name));
         let s = Sample {
-            t_ms: switchyard_rules::sink::unix_ms(),
+            t_ms: switchyard_core::clock::now_ms(),
             clients: value(&now, "clients_connected"),
             sessions: value(&now, "sessions"),
             retained: value(&now, "retained_messages"),
@@ -87,7 +95,7 @@ pub async fn prometheus(State(api): State<Shared>) -> impl IntoResponse {
 }
 
 pub async fn metrics(State(api): State<Shared>) -> ApiResult {
-    let counters: serde_json::Map<String, Value> = switchyard_core::http::counters(&api.broker)
+    let counters: serde_json::Map<String, Value> = counters(&api.broker)
         .into_iter()
         .map(|(n, v)| (n.to_string(), json!(v)))
         .collect();

@@ -5,7 +5,7 @@
 use super::Broker;
 use crate::hooks::{ClientInfo, Event};
 use crate::message::Message;
-use crate::session::SessionSnapshot;
+use crate::session::Session;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -26,13 +26,8 @@ impl Broker {
     }
 
     /// Every session, online and offline, sorted by client id.
-    pub fn session_snapshots(&self) -> Vec<SessionSnapshot> {
-        let mut all: Vec<_> = self
-            .sessions
-            .sessions()
-            .iter()
-            .map(|s| s.inspect())
-            .collect();
+    pub fn sessions_by_id(&self) -> Vec<Arc<Session>> {
+        let mut all = self.sessions.sessions();
         all.sort_by(|a, b| a.client_id.cmp(&b.client_id));
         all
     }

@@ -10,7 +10,6 @@ use crate::persist::record::{instant_at, now_ms};
 use crate::persist::recover::EntryState;
 use crate::persist::snapshot::SnapshotStats;
 use crate::persist::{recover, Journal, JournalError, SnapshotOut};
-use crate::protocol::ProtocolVersion;
 use crate::read_check::ReadCheck;
 use crate::session::{AttachId, Delivery, Durable, MemoryStore, RestoredParts, Session};
 use std::collections::HashMap;
@@ -252,16 +251,7 @@ impl Broker {
 /// Who a restored read-checked subscription is checked as until its client reconnects: the
 /// client id and user name it was granted to (rules on peer address or attributes see none).
 fn restored_client(client_id: &Arc<str>, user: Option<&Arc<str>>) -> ClientInfo {
-    ClientInfo {
-        client_id: client_id.clone(),
-        username: user.cloned(),
-        peer_addr: std::net::SocketAddr::from(([0, 0, 0, 0], 0)),
-        protocol: ProtocolVersion::V5,
-        listener: "restored".into(),
-        cert_common_name: None,
-        attributes: Vec::new(),
-        extension: Default::default(),
-    }
+    ClientInfo::internal(client_id.clone(), user.cloned(), "restored")
 }
 
 /// Compacts the folder when the journal has grown past [`COMPACT_AFTER_BYTES`] or twice the

@@ -9,7 +9,7 @@
 use crate::message::Message;
 use crate::protocol::{QoS, SubscriptionOptions};
 use bytes::BytesMut;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 /// Bytes of framing before each record's body.
 pub(crate) const FRAME: usize = 8;
@@ -111,15 +111,7 @@ pub(crate) enum Rec<'a> {
     },
 }
 
-/// Wall-clock milliseconds since the Unix epoch.
-pub(crate) fn now_ms() -> u64 {
-    unix_ms(SystemTime::now())
-}
-
-fn unix_ms(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
+pub(crate) use crate::clock::{now_ms, unix_ms};
 
 /// A monotonic deadline as wall-clock ms (deadlines must survive a restart; 0 = none).
 fn deadline_ms(at: Option<Instant>, now: Instant, now_ms: u64) -> u64 {

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use switchyard_core::hooks::ClientInfo;
 use switchyard_core::message::Message;
-use switchyard_core::protocol::{ProtocolVersion, QoS};
+use switchyard_core::protocol::QoS;
 
 /// The file in the rules folder that lists disabled rules, one name per line.
 pub(super) const DISABLED_FILE: &str = ".disabled-rules";
@@ -207,7 +207,11 @@ impl RuleEngine {
             sinks: test.def.sinks.clone(),
             error: None,
         };
-        let client = Arc::new(sample_client_info(sample));
+        let client = Arc::new(ClientInfo::internal(
+            Arc::from(sample.clientid.as_str()),
+            sample.username.as_deref().map(Arc::from),
+            "api:test",
+        ));
         let msg = Arc::new(Message::new(
             sample.topic.as_str(),
             sample.payload.clone().into_bytes(),
@@ -245,17 +249,4 @@ pub(super) fn read_disabled(dir: &Path) -> HashSet<String> {
                 .collect()
         })
         .unwrap_or_default()
-}
-
-fn sample_client_info(sample: &Sample) -> ClientInfo {
-    ClientInfo {
-        client_id: Arc::from(sample.clientid.as_str()),
-        username: sample.username.as_deref().map(Arc::from),
-        peer_addr: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
-        protocol: ProtocolVersion::V5,
-        listener: Arc::from("api:test"),
-        cert_common_name: None,
-        attributes: Vec::new(),
-        extension: std::sync::OnceLock::new(),
-    }
 }

@@ -70,44 +70,10 @@ impl RuleEngine {
                     .collect();
                 let stats = s.stats.lock().entry(key.clone()).or_default().clone();
                 let idx = set.rules.len() as u32;
+                // A disabled rule is listed, but in no index: nothing reaches it.
                 let enabled = !disabled.contains(&key);
-                if !enabled {
-                    set.rules.push(Rule {
-                        name: Arc::from(def.name.as_str()),
-                        key,
-                        enabled,
-                        when_native: None,
-                        def,
-                        file: file.clone(),
-                        ast: ast.clone(),
-                        sinks,
-                        stats,
-                    });
-                    continue;
-                }
-                if !def.trigger.filters.is_empty() {
-                    set.interests = set.interests | HookSet::MESSAGE_ACCEPTED;
-                }
-                for f in &def.trigger.filters {
-                    set.index.insert(
-                        f,
-                        None,
-                        IndexEntry {
-                            key: format!("{idx}").into(),
-                            rule: idx,
-                        },
-                    );
-                }
-                for name in &def.trigger.events {
-                    set.interests = set.interests
-                        | if name.starts_with("message.") {
-                            HookSet::MESSAGE_EVENTS
-                        } else if name.starts_with("client.check_") || *name == "client.connack" {
-                            HookSet::AUTH_EVENTS
-                        } else {
-                            HookSet::CLIENT_EVENTS
-                        };
-                    set.by_event.entry(name).or_default().push(idx);
+                if enabled {
+                    set.index_rule(&def, idx);
                 }
                 let when_native = def.when.as_ref().and_then(|w| Predicate::compile(&ast, w));
                 set.rules.push(Rule {
@@ -199,6 +165,36 @@ impl RuleEngine {
             })
             .map_err(|e| RulesError::Watch(dir.clone(), e.to_string()))?;
         Ok(())
+    }
+}
+
+impl RuleSet {
+    /// Puts rule `idx` in the topic index and the event lists, and notes which hooks it needs.
+    fn index_rule(&mut self, def: &RuleDef, idx: u32) {
+        if !def.trigger.filters.is_empty() {
+            self.interests = self.interests | HookSet::MESSAGE_ACCEPTED;
+        }
+        for f in &def.trigger.filters {
+            self.index.insert(
+                f,
+                None,
+                IndexEntry {
+                    key: format!("{idx}").into(),
+                    rule: idx,
+                },
+            );
+        }
+        for name in &def.trigger.events {
+            self.interests = self.interests
+                | if name.starts_with("message.") {
+                    HookSet::MESSAGE_EVENTS
+                } else if name.starts_with("client.check_") || *name == "client.connack" {
+                    HookSet::AUTH_EVENTS
+                } else {
+                    HookSet::CLIENT_EVENTS
+                };
+            self.by_event.entry(name).or_default().push(idx);
+        }
     }
 }
 

@@ -59,7 +59,7 @@ impl MetricsSource for Metrics {
                     "retried": g(&c.retried), "dropped": g(&c.dropped), "buffered": k.buffered(),
                     "dead_lettered": g(&c.dead_lettered), "in_flight": g(&c.in_flight),
                     "buffer": if k.buffer_on_disk() { "disk" } else { "memory" },
-                    "state": health.state(crate::sink::unix_ms()),
+                    "state": health.state(switchyard_core::clock::now_ms()),
                     "last_error": health.last_error, "last_error_ms": health.last_error_ms,
                     "last_success_ms": health.last_success_ms,
                     "failing_since_ms": health.failing_since_ms,

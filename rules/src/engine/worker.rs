@@ -117,10 +117,7 @@ fn run_rule(
             if st.last_log.swap(now, Ordering::Relaxed) != now {
                 let error = script::describe_error(&rule.file, &e, rule.def.line);
                 warn!(rule = %rule.def.name, error = %error, "rule stopped for this message");
-                let at = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_millis() as u64);
-                *st.last_error.lock() = Some((error, at));
+                *st.last_error.lock() = Some((error, switchyard_core::clock::now_ms()));
             }
             return;
         }

@@ -126,7 +126,7 @@ impl Driver {
                 settled_ok > 0,
                 first_error.as_deref(),
                 !retry_later.is_empty(),
-                super::unix_ms(),
+                switchyard_core::clock::now_ms(),
             );
             // Take the batch off the front; failures to retry go back in their order.
             let mut done: Vec<Pending> = pending.drain(..n).collect();
