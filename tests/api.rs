@@ -216,6 +216,8 @@ async fn publishing_with_properties_and_the_retained_store() {
         topics["data"],
         json!([{"filter": "ops/#", "subscribers": 1}])
     );
+    assert_eq!(topics["total"], 1);
+    assert_eq!(env.get("/topics?page=2").await["data"], json!([]));
 
     let (status, _) = env
         .call(Method::DELETE, "/retained/message?topic=ops/cmd", None)
