@@ -79,7 +79,7 @@ function table(columns, rows, empty) {
   if (!rows.length) return h("p", { class: "muted" }, empty || "Nothing here.");
   return h("div", { class: "table-wrap" },
     h("table", {},
-      h("thead", {}, h("tr", {}, columns.map((c) => h("th", { scope: "col" }, c.title)))),
+      h("thead", {}, h("tr", {}, columns.map((c) => h("th", { scope: "col", class: c.num ? "num" : null }, c.title)))),
       h("tbody", {}, rows.map((r) => h("tr", {}, columns.map((c) =>
         h("td", { class: c.num ? "num" : null }, c.cell(r))))))));
 }
