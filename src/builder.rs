@@ -117,6 +117,9 @@ impl Builder {
             broker.close_persistence();
             e
         };
+        // A certificate that does not load stops the start before any port opens.
+        let http_tls =
+            crate::api::load_tls(&http_config).map_err(|e| close(StartError::Http(e)))?;
         let rest = Self::load_extensions(
             &broker,
             hooks,
@@ -156,6 +159,7 @@ impl Builder {
                 http_config,
                 effective,
                 listeners,
+                http_tls,
             );
             match api {
                 Ok(api) => {

@@ -46,6 +46,11 @@ impl Config {
                     *file = base.join(&*file).display().to_string();
                 }
             }
+            for pem in [&mut http.cert, &mut http.key].into_iter().flatten() {
+                if pem.is_relative() {
+                    *pem = base.join(&*pem);
+                }
+            }
             for sink in config.sinks.values_mut() {
                 if let Some(DeadLetterConfig::File(f)) = &mut sink.common.dead_letter {
                     if f.is_relative() {

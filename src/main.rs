@@ -184,6 +184,7 @@ fn main() -> Result<()> {
         // admitted by a broker whose auth plugins are not there yet.
         let http = &config.core.http;
         let no_http_users = http.password_file.is_empty() && http.token.is_empty();
+        let http_scheme = if http.cert.is_some() { "https" } else { "http" };
         let running = Switchyard::builder(config).start().await?;
         reload_on_sighup(&running, cli.config.clone());
         let stop = stop_signals()?;
@@ -192,7 +193,7 @@ fn main() -> Result<()> {
             println!("switchyard listening: {} {}", kind.as_str(), addr);
         }
         if let Some(addr) = server.http_addr {
-            println!("switchyard listening: http {addr} (dashboard /, API /api/v1, /health, /metrics)");
+            println!("switchyard listening: {http_scheme} {addr} (dashboard /, API /api/v1, /health, /metrics)");
             if no_http_users {
                 println!("switchyard: no dashboard users yet: `switchyard passwd users.txt admin`, then [http] password_file = \"users.txt\"");
             }

@@ -329,3 +329,77 @@ async fn guessing_passwords_is_cut_off_after_ten_failures_a_minute() {
     .await;
     assert_eq!(status, StatusCode::OK);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_serves_the_api_with_a_secure_cookie_and_no_plain_http() {
+    let pki = common::Pki::new();
+    let mut env = api_env_with(&[], &[], |c| {
+        c.core.http.cert = Some(pki.server_cert.clone());
+        c.core.http.key = Some(pki.server_key.clone());
+    })
+    .await;
+    let addr = env.server.http_addr.expect("http on");
+    let ca = reqwest::Certificate::from_pem(pki.ca_pem.as_bytes()).unwrap();
+    env.http = reqwest::Client::builder()
+        .add_root_certificate(ca)
+        .build()
+        .unwrap();
+    env.base = format!("https://localhost:{}", addr.port());
+
+    let (status, body) = env.call(Method::GET, "/clients", None).await;
+    assert_eq!(status, StatusCode::OK, "Basic over HTTPS: {body}");
+    let login = Some(json!({"username": USER, "password": PASSWORD}));
+    let (status, _, headers) = send(&env, Method::POST, "/api/v1/login", &[], login).await;
+    assert_eq!(status, StatusCode::OK);
+    let cookie = headers
+        .get(SET_COOKIE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    for attribute in ["HttpOnly", "SameSite=Strict", "Secure"] {
+        assert!(cookie.contains(attribute), "{attribute} in {cookie}");
+    }
+    let (status, _, _) = send(&env, Method::GET, "/health", &[], None).await;
+    assert_eq!(status, StatusCode::OK);
+
+    // Plain HTTP on the same port gets no HTTP answer (no cookie or password in clear).
+    let plain = reqwest::Client::new()
+        .get(format!("http://{addr}/health"))
+        .send()
+        .await;
+    assert!(plain.is_err(), "plain HTTP was answered: {plain:?}");
+    // and the endpoint is still there for the next HTTPS client.
+    let (status, _) = env.call(Method::GET, "/clients", None).await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_https_setup_that_cannot_work_stops_the_start_with_its_reason() {
+    let half = "[http]\ncert = \"server.pem\"\n";
+    let Err(err) = switchyard::Config::parse(half, "half.toml") else {
+        panic!("a cert without a key is accepted");
+    };
+    assert!(
+        err.to_string().contains("`cert` and `key` go together"),
+        "{err}"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = switchyard::Config::default();
+    config.core.listeners = vec![common::local(switchyard_core::config::ListenerKind::Tcp)];
+    config.core.http.bind = "127.0.0.1:0".parse().unwrap();
+    config.core.http.cert = Some(dir.path().join("missing.pem"));
+    config.core.http.key = Some(dir.path().join("missing.key"));
+    let started = switchyard::Switchyard::builder(config)
+        .watch_files(false)
+        .start()
+        .await;
+    let Err(err) = started else {
+        panic!("a missing certificate did not stop the start");
+    };
+    let text = err.to_string();
+    assert!(
+        text.contains("missing.pem") && text.contains("certificate"),
+        "{text}"
+    );
+}

@@ -342,6 +342,10 @@ pub struct HttpConfig {
     pub api_keys_file: String,
     /// How long a dashboard login lasts, in seconds.
     pub session_ttl_s: u64,
+    /// PEM certificate chain and key: with both, the endpoint speaks HTTPS only and the
+    /// dashboard's cookie is `Secure`.
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
 }
 
 impl Default for HttpConfig {
@@ -355,6 +359,8 @@ impl Default for HttpConfig {
             password_file: String::new(),
             api_keys_file: String::new(),
             session_ttl_s: 43_200,
+            cert: None,
+            key: None,
         }
     }
 }
@@ -412,6 +418,11 @@ impl CoreConfig {
                     "listener[{i}].client_ca: only valid for tls and wss listeners"
                 )));
             }
+        }
+        if self.http.cert.is_some() != self.http.key.is_some() {
+            return Err(err(
+                "http: `cert` and `key` go together (both for HTTPS, neither for HTTP)".into(),
+            ));
         }
         let m = &self.mqtt;
         if m.max_packet_size < 16 || m.max_packet_size > 268_435_460 {

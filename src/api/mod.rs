@@ -2,8 +2,9 @@
 //! under `/api/v1` (described by `openapi.json`, served at `/api/v1/openapi.json`), and the
 //! dashboard at `/`.
 //!
-//! - this module: the accept loop (at most `max_connections`, 10 s for a request head, a
-//!   minute per connection), the router, the authentication layer, errors as JSON;
+//! - this module: the accept loop (at most `max_connections`, HTTPS with `cert` and `key`,
+//!   10 s for a TLS handshake and for a request head, a minute per connection), the router,
+//!   the authentication layer, errors as JSON;
 //! - [`auth`]: users, logins, CSRF; [`keys`]: API keys;
 //! - [`clients`]: clients, sessions, subscriptions, topics, retained messages, publish, bans;
 //! - [`extensions`]: rules, sinks, plugins;
@@ -30,9 +31,11 @@ use std::sync::Arc;
 use std::time::Duration;
 use switchyard_core::config::{HttpConfig, ListenerKind};
 use switchyard_core::metrics::Limit;
+use switchyard_core::transport::TlsAcceptor;
 use switchyard_core::Broker;
 use switchyard_plugins::PluginManager;
 use switchyard_rules::RuleEngine;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tracing::{debug, info};
 
@@ -51,6 +54,8 @@ pub struct Api {
     pub effective_config: serde_json::Value,
     /// MQTT listeners: kind, address, path (the dashboard's topic explorer picks a WebSocket).
     pub listeners: Vec<(ListenerKind, SocketAddr, String)>,
+    /// Set when `[http]` has `cert` and `key`: every connection is HTTPS.
+    pub tls: Option<TlsAcceptor>,
 }
 
 pub type Shared = Arc<Api>;
@@ -102,6 +107,18 @@ impl From<Denied> for ApiError {
 
 pub type ApiResult<T = Json<serde_json::Value>> = Result<T, ApiError>;
 
+/// HTTPS for the endpoint when `[http]` names a certificate and key; fails on files that do
+/// not load.
+pub fn load_tls(config: &HttpConfig) -> Result<Option<TlsAcceptor>, String> {
+    let (true, Some(cert), Some(key)) = (config.enabled, &config.cert, &config.key) else {
+        return Ok(None);
+    };
+    let name = format!("http:{}", config.bind);
+    switchyard_core::transport::tls_acceptor(&name, cert, key, None)
+        .map(Some)
+        .map_err(|e| e.to_string())
+}
+
 /// Builds the API's state; fails on a broken password or API key file.
 pub fn prepare(
     broker: Arc<Broker>,
@@ -110,8 +127,10 @@ pub fn prepare(
     config: HttpConfig,
     effective_config: serde_json::Value,
     listeners: Vec<(ListenerKind, SocketAddr, String)>,
+    tls: Option<TlsAcceptor>,
 ) -> Result<Shared, String> {
     Ok(Arc::new(Api {
+        tls,
         auth: Auth::new(&config)?,
         history: stats::History::default(),
         broker,
@@ -126,7 +145,8 @@ pub fn prepare(
 /// Serves until the broker shuts down.
 pub async fn run(listener: TcpListener, api: Shared) {
     if let Ok(addr) = listener.local_addr() {
-        info!(listener = %format!("http:{addr}"), "listening");
+        let scheme = if api.tls.is_some() { "https" } else { "http" };
+        info!(listener = %format!("{scheme}:{addr}"), "listening");
     }
     tokio::spawn(stats::sample(api.clone()));
     let router = router(api.clone());
@@ -149,21 +169,38 @@ pub async fn run(listener: TcpListener, api: Shared) {
             continue;
         };
         let service = router.clone().layer(axum::Extension(ConnectInfo(peer)));
+        let tls = api.tls.clone();
         tokio::spawn(async move {
             let _slot = slot;
-            let service = hyper_util::service::TowerToHyperService::new(service);
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(10))
-                .max_buf_size(64 * 1024)
-                .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
-            if tokio::time::timeout(Duration::from_secs(60), conn)
-                .await
-                .is_err()
-            {
-                debug!(%peer, "http connection closed after a minute");
+            let Some(tls) = tls else {
+                return serve_connection(stream, service, peer).await;
+            };
+            // A client that never finishes its handshake holds a slot for 10 s at most.
+            match tokio::time::timeout(Duration::from_secs(10), tls.accept(stream)).await {
+                Ok(Ok(stream)) => serve_connection(stream, service, peer).await,
+                Ok(Err(e)) => debug!(%peer, error = %e, "https: handshake failed"),
+                Err(_) => debug!(%peer, "https: no handshake within 10 s"),
             }
         });
+    }
+}
+
+/// One HTTP/1.1 connection: 10 s for each request head, a minute in all.
+async fn serve_connection<S>(stream: S, service: Router, peer: SocketAddr)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper_util::service::TowerToHyperService::new(service);
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(10))
+        .max_buf_size(64 * 1024)
+        .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+    if tokio::time::timeout(Duration::from_secs(60), conn)
+        .await
+        .is_err()
+    {
+        debug!(%peer, "http connection closed after a minute");
     }
 }
 
@@ -338,19 +375,28 @@ async fn login(
     let (token, csrf) = api.auth.login(&form.username);
     info!(user = %form.username, "dashboard login");
     let body = Json(serde_json::json!({ "username": form.username, "csrf_token": csrf }));
-    Ok(with_session_cookie(body, &token, api.auth.ttl().as_secs()))
+    let ttl = api.auth.ttl().as_secs();
+    Ok(with_session_cookie(body, &token, ttl, api.tls.is_some()))
 }
 
 async fn logout(State(api): State<Shared>, req: Request) -> Response {
     api.auth.logout(req.headers());
-    with_session_cookie(Json(serde_json::json!({ "logged_out": true })), "", 0)
+    let body = Json(serde_json::json!({ "logged_out": true }));
+    with_session_cookie(body, "", 0, api.tls.is_some())
 }
 
-/// `body` with the dashboard's session cookie set to `value` for `max_age_s` (0: cleared).
-fn with_session_cookie(body: impl IntoResponse, value: &str, max_age_s: u64) -> Response {
+/// `body` with the dashboard's session cookie set to `value` for `max_age_s` (0: cleared);
+/// `secure` over HTTPS, so the browser never sends it in clear.
+fn with_session_cookie(
+    body: impl IntoResponse,
+    value: &str,
+    max_age_s: u64,
+    secure: bool,
+) -> Response {
     let cookie = format!(
-        "{}={value}; Path=/; HttpOnly; SameSite=Strict; Max-Age={max_age_s}",
-        auth::SESSION_COOKIE
+        "{}={value}; Path=/; HttpOnly; SameSite=Strict; Max-Age={max_age_s}{}",
+        auth::SESSION_COOKIE,
+        if secure { "; Secure" } else { "" }
     );
     let mut res = body.into_response();
     if let Ok(v) = HeaderValue::from_str(&cookie) {

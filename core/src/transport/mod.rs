@@ -20,7 +20,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, warn};
 
-pub use tls::{load_tls_config, TlsError};
+pub use tls::{load_tls_config, tls_acceptor, TlsError};
+pub use tokio_rustls::TlsAcceptor;
 pub use ws::WsByteStream;
 
 /// A listener that has bound its socket and loaded its certificates, not yet accepting.

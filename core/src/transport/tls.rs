@@ -23,29 +23,43 @@ pub enum TlsError {
 
 pub fn load_tls_config(cfg: &ListenerConfig) -> Result<TlsAcceptor, TlsError> {
     let listener = format!("{}:{}", cfg.kind.as_str(), cfg.bind);
+    let (Some(cert), Some(key)) = (&cfg.cert, &cfg.key) else {
+        return Err(TlsError::Setup {
+            listener,
+            message: "`cert` and `key` are required".into(),
+        });
+    };
+    tls_acceptor(&listener, cert, key, cfg.client_ca.as_deref())
+}
+
+/// A TLS acceptor for `listener` (named in errors) from PEM files; with `client_ca`, clients
+/// must present a certificate it signed.
+pub fn tls_acceptor(
+    listener: &str,
+    cert: &Path,
+    key: &Path,
+    client_ca: Option<&Path>,
+) -> Result<TlsAcceptor, TlsError> {
     let setup = |message: String| TlsError::Setup {
-        listener: listener.clone(),
+        listener: listener.to_string(),
         message,
     };
-    let (Some(cert), Some(key)) = (&cfg.cert, &cfg.key) else {
-        return Err(setup("`cert` and `key` are required".into()));
-    };
-    let certs = read_certs(&listener, "certificate chain", cert)?;
+    let certs = read_certs(listener, "certificate chain", cert)?;
     let key = PrivateKeyDer::from_pem_file(key).map_err(|e| TlsError::Pem {
-        listener: listener.clone(),
+        listener: listener.to_string(),
         what: "private key",
-        path: key.clone(),
+        path: key.to_path_buf(),
         message: e.to_string(),
     })?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|e| setup(e.to_string()))?;
-    let builder = match &cfg.client_ca {
+    let builder = match client_ca {
         None => builder.with_no_client_auth(),
         Some(ca) => {
             let mut roots = rustls::RootCertStore::empty();
-            for c in read_certs(&listener, "client CA", ca)? {
+            for c in read_certs(listener, "client CA", ca)? {
                 roots.add(c).map_err(|e| setup(format!("client CA: {e}")))?;
             }
             let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
