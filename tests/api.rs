@@ -282,6 +282,72 @@ async fn bans_through_the_api_kick_refuse_and_lift() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operators_bans_outlive_a_restart_and_so_does_lifting_one() {
+    use common::process::Proc;
+    let folder = tempfile::tempdir().unwrap();
+    let users = folder.path().join("users.txt");
+    switchyard_core::auth::password::set_password(&users, USER, PASSWORD).unwrap();
+    // The binary, stopped with SIGTERM and started again on the same folders.
+    let config = "[[listener]]\nkind = \"tcp\"\nbind = \"127.0.0.1:0\"\n\
+                  [http]\nbind = \"127.0.0.1:0\"\npassword_file = \"users.txt\"\n\
+                  [persistence]\ndir = \"data\"\nmode = \"sync\"\n";
+    let http = reqwest::Client::new();
+    let base = |p: &Proc| format!("http://{}", p.http.expect("http on"));
+    let bans_of = |p: &Proc| {
+        let (http, base) = (http.clone(), base(p));
+        async move {
+            let (status, body) = call_api(&http, &base, Method::GET, "/bans", None).await;
+            assert_eq!(status, StatusCode::OK, "{body}");
+            body["data"].as_array().cloned().unwrap_or_default()
+        }
+    };
+
+    let broker = Proc::start(folder.path(), config);
+    for ban in [
+        json!({"kind": "clientid", "value": "kept-out"}),
+        json!({"kind": "username", "value": "mallory", "duration_s": 3600}),
+        json!({"kind": "ip", "value": "192.0.2.9", "duration_s": 3600}),
+    ] {
+        let (status, body) =
+            call_api(&http, &base(&broker), Method::POST, "/bans", Some(ban)).await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+    }
+    broker.terminate();
+
+    let broker = Proc::start(folder.path(), config);
+    let bans = bans_of(&broker).await;
+    assert_eq!(bans.len(), 3, "{bans:?}");
+    assert!(bans.iter().all(|b| b["source"] == "api"), "{bans:?}");
+    let forever = bans.iter().find(|b| b["kind"] == "clientid").unwrap();
+    assert!(forever["expires_in_s"].is_null(), "{forever}");
+    let mallory = bans.iter().find(|b| b["kind"] == "username").unwrap();
+    let left = mallory["expires_in_s"].as_u64().unwrap();
+    assert!(left > 3500 && left <= 3600, "expiry kept: {mallory}");
+    let refused = v4::connect_any(v4::options(broker.addr, "kept-out")).await;
+    assert!(refused.is_err(), "the ban came back with the broker");
+
+    let (status, _) = call_api(
+        &http,
+        &base(&broker),
+        Method::DELETE,
+        "/bans/clientid/kept-out",
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    broker.terminate();
+
+    let broker = Proc::start(folder.path(), config);
+    let bans = bans_of(&broker).await;
+    assert_eq!(bans.len(), 2, "{bans:?}");
+    assert!(
+        bans.iter().all(|b| b["kind"] != "clientid"),
+        "the lifted ban stays lifted: {bans:?}"
+    );
+    v4::connect(v4::options(broker.addr, "kept-out")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_history_listeners_and_a_redacted_configuration() {
     let env = api_env_with(
         &[],

@@ -18,7 +18,7 @@
 //! - [`server`]: start and stop a whole broker from a config.
 //! - [`sys`], [`metrics`]: counters and the `$SYS` topics.
 //! - [`http`]: what `/health`, Prometheus `/metrics` and the API's metrics report.
-//! - [`clock`]: wall-clock Unix milliseconds.
+//! - [`clock`]: wall-clock Unix milliseconds; [`files`]: files replaced whole or not at all.
 //! - [`log_limit`]: rate and size limits for what extensions write to the log.
 //! - [`template`]: `${field}` templates over JSON (sinks, HTTP authentication).
 //! - `fuzzing` (feature `fuzzing`, hidden): the checks behind the fuzz targets in `fuzz/`.
@@ -28,6 +28,7 @@ pub mod broker;
 pub mod client;
 pub mod clock;
 pub mod config;
+pub mod files;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;

@@ -4,7 +4,7 @@
 
 use crate::auth::{AclRules, PasswordError, PasswordFile};
 use crate::broker::Broker;
-use crate::config::{AclRule, CoreConfig, ListenerKind, Permission};
+use crate::config::{AclRule, CoreConfig, ListenerKind, Permission, PersistMode};
 use crate::transport::{BoundListener, ListenError};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -34,6 +34,9 @@ pub enum StartError {
         source: std::io::Error,
     },
 }
+
+/// Where, in the persistence folder, the bans operators set through the HTTP API are kept.
+pub const OPERATOR_BANS_FILE: &str = "bans.json";
 
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -164,6 +167,13 @@ impl Server {
         if let Err(e) = load_auth(&broker, &config) {
             broker.close_persistence();
             return Err(e);
+        }
+        if config.persistence.mode != PersistMode::Off {
+            let path = config.persistence.dir.join(OPERATOR_BANS_FILE);
+            if let Err(e) = broker.guard.bans.keep_in(path) {
+                broker.close_persistence();
+                return Err(e.into());
+            }
         }
         Ok(Prepared { broker, config })
     }

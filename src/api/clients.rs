@@ -396,7 +396,8 @@ pub async fn ban(
         ),
         None => None,
     };
-    api.broker.guard.bans.add(key.clone(), until);
+    // In force even when it cannot be saved: kicking still happens, the answer says why.
+    let saved = api.broker.guard.bans.add(key.clone(), until);
     // Banned now means out now: the connections it names are kicked.
     let mut kicked = Vec::new();
     for l in api.broker.live.list() {
@@ -411,6 +412,13 @@ pub async fn ban(
         }
     }
     tracing::info!(listener = "http", ban = %key, kicked = kicked.len(), "ban added by an operator");
+    if let Err(e) = saved {
+        tracing::error!(listener = "http", ban = %key, error = %e, "a ban is in force but not saved");
+        return Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("the ban is in force, but will not outlive a restart: {e}"),
+        ));
+    }
     Ok((
         StatusCode::CREATED,
         Json(
@@ -425,11 +433,14 @@ pub async fn unban(
 ) -> ApiResult {
     let key = BanKey::from_parts(&kind, &value)
         .ok_or_else(|| ApiError::bad("kind: clientid, username or ip"))?;
-    if api.broker.guard.bans.remove(&key) {
-        Ok(Json(json!({ "lifted": key.to_string() })))
-    } else {
-        Err(ApiError::not_found(
+    match api.broker.guard.bans.remove(&key) {
+        Ok(true) => Ok(Json(json!({ "lifted": key.to_string() }))),
+        Ok(false) => Err(ApiError::not_found(
             "no ban set by an operator or flapping detection for this key (bans_file entries stay)",
-        ))
+        )),
+        Err(e) => Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("the ban is lifted, but would come back after a restart: {e}"),
+        )),
     }
 }

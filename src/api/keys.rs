@@ -121,18 +121,7 @@ impl ApiKeys {
             keys: keys.to_vec(),
         })
         .map_err(|e| e.to_string())?;
-        let tmp = path.with_extension("tmp");
-        write_private(&tmp, &text).map_err(|e| format!("{}: {e}", tmp.display()))?;
-        std::fs::rename(&tmp, path).map_err(|e| format!("{}: {e}", path.display()))
+        switchyard_core::files::replace(path, text.as_bytes(), true)
+            .map_err(|e| format!("{}: {e}", path.display()))
     }
-}
-
-/// Writes a file only its owner may read.
-fn write_private(path: &std::path::Path, text: &str) -> std::io::Result<()> {
-    use std::io::Write as _;
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    options.open(path)?.write_all(text.as_bytes())
 }

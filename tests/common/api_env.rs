@@ -30,20 +30,7 @@ impl ApiEnv {
         path: &str,
         body: Option<Value>,
     ) -> (StatusCode, Value) {
-        let mut req = self
-            .http
-            .request(method.clone(), format!("{}/api/v1{path}", self.base))
-            .basic_auth(USER, Some(PASSWORD));
-        if method != Method::GET {
-            req = req.header("x-csrf-token", "script");
-        }
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        let res = req.send().await.expect("API answers");
-        let status = res.status();
-        let json = res.json().await.unwrap_or(Value::Null);
-        (status, json)
+        call_api(&self.http, &self.base, method, path, body).await
     }
 
     pub async fn get(&self, path: &str) -> Value {
@@ -51,6 +38,30 @@ impl ApiEnv {
         assert_eq!(status, StatusCode::OK, "GET {path}: {body}");
         body
     }
+}
+
+/// `path` under `base`/api/v1 as [`USER`] with Basic credentials (and the header a
+/// state-changing request needs): the answer's status and JSON body.
+pub async fn call_api(
+    http: &reqwest::Client,
+    base: &str,
+    method: Method,
+    path: &str,
+    body: Option<Value>,
+) -> (StatusCode, Value) {
+    let mut req = http
+        .request(method.clone(), format!("{base}/api/v1{path}"))
+        .basic_auth(USER, Some(PASSWORD));
+    if method != Method::GET {
+        req = req.header("x-csrf-token", "script");
+    }
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let res = req.send().await.expect("API answers");
+    let status = res.status();
+    let json = res.json().await.unwrap_or(Value::Null);
+    (status, json)
 }
 
 /// Starts a broker with `[http] password_file` holding [`USER`], a rules folder with the

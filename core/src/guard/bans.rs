@@ -1,13 +1,15 @@
 //! Who is refused at the door: bans by client id, user name or IP address, either listed in
-//! `[limits] bans_file` (read at start and on SIGHUP; no expiry) or set by flapping detection
+//! `[limits] bans_file` (read at start and on SIGHUP; no expiry), set by flapping detection
 //! (a client id, user name or IP that ended more than `flapping_max_connects` connections within
-//! `flapping_window_s` is banned for `flapping_ban_s`).
+//! `flapping_window_s` is banned for `flapping_ban_s`), or set by an operator through the HTTP
+//! API (kept in a file of the persistence folder, so they outlive a restart).
 
 use parking_lot::Mutex;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -76,6 +78,28 @@ pub enum BansError {
     },
     #[error("{path}: {message}")]
     Parse { path: String, message: String },
+    #[error("{path}: cannot save operators' bans: {source}")]
+    Write {
+        path: String,
+        source: std::io::Error,
+    },
+}
+
+/// Operators' bans as kept on disk: expiry as a wall-clock time, which means the same after a
+/// restart (an `Instant` does not).
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StoredBans {
+    bans: Vec<StoredBan>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StoredBan {
+    kind: String,
+    value: String,
+    /// Unix milliseconds; absent: until lifted.
+    until_unix_ms: Option<u64>,
 }
 
 /// Reads a bans file: `[[ban]]` tables with one of `clientid`, `username`, `ip`.
@@ -102,6 +126,34 @@ pub fn load_bans_file(path: &Path) -> Result<Vec<BanKey>, BansError> {
             }),
         })
         .collect()
+}
+
+/// The unexpired bans of a file [`Bans::save`] wrote, read at `now` (`now_ms` on the wall).
+fn restore(
+    shown: &str,
+    bytes: &[u8],
+    now: Instant,
+    now_ms: u64,
+) -> Result<Vec<(BanKey, Option<Instant>)>, BansError> {
+    let parse = |message: String| BansError::Parse {
+        path: shown.to_string(),
+        message,
+    };
+    let file: StoredBans = serde_json::from_slice(bytes).map_err(|e| parse(e.to_string()))?;
+    let mut restored = Vec::new();
+    for b in file.bans {
+        let key = BanKey::from_parts(&b.kind, &b.value)
+            .ok_or_else(|| parse(format!("not a ban: {} {:?}", b.kind, b.value)))?;
+        match b.until_unix_ms {
+            None => restored.push((key, None)),
+            Some(ms) if ms > now_ms => {
+                restored.push((key, Some(now + Duration::from_millis(ms - now_ms))))
+            }
+            // Expired while the broker was down.
+            Some(_) => {}
+        }
+    }
+    Ok(restored)
 }
 
 /// Flapping thresholds; a zero count turns detection off for that kind of key.
@@ -141,6 +193,11 @@ const MAX_TALLIES: usize = 100_000;
 pub struct Bans {
     policy: FlappingPolicy,
     state: Mutex<State>,
+    /// Where operators' bans are kept, once [`Bans::keep_in`] named a file.
+    store: OnceLock<PathBuf>,
+    /// One save at a time, each of the state as it is when it starts: the last save written
+    /// is of the newest state.
+    saving: Mutex<()>,
 }
 
 /// A ban in force, for `/bans` and the logs.
@@ -161,7 +218,61 @@ impl Bans {
         Self {
             policy,
             state: Mutex::new(State::default()),
+            store: OnceLock::new(),
+            saving: Mutex::new(()),
         }
+    }
+
+    /// Keeps operators' bans in `path` from now on, after putting back the ones it holds that
+    /// have not expired (a missing file holds none). Returns how many came back.
+    pub fn keep_in(&self, path: PathBuf) -> Result<usize, BansError> {
+        let shown = path.display().to_string();
+        let restored = match std::fs::read(&path) {
+            Ok(bytes) => restore(&shown, &bytes, Instant::now(), crate::clock::now_ms())?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(source) => {
+                return Err(BansError::Read {
+                    path: shown,
+                    source,
+                })
+            }
+        };
+        let count = restored.len();
+        self.state.lock().manual.extend(restored);
+        let _ = self.store.set(path);
+        Ok(count)
+    }
+
+    /// Writes the operators' bans in force to the file [`Bans::keep_in`] named, if any.
+    fn save(&self) -> Result<(), BansError> {
+        let Some(path) = self.store.get() else {
+            return Ok(());
+        };
+        let _one_at_a_time = self.saving.lock();
+        let (now, now_ms) = (Instant::now(), crate::clock::now_ms());
+        let bans = self
+            .state
+            .lock()
+            .manual
+            .iter()
+            .filter(|(_, until)| until.is_none_or(|u| u > now))
+            .map(|(key, until)| {
+                let (kind, value) = key.parts();
+                StoredBan {
+                    kind: kind.to_string(),
+                    value,
+                    until_unix_ms: until
+                        .map(|u| now_ms + u.saturating_duration_since(now).as_millis() as u64),
+                }
+            })
+            .collect();
+        let write = |source| BansError::Write {
+            path: path.display().to_string(),
+            source,
+        };
+        let bytes = serde_json::to_vec_pretty(&StoredBans { bans })
+            .map_err(|e| write(std::io::Error::other(e)))?;
+        crate::files::replace(path, &bytes, true).map_err(write)
     }
 
     /// Replaces the listed bans (the bans file was read again).
@@ -175,17 +286,27 @@ impl Bans {
         !st.listed.is_empty() || !st.flapping.is_empty() || !st.manual.is_empty()
     }
 
-    /// An operator's ban of `key`, until `until` or for good.
-    pub fn add(&self, key: BanKey, until: Option<Instant>) {
+    /// An operator's ban of `key`, until `until` or for good. It is in force even when it
+    /// cannot be saved (the error says so).
+    pub fn add(&self, key: BanKey, until: Option<Instant>) -> Result<(), BansError> {
         self.state.lock().manual.insert(key, until);
+        self.save()
     }
 
     /// Lifts an operator's or a flapping ban of `key`; a listed one stays (it is the bans
     /// file's). Returns whether one was lifted.
-    pub fn remove(&self, key: &BanKey) -> bool {
-        let mut st = self.state.lock();
-        let manual = st.manual.remove(key).is_some();
-        st.flapping.remove(key).is_some() || manual
+    pub fn remove(&self, key: &BanKey) -> Result<bool, BansError> {
+        let (manual, flapping) = {
+            let mut st = self.state.lock();
+            (
+                st.manual.remove(key).is_some(),
+                st.flapping.remove(key).is_some(),
+            )
+        };
+        if manual {
+            self.save()?;
+        }
+        Ok(manual || flapping)
     }
 
     /// The first of `keys` that is banned now.
@@ -364,6 +485,52 @@ mod tests {
                 .connection_ended(vec![BanKey::ClientId("ok".into())], now)
                 .is_empty());
         }
+    }
+
+    #[test]
+    fn operators_bans_are_kept_with_their_wall_clock_expiry_and_expired_ones_stay_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bans.json");
+        let bans = Bans::new(policy());
+        assert_eq!(bans.keep_in(path.clone()).unwrap(), 0, "no file yet");
+        let hour = Instant::now() + Duration::from_secs(3600);
+        bans.add(BanKey::ClientId("forever".into()), None).unwrap();
+        bans.add(BanKey::User("hour".into()), Some(hour)).unwrap();
+        bans.add(BanKey::Ip([192, 0, 2, 9].into()), Some(hour))
+            .unwrap();
+        assert!(bans.remove(&BanKey::Ip([192, 0, 2, 9].into())).unwrap());
+
+        let again = Bans::new(policy());
+        assert_eq!(again.keep_in(path.clone()).unwrap(), 2);
+        let now = Instant::now();
+        let forever = [BanKey::ClientId("forever".into())];
+        assert!(again
+            .banned(&forever, now + Duration::from_secs(1 << 30))
+            .is_some());
+        let user = [BanKey::User("hour".into())];
+        assert!(again
+            .banned(&user, now + Duration::from_secs(3500))
+            .is_some());
+        assert!(again
+            .banned(&user, now + Duration::from_secs(3700))
+            .is_none());
+        assert!(again
+            .banned(&[BanKey::Ip([192, 0, 2, 9].into())], now)
+            .is_none());
+
+        // Read two hours later, the hour's ban has run out while the broker was down.
+        let bytes = std::fs::read(&path).unwrap();
+        let later = crate::clock::now_ms() + 7_200_000;
+        let restored = restore("bans.json", &bytes, Instant::now(), later).unwrap();
+        assert_eq!(restored, vec![(BanKey::ClientId("forever".into()), None)]);
+
+        std::fs::write(
+            &path,
+            r#"{"bans": [{"kind": "ip", "value": "x", "until_unix_ms": null}]}"#,
+        )
+        .unwrap();
+        let e = Bans::new(policy()).keep_in(path).unwrap_err().to_string();
+        assert!(e.contains("bans.json") && e.contains("not a ban"), "{e}");
     }
 
     #[test]

@@ -116,9 +116,7 @@ impl RuleEngine {
             super::reload::parse_dir_with(self, &dir, Some((&shown, text)))
                 .map_err(AdminError::Rejected)?;
             // Written whole or not at all: the watcher must never read half a file.
-            let tmp = dir.join(format!(".{name}.tmp"));
-            std::fs::write(&tmp, text)?;
-            std::fs::rename(&tmp, &path)?;
+            switchyard_core::files::replace(&path, text.as_bytes(), false)?;
         }
         self.reload_now()
     }
