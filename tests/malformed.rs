@@ -5,17 +5,6 @@ mod common;
 use common::*;
 use switchyard_core::protocol::{ProtocolVersion, ReasonCode};
 
-async fn still_serving(addr: std::net::SocketAddr) {
-    let mut a = v4::connect(v4::options(addr, "healthy-sub")).await;
-    a.subscribe("health", v4::QoS::AtLeastOnce).await;
-    let b = v4::connect(v4::options(addr, "healthy-pub")).await;
-    b.client
-        .publish("health", v4::QoS::AtLeastOnce, false, "ok")
-        .await
-        .unwrap();
-    assert_eq!(&a.next_publish().await.payload[..], b"ok");
-}
-
 /// Sends `bytes` after a v5 CONNECT and returns the DISCONNECT reason the broker answered with.
 async fn v5_reply_to(addr: std::net::SocketAddr, bytes: &[u8]) -> Option<ReasonCode> {
     let mut raw = Raw::connect(addr).await;

@@ -224,14 +224,7 @@ async fn schemathesis_finds_no_server_error_and_no_answer_against_the_schema() {
             bans.remove(&key).expect("a ban is lifted");
         }
     }
-    let mut c = v4::connect(v4::options(tcp, "st-client")).await;
-    c.subscribe("in/#", v4::QoS::AtLeastOnce).await;
-    let p = v4::connect(v4::options(tcp, "st-after")).await;
-    p.client
-        .publish("in/after", v4::QoS::AtLeastOnce, false, "still here")
-        .await
-        .unwrap();
-    assert_eq!(&c.next_publish().await.payload[..], b"still here");
+    still_serving(tcp).await;
     // By the key: the run's random logins from this address set off the password throttle.
     let metrics = env
         .http

@@ -181,20 +181,23 @@ pub async fn subscriptions(
         Some(id) => api.broker.session(id).into_iter().collect(),
         None => api.broker.sessions_by_id(),
     };
+    // Rows as they are; JSON only for the page asked for.
     let mut rows = Vec::new();
     for s in sessions.iter().map(|s| s.inspect()) {
+        let client_id: Arc<str> = s.client_id.into();
         for sub in s.subscriptions {
-            if q.filter.as_ref().is_some_and(|f| *f != sub.filter) {
-                continue;
+            if q.filter.as_ref().is_none_or(|f| *f == sub.filter) {
+                rows.push((client_id.clone(), sub, s.connected));
             }
-            rows.push(json!({
-                "clientid": s.client_id, "filter": sub.filter, "qos": sub.qos,
-                "no_local": sub.no_local, "retain_as_published": sub.retain_as_published,
-                "online": s.connected,
-            }));
         }
     }
-    Ok(Json(paged(rows, q.page, q.limit, Value::clone)))
+    Ok(Json(paged(rows, q.page, q.limit, |(id, sub, online)| {
+        json!({
+            "clientid": &**id, "filter": sub.filter, "qos": sub.qos,
+            "no_local": sub.no_local, "retain_as_published": sub.retain_as_published,
+            "online": online,
+        })
+    })))
 }
 
 #[derive(serde::Deserialize)]

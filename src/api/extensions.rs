@@ -5,7 +5,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 use serde_json::{json, Value};
-use switchyard_rules::{AdminError, Sample};
+use switchyard_rules::{AdminError, RuleEngine, Sample};
 
 impl From<AdminError> for ApiError {
     fn from(e: AdminError) -> Self {
@@ -24,6 +24,18 @@ impl From<AdminError> for ApiError {
     }
 }
 
+/// Runs `work` on the rule engine on a blocking thread: compiling a folder of rules (a
+/// reload, a save, a test) is CPU work that must not hold a runtime thread serving MQTT.
+async fn on_rules<T: Send + 'static>(
+    api: &Shared,
+    work: impl FnOnce(&RuleEngine) -> T + Send + 'static,
+) -> Result<T, ApiError> {
+    let rules = api.rules.clone();
+    tokio::task::spawn_blocking(move || work(&rules))
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
+}
+
 /// The rules' status document (`/rules`), or an empty one when the engine has none.
 fn rules_status(api: &Shared) -> Value {
     api.broker
@@ -38,7 +50,7 @@ pub async fn rules(State(api): State<Shared>) -> ApiResult {
 }
 
 pub async fn rules_reload(State(api): State<Shared>) -> ApiResult {
-    match api.rules.reload() {
+    match on_rules(&api, |rules| rules.reload()).await? {
         Ok(n) => Ok(Json(json!({ "rules": n }))),
         Err(switchyard_rules::RulesError::Load(errors)) => Err(AdminError::Rejected(errors).into()),
         Err(e) => Err(ApiError::new(
@@ -72,9 +84,10 @@ pub async fn rules_test(State(api): State<Shared>, Body(req): Body<TestRequest>)
     if !switchyard_core::topic::valid_topic_name(&req.message.topic) {
         return Err(ApiError::bad("message.topic: not a topic name"));
     }
-    let outcome = api
-        .rules
-        .test_rule(&name, &text, req.rule.as_deref(), &req.message)?;
+    let outcome = on_rules(&api, move |rules| {
+        rules.test_rule(&name, &text, req.rule.as_deref(), &req.message)
+    })
+    .await??;
     Ok(Json(json!(outcome)))
 }
 
@@ -101,7 +114,13 @@ pub async fn rule_file_put(
     Segments(name): Segments<String>,
     Body(file): Body<RuleFile>,
 ) -> ApiResult {
-    let n = api.rules.write_rule_file(&name, &file.source)?;
+    let n = {
+        let name = name.clone();
+        on_rules(&api, move |rules| {
+            rules.write_rule_file(&name, &file.source)
+        })
+        .await??
+    };
     tracing::info!(file = %name, rules = n, listener = "http", "rule file saved by an operator");
     Ok(Json(json!({ "name": name, "rules": n })))
 }
@@ -110,7 +129,10 @@ pub async fn rule_file_delete(
     State(api): State<Shared>,
     Segments(name): Segments<String>,
 ) -> ApiResult {
-    let n = api.rules.delete_rule_file(&name)?;
+    let n = {
+        let name = name.clone();
+        on_rules(&api, move |rules| rules.delete_rule_file(&name)).await??
+    };
     Ok(Json(json!({ "deleted": name, "rules": n })))
 }
 
@@ -125,8 +147,12 @@ pub async fn rule_enabled(
     Segments(rule): Segments<String>,
     Body(e): Body<Enabled>,
 ) -> ApiResult {
-    api.rules.set_enabled(&rule, e.enabled)?;
-    Ok(Json(json!({ "rule": rule, "enabled": e.enabled })))
+    let enabled = e.enabled;
+    {
+        let rule = rule.clone();
+        on_rules(&api, move |rules| rules.set_enabled(&rule, enabled)).await??;
+    }
+    Ok(Json(json!({ "rule": rule, "enabled": enabled })))
 }
 
 pub async fn sinks(State(api): State<Shared>) -> ApiResult {

@@ -30,6 +30,19 @@ pub fn plugin_path(name: &str) -> std::path::PathBuf {
     p
 }
 
+/// A QoS 1 round trip between two new clients: what "the broker still serves everyone"
+/// means after a test threw something at it.
+pub async fn still_serving(addr: SocketAddr) {
+    let mut a = v4::connect(v4::options(addr, "healthy-sub")).await;
+    a.subscribe("health", v4::QoS::AtLeastOnce).await;
+    let b = v4::connect(v4::options(addr, "healthy-pub")).await;
+    b.client
+        .publish("health", v4::QoS::AtLeastOnce, false, "ok")
+        .await
+        .unwrap();
+    assert_eq!(&a.next_publish().await.payload[..], b"ok");
+}
+
 /// How long any single expected event may take before a test fails.
 pub const WAIT: Duration = Duration::from_secs(10);
 

@@ -156,7 +156,7 @@ impl RuleEngine {
             let mut names: Vec<&String> = disabled.iter().collect();
             names.sort();
             let text: String = names.iter().map(|n| format!("{n}\n")).collect();
-            std::fs::write(dir.join(DISABLED_FILE), text)?;
+            switchyard_core::files::replace(&dir.join(DISABLED_FILE), text.as_bytes(), false)?;
             self.reload_now()?;
         }
         Ok(())
