@@ -32,7 +32,8 @@ rule("telemetry")
             "telemetry",
             serde_json::json!({"kind": "kafka", "brokers": brokers, "topic": "telemetry",
                 "key": "${device}", "headers": {"source": "switchyard"},
-                "message_timeout_ms": 1500, "retry_initial_ms": 100, "retry_max_ms": 500}),
+                "message_timeout_ms": 1500, "retry_initial_ms": 100, "retry_max_ms": 500,
+                "properties": {"allow.auto.create.topics": "false"}}),
         )],
     )
     .await;

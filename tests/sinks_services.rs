@@ -222,7 +222,7 @@ rule("restart").from(["b/+/t"]).select(|m| #{ device: m.level(1), n: m.json.n })
         serde_json::json!({"kind": "kafka", "brokers": brokers, "topic": topic,
             "key": "${device}", "batch_size": 20, "message_timeout_ms": timeout_ms,
             "retry_initial_ms": 100, "retry_max_ms": 400,
-            "properties": {"reconnect.backoff.max.ms": "300"}})
+            "properties": {"reconnect.backoff.max.ms": "300", "allow.auto.create.topics": "false"}})
     };
     let (rules, _dir) = start_rules(
         &server,
@@ -269,6 +269,13 @@ rule("restart").from(["b/+/t"]).select(|m| #{ device: m.level(1), n: m.json.n })
     })
     .await;
     let _tansu = Tansu::start_advertising(kafka_port, proxy.addr.port()).await;
+    // The sink reaches the new broker before its topic exists and must neither create it
+    // (auto-creation is off here, as in many clusters) nor lose what it holds.
+    let retried = sink_counter(&rules, "restart", |c| &c.retried);
+    wait_until("a delivery tried before the topic exists", || {
+        sink_counter(&rules, "restart", |c| &c.retried) > retried
+    })
+    .await;
     create_topic(&brokers, "restart").await;
     let restarted = sent("restart");
     wait_until("all acknowledged after the restart", || {

@@ -115,6 +115,9 @@ impl Drop for Tansu {
     }
 }
 
+/// Creates `topic` with one partition (the consumers below read partition 0). A sink that
+/// reaches a restarted Tansu first would have it create the topic with four partitions, so
+/// sinks in tests set `allow.auto.create.topics = false`.
 pub async fn create_topic(brokers: &str, topic: &str) {
     let admin: AdminClient<_> = ClientConfig::new()
         .set("bootstrap.servers", brokers)
@@ -125,7 +128,10 @@ pub async fn create_topic(brokers: &str, topic: &str) {
         .create_topics([&t], &AdminOptions::new())
         .await
         .unwrap();
-    assert!(r.iter().all(|r| r.is_ok()), "{r:?}");
+    assert!(
+        r.iter().all(|r| r.is_ok()),
+        "{r:?} (was a producer allowed to create the topic first?)"
+    );
 }
 
 /// Reads the topic from the beginning until `want` records arrived; (key, payload) pairs.
