@@ -8,6 +8,8 @@ use common::rules_env::*;
 use common::*;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
+use std::time::Duration;
+use switchyard_core::config::ListenerKind;
 use switchyard_core::protocol::{
     Packet, ProtocolVersion, PubResponse, QoS, ReasonCode, Subscribe, SubscriptionOptions,
 };
@@ -192,4 +194,98 @@ rule("uplink")
         );
     }
     cloud.terminate();
+}
+
+/// A link to `target` that carries 16 KB every 5 ms towards it (about 3 MB/s; its receive
+/// buffer fixed at 16 KB, so the kernel does not buffer the difference) and answers at full
+/// speed: a sender's socket stays full while it writes more than that.
+async fn slow_link(target: SocketAddr) -> SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(16 * 1024).unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let listener = socket.listen(16).unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((inbound, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let Ok(outbound) = tokio::net::TcpStream::connect(target).await else {
+                    return;
+                };
+                let (mut from_client, mut to_client) = inbound.into_split();
+                let (mut from_server, mut to_server) = outbound.into_split();
+                let up = async {
+                    let mut buf = vec![0u8; 16 * 1024];
+                    let mut pace = tokio::time::interval(Duration::from_millis(5));
+                    loop {
+                        pace.tick().await;
+                        match from_client.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) if to_server.write_all(&buf[..n]).await.is_err() => return,
+                            Ok(_) => {}
+                        }
+                    }
+                };
+                let down = tokio::io::copy(&mut from_server, &mut to_client);
+                tokio::select! {
+                    _ = up => {}
+                    _ = down => {}
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// One batch far larger than a socket takes at once, over TLS and a slow link: the bridge's
+/// last write leaves encrypted bytes in the TLS layer while the socket is full, and they must
+/// still go out (a bridge that never flushed them waited for PUBACKs of messages it had not
+/// finished sending).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_bridge_sends_a_batch_larger_than_the_socket_takes_at_once() {
+    const N: usize = 24;
+    let pki = Pki::new();
+    let mut cloud_config = test_config();
+    cloud_config.listeners.push(pki.listener(ListenerKind::Tls));
+    let cloud = start(cloud_config).await;
+    let link = slow_link(cloud.addr(ListenerKind::Tls).unwrap()).await;
+    let big = |addr, id| {
+        let mut o = v4::options(addr, id);
+        o.set_max_packet_size(1 << 20, 1 << 20);
+        o
+    };
+    let mut app = v4::connect(big(tcp_addr(&cloud), "cloud-app")).await;
+    app.subscribe("big/#", v4::QoS::AtLeastOnce).await;
+
+    let rule = r#"rule("big").from(["edge/big"]).select(|m| #{ n: m.json.n, pad: m.json.pad }).to(mqtt("cloud"));"#;
+    let env = env_with(
+        &[("big.rhai", rule)],
+        &[(
+            "cloud",
+            serde_json::json!({"kind": "mqtt", "server": format!("localhost:{}", link.port()),
+                "sslmode": "verify-full", "ca_file": pki.ca_file, "client_id": "edge-big",
+                "qos": 1, "inflight": N, "batch_size": N, "linger_ms": 2_000, "topic": "big/t",
+                "retry_initial_ms": 50, "retry_max_ms": 200}),
+        )],
+    )
+    .await;
+    let p = v4::connect(big(tcp_addr(&env.server), "plc")).await;
+    // 24 records of 200 KB: one write of about 4.8 MB.
+    let pad = "x".repeat(200 * 1024);
+    for n in 0..N {
+        publish(&p, "edge/big", format!("{{\"n\":{n},\"pad\":\"{pad}\"}}")).await;
+    }
+    wait_until("the whole batch acknowledged", || {
+        counter(&env.rules, "cloud", "sent") == N as u64
+    })
+    .await;
+    let mut got = BTreeSet::new();
+    while got.len() < N {
+        let m = app.next_publish().await;
+        let v: serde_json::Value = serde_json::from_slice(&m.payload).unwrap();
+        assert_eq!(v["pad"].as_str().map(str::len), Some(pad.len()));
+        got.insert(v["n"].as_i64().unwrap());
+    }
+    assert_eq!(got, (0..N as i64).collect::<BTreeSet<_>>());
+    assert_eq!(counter(&env.rules, "cloud", "retried"), 0);
 }

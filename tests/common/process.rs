@@ -92,6 +92,12 @@ impl Proc {
 
 impl Drop for Proc {
     fn drop(&mut self) {
+        // A failing test shows what the broker it ran said.
+        if std::thread::panicking() {
+            for line in self.log.lock().iter() {
+                eprintln!("[broker {}] {line}", self.child.id());
+            }
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

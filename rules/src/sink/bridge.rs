@@ -175,7 +175,7 @@ impl Bridge {
         }));
         let mut out = BytesMut::new();
         encode_packet(&connect, self.version, &mut out);
-        wr.write_all(&out)
+        write_out(&mut wr, &out)
             .await
             .map_err(|e| format!("{server}: {e}"))?;
         let mut buf = BytesMut::with_capacity(4096);
@@ -242,6 +242,13 @@ impl Bridge {
     }
 }
 
+/// Writes `bytes` and flushes: over TLS a write that meets a full socket returns with the
+/// encrypted rest still in the TLS layer, sent only by a later write or a flush.
+async fn write_out(w: &mut WriteHalf<Box<dyn Io>>, bytes: &[u8]) -> std::io::Result<()> {
+    w.write_all(bytes).await?;
+    w.flush().await
+}
+
 /// Forwards PUBACKs and keeps the connection alive; ends (closing the channel) when the
 /// connection does.
 async fn read_loop(
@@ -275,7 +282,7 @@ async fn read_loop(
             _ = ping.tick(), if keep_alive > 0 => {
                 let mut out = BytesMut::new();
                 encode_packet(&Packet::PingReq, version, &mut out);
-                if writer.lock().await.write_all(&out).await.is_err() {
+                if write_out(&mut *writer.lock().await, &out).await.is_err() {
                     return;
                 }
             }
@@ -319,7 +326,7 @@ impl super::Deliver for Bridge {
             };
             if !out.is_empty() {
                 let mut w = conn.writer.lock().await;
-                if let Err(e) = w.write_all(&out).await {
+                if let Err(e) = write_out(&mut w, &out).await {
                     broken = Some(e.to_string());
                     break;
                 }
