@@ -67,6 +67,14 @@ async fn password_file_accepts_good_and_refuses_bad_credentials() {
     o.set_credentials("mallory", "x");
     let err = v5::connect_any(o).await.err().unwrap();
     assert!(err.contains("BadUserNamePassword"), "{err}");
+    // Over WebSocket the refusal is a frame the socket layer buffers: it must still be sent
+    // before the connection closes, or a browser sees only a closed socket.
+    let ws = server.addr(ListenerKind::Ws).unwrap();
+    let mut o = v4::MqttOptions::new("d", format!("ws://127.0.0.1:{}/mqtt", ws.port()), ws.port());
+    o.set_transport(rumqttc::Transport::Ws);
+    o.set_credentials("alice", "wrong");
+    let err = v4::connect_any(o).await.err().unwrap();
+    assert!(err.contains("BadUserNamePassword"), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,6 +7,7 @@ use common::*;
 use serde_json::json;
 use std::path::PathBuf;
 use std::time::Duration;
+use switchyard_core::config::ListenerKind;
 use switchyard_core::protocol::{Packet, ProtocolVersion, ReasonCode};
 use switchyard_plugins::{OnError, PluginManager, PluginSettings};
 
@@ -187,9 +188,19 @@ async fn a_0_2_0_guest_loads_next_to_0_3_0_ones() {
 }
 
 /// The mqtt.js SCRAM client of `tests/interop`: its one-line JSON verdict.
-async fn scram_client(port: u16, user: &str, password: &str, id: &str) -> serde_json::Value {
+async fn scram_client(
+    port_or_url: impl ToString,
+    user: &str,
+    password: &str,
+    id: &str,
+) -> serde_json::Value {
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/interop/scram_client.cjs");
-    let args = [port.to_string(), user.into(), password.into(), id.into()];
+    let args = [
+        port_or_url.to_string(),
+        user.into(),
+        password.into(),
+        id.into(),
+    ];
     let out = tokio::process::Command::new("node")
         .arg(&script)
         .args(args)
@@ -243,6 +254,15 @@ async fn scram_sha_256_with_a_real_mqtt5_client() {
     assert_eq!(wrong["code"], 0x86, "{wrong}");
     let unknown = scram_client(addr.port(), "mallory", "x", "scram-unknown").await;
     assert_eq!(unknown["code"], 0x86, "{unknown}");
+    // The same exchange over WebSocket, as a browser makes it: the broker's AUTH challenge
+    // and its refusal are frames that must be flushed to reach the client.
+    let ws = server.addr(ListenerKind::Ws).unwrap();
+    let url = format!("ws://127.0.0.1:{}/mqtt", ws.port());
+    let ok = scram_client(&url, "alice", "wonderland", "scram-ws-ok").await;
+    assert_eq!(ok["connected"], true, "{ok}");
+    assert_eq!(ok["server_verified"], true, "{ok}");
+    let wrong = scram_client(&url, "alice", "looking-glass", "scram-ws-wrong").await;
+    assert_eq!(wrong["code"], 0x86, "{wrong}");
 
     // A method nobody offers: Bad Authentication Method.
     let mut raw = Raw::connect(addr).await;

@@ -1,5 +1,6 @@
 // A real MQTT 5 client (mqtt.js) doing SCRAM-SHA-256 enhanced authentication, as an
-// application would: node scram_client.cjs PORT USER PASSWORD CLIENT_ID
+// application would: node scram_client.cjs PORT|URL USER PASSWORD CLIENT_ID (a URL such as
+// ws://127.0.0.1:PORT/mqtt for a browser's transport)
 // Prints one JSON line: {"connected":true,"server_verified":bool} or {"connected":false,"code":N}.
 const path = require('path');
 const crypto = require('crypto');
@@ -17,7 +18,8 @@ function done(result) {
   process.exit(0);
 }
 
-const client = mqtt.connect(`mqtt://127.0.0.1:${port}`, {
+const url = /^\d+$/.test(port) ? `mqtt://127.0.0.1:${port}` : port;
+const client = mqtt.connect(url, {
   protocolVersion: 5,
   clientId,
   reconnectPeriod: 0,

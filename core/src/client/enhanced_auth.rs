@@ -63,7 +63,14 @@ where
         });
         let mut out = BytesMut::new();
         encode_packet(&auth, ProtocolVersion::V5, &mut out);
-        if stream.write_all(&out).await.is_err() {
+        // Flushed (TLS and WebSocket may keep it buffered otherwise) and, like the answer,
+        // within the authentication deadline.
+        let sent = tokio::time::timeout_at(deadline, async {
+            stream.write_all(&out).await?;
+            stream.flush().await
+        })
+        .await;
+        if !matches!(sent, Ok(Ok(()))) {
             return Err(None);
         }
         let answer = tokio::time::timeout_at(

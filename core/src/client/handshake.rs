@@ -63,11 +63,12 @@ where
             debug!(listener = %ctx.name, %peer, level, "unsupported protocol level");
             // A level we do not know gets the 3.1.1 answer (return code 0x01), which every
             // client generation can read.
-            let ack = refusal(
+            refuse(
+                &mut stream,
                 ReasonCode::UNSUPPORTED_PROTOCOL_VERSION,
                 ProtocolVersion::V311,
-            );
-            let _ = stream.write_all(&ack).await;
+            )
+            .await;
             return None;
         }
         Ok(Err(e)) => {
@@ -106,6 +107,23 @@ async fn read_connect<S: AsyncRead + Unpin>(
     }
 }
 
+/// How long a refusal may take to go out before the socket is simply closed.
+const REFUSAL_WRITE: Duration = Duration::from_secs(1);
+
+/// Sends a CONNACK refusing the connection and closes the stream. Flushed: over TLS and
+/// WebSocket the bytes can stay in the stream's own buffer after the write, and the client
+/// would see only a closed socket instead of its reason code. Bounded, as a client that does
+/// not read must not hold the task.
+async fn refuse<S: AsyncWrite + Unpin>(stream: &mut S, code: ReasonCode, version: ProtocolVersion) {
+    let ack = refusal(code, version);
+    let _ = tokio::time::timeout(REFUSAL_WRITE, async {
+        stream.write_all(&ack).await?;
+        stream.flush().await?;
+        stream.shutdown().await
+    })
+    .await;
+}
+
 /// An encoded CONNACK refusing the connection.
 fn refusal(code: ReasonCode, version: ProtocolVersion) -> BytesMut {
     let mut out = BytesMut::new();
@@ -142,18 +160,14 @@ where
     if let Some(will) = &connect.will {
         if crate::topic::level_count(&will.topic) > cfg.max_topic_levels {
             info!(listener = %ctx.name, %peer, "will topic has too many levels; refused");
-            let _ = stream
-                .write_all(&refusal(ReasonCode::TOPIC_NAME_INVALID, version))
-                .await;
+            refuse(&mut stream, ReasonCode::TOPIC_NAME_INVALID, version).await;
             return None;
         }
         // `$` topics are the broker's, for a will as for a PUBLISH (the sessions fuzz target
         // found a retained will on `$SYS/x` being stored and sent to `$SYS/#` subscribers).
         if will.topic.starts_with('$') {
             info!(listener = %ctx.name, %peer, topic = %will.topic, "will on a $ topic; refused");
-            let _ = stream
-                .write_all(&refusal(ReasonCode::NOT_AUTHORIZED, version))
-                .await;
+            refuse(&mut stream, ReasonCode::NOT_AUTHORIZED, version).await;
             return None;
         }
     }
@@ -166,9 +180,12 @@ where
             ProtocolVersion::V31 => false,
         };
         if !allowed {
-            let _ = stream
-                .write_all(&refusal(ReasonCode::CLIENT_IDENTIFIER_NOT_VALID, version))
-                .await;
+            refuse(
+                &mut stream,
+                ReasonCode::CLIENT_IDENTIFIER_NOT_VALID,
+                version,
+            )
+            .await;
             return None;
         }
         client_id = generate_client_id();
@@ -237,7 +254,7 @@ where
     };
     if let Some((code, why)) = refused {
         info!(client_id = %client_id, listener = %ctx.name, %peer, reason = %why, "connection refused");
-        let _ = stream.write_all(&refusal(code, version)).await;
+        refuse(&mut stream, code, version).await;
         connack_event(&info, code);
         return None;
     }
@@ -291,7 +308,7 @@ where
         Ok(attrs) => info.attributes = attrs,
         Err(Some(code)) => {
             info!(client_id = %info.client_id, listener = %ctx.name, %peer, reason = %code, "connection refused");
-            let _ = stream.write_all(&refusal(code, version)).await;
+            refuse(&mut stream, code, version).await;
             connack_event(&info, code);
             return None;
         }
@@ -336,9 +353,7 @@ where
         Ok(opened) => opened,
         Err(e) => {
             info!(client_id = %client.client_id, listener = %ctx.name, %peer, user = client.username.as_deref(), error = %e, "connection refused");
-            let _ = stream
-                .write_all(&refusal(ReasonCode::NOT_AUTHORIZED, version))
-                .await;
+            refuse(&mut stream, ReasonCode::NOT_AUTHORIZED, version).await;
             connack_event(&client, ReasonCode::NOT_AUTHORIZED);
             return None;
         }
