@@ -196,15 +196,20 @@ rule("uplink")
     cloud.terminate();
 }
 
-/// A link to `target` that carries 16 KB every 5 ms towards it (about 3 MB/s; its receive
-/// buffer fixed at 16 KB, so the kernel does not buffer the difference) and answers at full
-/// speed: a sender's socket stays full while it writes more than that.
-async fn slow_link(target: SocketAddr) -> SocketAddr {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+/// A listener whose connections buffer 16 KB of what they are sent: the kernel does not
+/// absorb what the test's side does not read.
+fn small_buffer_listener() -> tokio::net::TcpListener {
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.set_recv_buffer_size(16 * 1024).unwrap();
     socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
-    let listener = socket.listen(16).unwrap();
+    socket.listen(16).unwrap()
+}
+
+/// A link to `target` that carries 16 KB every 5 ms towards it (about 3 MB/s) and answers at
+/// full speed: a sender's socket stays full while it writes more than that.
+async fn slow_link(target: SocketAddr) -> SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = small_buffer_listener();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         while let Ok((inbound, _)) = listener.accept().await {
@@ -288,4 +293,59 @@ async fn a_tls_bridge_sends_a_batch_larger_than_the_socket_takes_at_once() {
     }
     assert_eq!(got, (0..N as i64).collect::<BTreeSet<_>>());
     assert_eq!(counter(&env.rules, "cloud", "retried"), 0);
+}
+
+/// A server that accepts the bridge and then reads nothing: the bridge's write of a batch
+/// larger than the sockets hold must give up (and the records be retried), not hold the sink
+/// for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bridge_to_a_server_that_stops_reading_gives_up_and_retries() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const N: usize = 24;
+    let listener = small_buffer_listener();
+    let server = listener.local_addr().unwrap();
+    let (accepted, mut connections) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let mut connect = [0u8; 512];
+            if s.read(&mut connect).await.is_err() {
+                continue;
+            }
+            // CONNACK (v5): accepted, no properties. Then nothing is read again.
+            let _ = s.write_all(&[0x20, 0x03, 0x00, 0x00, 0x00]).await;
+            let _ = accepted.send(s);
+        }
+    });
+    let rule = r#"rule("big").from(["edge/big"]).select(|m| #{ n: m.json.n, pad: m.json.pad }).to(mqtt("stuck"));"#;
+    let env = env_with(
+        &[("big.rhai", rule)],
+        &[(
+            "stuck",
+            serde_json::json!({"kind": "mqtt", "server": server.to_string(), "qos": 1,
+                "inflight": N, "batch_size": N, "linger_ms": 2_000, "topic": "big/t",
+                "retry_initial_ms": 50, "retry_max_ms": 200}),
+        )],
+    )
+    .await;
+    let mut o = v4::options(tcp_addr(&env.server), "plc");
+    o.set_max_packet_size(1 << 20, 1 << 20);
+    let p = v4::connect(o).await;
+    // 24 records of 400 KB: about 9.6 MB, more than the two sockets' buffers.
+    let pad = "x".repeat(400 * 1024);
+    for n in 0..N {
+        publish(&p, "edge/big", format!("{{\"n\":{n},\"pad\":\"{pad}\"}}")).await;
+    }
+    let first = tokio::time::timeout(WAIT, connections.recv()).await;
+    let _stalled = first.expect("the bridge connects").expect("a connection");
+    // The write gives up after 15 s without progress; the bridge then connects again.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while counter(&env.rules, "stuck", "retried") == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the bridge still waits on a server that reads nothing"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(counter(&env.rules, "stuck", "sent"), 0);
+    assert_eq!(counter(&env.rules, "stuck", "failed"), 0);
 }

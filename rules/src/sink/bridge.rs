@@ -24,6 +24,8 @@ use tracing::info;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// The longest wait for the next PUBACK before the connection is given up.
 const ACK_TIMEOUT: Duration = Duration::from_secs(15);
+/// Progress a write must make within [`ACK_TIMEOUT`].
+const WRITE_CHUNK: usize = 64 * 1024;
 /// What the bridge accepts from the other broker (it only expects acknowledgements).
 const MAX_PACKET: usize = 1 << 20;
 /// Topics are checked like a client's; the other broker applies its own level limit.
@@ -243,10 +245,19 @@ impl Bridge {
 }
 
 /// Writes `bytes` and flushes: over TLS a write that meets a full socket returns with the
-/// encrypted rest still in the TLS layer, sent only by a later write or a flush.
+/// encrypted rest still in the TLS layer, sent only by a later write or a flush. A server that
+/// takes no [`WRITE_CHUNK`] within [`ACK_TIMEOUT`] has stopped reading: the write fails
+/// instead of holding the sink.
 async fn write_out(w: &mut WriteHalf<Box<dyn Io>>, bytes: &[u8]) -> std::io::Result<()> {
-    w.write_all(bytes).await?;
-    w.flush().await
+    let stalled = || std::io::Error::new(std::io::ErrorKind::TimedOut, "the server reads nothing");
+    for chunk in bytes.chunks(WRITE_CHUNK) {
+        tokio::time::timeout(ACK_TIMEOUT, w.write_all(chunk))
+            .await
+            .map_err(|_| stalled())??;
+    }
+    tokio::time::timeout(ACK_TIMEOUT, w.flush())
+        .await
+        .map_err(|_| stalled())?
 }
 
 /// Forwards PUBACKs and keeps the connection alive; ends (closing the channel) when the
