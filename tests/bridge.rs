@@ -242,6 +242,31 @@ async fn slow_link(target: SocketAddr) -> SocketAddr {
     addr
 }
 
+/// Forwards each `edge/big` message, padding and all, to the sink `sink`.
+fn big_rule(sink: &str) -> String {
+    format!(
+        r#"rule("big").from(["edge/big"]).select(|m| #{{ n: m.json.n, pad: m.json.pad }}).to(mqtt("{sink}"));"#
+    )
+}
+
+/// Client options that allow 1 MB packets (rumqttc's default is 10 KB).
+fn big_packets(addr: SocketAddr, id: &str) -> v4::MqttOptions {
+    let mut o = v4::options(addr, id);
+    o.set_max_packet_size(1 << 20, 1 << 20);
+    o
+}
+
+/// Publishes `n` messages of `kb` KB each to the edge broker; returns the publisher (kept
+/// connected until its messages are through) and the padding used.
+async fn publish_big(env: &Env, n: usize, kb: usize) -> (v4::Client, String) {
+    let p = v4::connect(big_packets(tcp_addr(&env.server), "plc")).await;
+    let pad = "x".repeat(kb * 1024);
+    for i in 0..n {
+        publish(&p, "edge/big", format!("{{\"n\":{i},\"pad\":\"{pad}\"}}")).await;
+    }
+    (p, pad)
+}
+
 /// One batch far larger than a socket takes at once, over TLS and a slow link: the bridge's
 /// last write leaves encrypted bytes in the TLS layer while the socket is full, and they must
 /// still go out (a bridge that never flushed them waited for PUBACKs of messages it had not
@@ -254,17 +279,11 @@ async fn a_tls_bridge_sends_a_batch_larger_than_the_socket_takes_at_once() {
     cloud_config.listeners.push(pki.listener(ListenerKind::Tls));
     let cloud = start(cloud_config).await;
     let link = slow_link(cloud.addr(ListenerKind::Tls).unwrap()).await;
-    let big = |addr, id| {
-        let mut o = v4::options(addr, id);
-        o.set_max_packet_size(1 << 20, 1 << 20);
-        o
-    };
-    let mut app = v4::connect(big(tcp_addr(&cloud), "cloud-app")).await;
+    let mut app = v4::connect(big_packets(tcp_addr(&cloud), "cloud-app")).await;
     app.subscribe("big/#", v4::QoS::AtLeastOnce).await;
 
-    let rule = r#"rule("big").from(["edge/big"]).select(|m| #{ n: m.json.n, pad: m.json.pad }).to(mqtt("cloud"));"#;
     let env = env_with(
-        &[("big.rhai", rule)],
+        &[("big.rhai", &big_rule("cloud"))],
         &[(
             "cloud",
             serde_json::json!({"kind": "mqtt", "server": format!("localhost:{}", link.port()),
@@ -274,12 +293,8 @@ async fn a_tls_bridge_sends_a_batch_larger_than_the_socket_takes_at_once() {
         )],
     )
     .await;
-    let p = v4::connect(big(tcp_addr(&env.server), "plc")).await;
     // 24 records of 200 KB: one write of about 4.8 MB.
-    let pad = "x".repeat(200 * 1024);
-    for n in 0..N {
-        publish(&p, "edge/big", format!("{{\"n\":{n},\"pad\":\"{pad}\"}}")).await;
-    }
+    let (_p, pad) = publish_big(&env, N, 200).await;
     wait_until("the whole batch acknowledged", || {
         counter(&env.rules, "cloud", "sent") == N as u64
     })
@@ -316,9 +331,8 @@ async fn a_bridge_to_a_server_that_stops_reading_gives_up_and_retries() {
             let _ = accepted.send(s);
         }
     });
-    let rule = r#"rule("big").from(["edge/big"]).select(|m| #{ n: m.json.n, pad: m.json.pad }).to(mqtt("stuck"));"#;
     let env = env_with(
-        &[("big.rhai", rule)],
+        &[("big.rhai", &big_rule("stuck"))],
         &[(
             "stuck",
             serde_json::json!({"kind": "mqtt", "server": server.to_string(), "qos": 1,
@@ -327,25 +341,17 @@ async fn a_bridge_to_a_server_that_stops_reading_gives_up_and_retries() {
         )],
     )
     .await;
-    let mut o = v4::options(tcp_addr(&env.server), "plc");
-    o.set_max_packet_size(1 << 20, 1 << 20);
-    let p = v4::connect(o).await;
     // 24 records of 400 KB: about 9.6 MB, more than the two sockets' buffers.
-    let pad = "x".repeat(400 * 1024);
-    for n in 0..N {
-        publish(&p, "edge/big", format!("{{\"n\":{n},\"pad\":\"{pad}\"}}")).await;
-    }
+    let _p = publish_big(&env, N, 400).await;
     let first = tokio::time::timeout(WAIT, connections.recv()).await;
     let _stalled = first.expect("the bridge connects").expect("a connection");
     // The write gives up after 15 s without progress; the bridge then connects again.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while counter(&env.rules, "stuck", "retried") == 0 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the bridge still waits on a server that reads nothing"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_until_within(
+        "the bridge gives up on a server that reads nothing",
+        Duration::from_secs(30),
+        || counter(&env.rules, "stuck", "retried") > 0,
+    )
+    .await;
     assert_eq!(counter(&env.rules, "stuck", "sent"), 0);
     assert_eq!(counter(&env.rules, "stuck", "failed"), 0);
 }

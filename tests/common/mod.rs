@@ -49,7 +49,12 @@ pub const WAIT: Duration = Duration::from_secs(10);
 /// Waits until `condition` holds (broker state the clients cannot observe directly), failing
 /// the test after `WAIT`.
 pub async fn wait_until(what: &str, condition: impl Fn() -> bool) {
-    let deadline = tokio::time::Instant::now() + WAIT;
+    wait_until_within(what, WAIT, condition).await
+}
+
+/// `wait_until` for an event the broker is designed to take longer than `WAIT` for.
+pub async fn wait_until_within(what: &str, limit: Duration, condition: impl Fn() -> bool) {
+    let deadline = tokio::time::Instant::now() + limit;
     while !condition() {
         assert!(
             tokio::time::Instant::now() < deadline,
